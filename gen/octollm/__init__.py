@@ -1,0 +1,1 @@
+"""Generated from protos/ by gen/generate.py. Do not edit."""
