@@ -1,0 +1,169 @@
+"""``Arm``: declare an arm, register its handler, serve it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import secrets
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from octollm.v1 import arm_service_pb2 as arm_pb
+from octollm.v1 import arm_service_pb2_grpc as arm_grpc
+
+from arm_sdk import grpc_options
+from arm_sdk._server import ArmServer
+from arm_sdk._servicer import ArmServicer
+from arm_sdk._session import ArmRuntime
+from arm_sdk._subtask import Handler
+
+log = structlog.get_logger(__name__)
+
+ARM_SERVICE_NAME = arm_pb.DESCRIPTOR.services_by_name["ArmService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+_COST_TIERS: Mapping[str, arm_pb.CostTier.ValueType] = {
+    "unspecified": arm_pb.COST_TIER_UNSPECIFIED,
+    "low": arm_pb.COST_TIER_LOW,
+    "medium": arm_pb.COST_TIER_MEDIUM,
+    "high": arm_pb.COST_TIER_HIGH,
+}
+_INT32_MAX = 2**31 - 1
+
+
+class Arm:
+    """An arm: its descriptor plus one async handler, served over gRPC.
+
+    ::
+
+        arm = Arm(arm_type="echo", description="Returns its input", capabilities=("echo",))
+
+        @arm.handler
+        async def run(inp: SubtaskInput) -> SubtaskOutput | dict[str, Any]:
+            return {"echo": inp.input}
+
+        server = await arm.start("127.0.0.1:0")
+    """
+
+    def __init__(
+        self,
+        arm_type: str,
+        description: str = "",
+        capabilities: tuple[str, ...] | list[str] = (),
+        max_concurrency: int = 64,
+        cost_tier: arm_pb.CostTier.ValueType | str = arm_pb.COST_TIER_UNSPECIFIED,
+        version: str = "0.1.0",
+        input_schema: Mapping[str, Any] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        arm_id: str | None = None,
+    ) -> None:
+        if not arm_type:
+            raise ValueError("arm_type must not be empty")
+        if not 1 <= max_concurrency <= _INT32_MAX:
+            raise ValueError(f"max_concurrency must be 1..{_INT32_MAX}, got {max_concurrency}")
+        self.arm_type = arm_type
+        self.arm_id = arm_id or f"{arm_type}-{secrets.token_hex(3)}"
+        self.description = description
+        self.capabilities = tuple(capabilities)
+        self.max_concurrency = max_concurrency
+        self.cost_tier = _cost_tier(cost_tier)
+        self.version = version
+        self.input_schema = dict(input_schema) if input_schema is not None else None
+        self.output_schema = dict(output_schema) if output_schema is not None else None
+        self._handler: Handler | None = None
+
+    def handler(self, fn: Handler) -> Handler:
+        """Register the arm's one async handler (use as a decorator); returns it unchanged."""
+        if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)):
+            raise TypeError(f"the handler must be an async function, got {fn!r}")
+        if self._handler is not None:
+            raise RuntimeError(f"arm {self.arm_type!r} already has a handler")
+        self._handler = fn
+        return fn
+
+    def descriptor(self) -> arm_pb.ArmDescriptor:
+        """The ArmDescriptor sent in Hello and returned by DescribeArm."""
+        descriptor = arm_pb.ArmDescriptor(
+            arm_id=self.arm_id,
+            arm_type=self.arm_type,
+            capabilities=self.capabilities,
+            cost_tier=self.cost_tier,
+            max_concurrency=self.max_concurrency,
+            version=self.version,
+            description=self.description,
+        )
+        if self.input_schema is not None:
+            descriptor.input_schema.CopyFrom(_struct(self.input_schema))
+        if self.output_schema is not None:
+            descriptor.output_schema.CopyFrom(_struct(self.output_schema))
+        return descriptor
+
+    async def start(self, address: str = "127.0.0.1:0") -> ArmServer:
+        """Start serving on ``address`` (``host:port``; port 0 picks one); return once listening."""
+        if self._handler is None:
+            raise RuntimeError(
+                f"arm {self.arm_type!r} has no handler; decorate one with @arm.handler"
+            )
+        runtime = ArmRuntime(descriptor=self.descriptor(), handler=self._handler)
+        server = grpc.aio.server(options=grpc_options.SERVER_OPTIONS)
+        health = health_aio.HealthServicer()
+        arm_grpc.add_ArmServiceServicer_to_server(ArmServicer(runtime), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (ARM_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        port = server.add_insecure_port(address)
+        await server.start()
+        for service in ("", ARM_SERVICE_NAME):
+            await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        host = address.rpartition(":")[0]
+        arm_server = ArmServer(server, runtime, health, host, port)
+        log.info(
+            "arm_serving", arm_id=self.arm_id, arm_type=self.arm_type, address=arm_server.address
+        )
+        return arm_server
+
+    def run(self, address: str, *, grace: float = 10.0) -> None:
+        """Serve until SIGINT or SIGTERM, then drain within ``grace`` seconds (blocking)."""
+        asyncio.run(self._serve_until_signalled(address, grace))
+
+    async def _serve_until_signalled(self, address: str, grace: float) -> None:
+        server = await self.start(address)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        log.info("arm_signalled", arm_id=self.arm_id, grace=grace)
+        await server.drain(grace)
+
+
+def _cost_tier(value: arm_pb.CostTier.ValueType | str) -> arm_pb.CostTier.ValueType:
+    if isinstance(value, str):
+        try:
+            return _COST_TIERS[value.strip().lower()]
+        except KeyError:
+            raise ValueError(
+                f"cost_tier must be one of {sorted(_COST_TIERS)} or a CostTier, got {value!r}"
+            ) from None
+    if value not in arm_pb.CostTier.values():
+        raise ValueError(f"unknown CostTier value {value!r}")
+    return value
+
+
+def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct

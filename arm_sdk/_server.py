@@ -1,0 +1,86 @@
+"""A running arm server, and its graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+from grpc_health.v1.health import aio as health_aio
+
+from arm_sdk._session import ArmRuntime
+
+log = structlog.get_logger(__name__)
+
+
+class ArmServer:
+    """A listening grpc.aio server for one arm (ArmService + health + reflection)."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        runtime: ArmRuntime,
+        health: health_aio.HealthServicer,
+        host: str,
+        port: int,
+    ) -> None:
+        self._server = server
+        self._runtime = runtime
+        self._health = health
+        self._host = host
+        self._port = port
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the real one when started on port 0)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as bound, e.g. ``127.0.0.1:50061``."""
+        return f"{self._host}:{self._port}"
+
+    @property
+    def arm_id(self) -> str:
+        """Id of the arm this server serves."""
+        return self._runtime.descriptor.arm_id
+
+    @property
+    def draining(self) -> bool:
+        """True once ``drain()`` has begun."""
+        return self._runtime.draining
+
+    async def drain(self, grace: float = 10.0) -> None:
+        """Shut down gracefully, finishing in-flight subtasks within ``grace`` seconds.
+
+        Health turns NOT_SERVING first (so routers stop sending), new dispatches are refused with
+        UNAVAILABLE/ARM_DRAINING and no more credit is granted; running handlers get up to
+        ``grace`` seconds, then Execute streams are closed (handlers still running are
+        cancelled) and the server stops with whatever grace is left. Calling it again waits for
+        the first drain.
+        """
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drain_now(grace))
+        await asyncio.shield(self._drain)
+
+    async def wait_for_termination(self) -> None:
+        """Return once the server has stopped."""
+        await self._server.wait_for_termination()
+
+    async def _drain_now(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self._health.enter_graceful_shutdown()
+        runtime = self._runtime
+        runtime.draining = True
+        in_flight = runtime.in_flight()
+        log.info("arm_draining", arm_id=self.arm_id, in_flight=len(in_flight), grace=grace)
+        if in_flight:
+            _, pending = await asyncio.wait(in_flight, timeout=max(0.0, grace))
+            if pending:
+                log.warning("drain_grace_expired", arm_id=self.arm_id, cancelled=len(pending))
+        for session in list(runtime.sessions):
+            session.close()
+        await self._server.stop(max(0.0, deadline - loop.time()))
+        log.info("arm_stopped", arm_id=self.arm_id)

@@ -1,0 +1,359 @@
+"""One Execute stream on the arm side: credit window, dispatch, cancel, progress, replies.
+
+Outgoing messages go through one queue drained by the stream's writer (the servicer's async
+generator); incoming ones are read by a separate task, so a slow handler never blocks reading
+and writes never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from octollm.v1 import arm_service_pb2 as arm_pb
+
+from arm_sdk._errors import ArmError
+from arm_sdk._progress import current_subtask
+from arm_sdk._subtask import Handler, SubtaskInput, SubtaskOutput
+
+log = structlog.get_logger(__name__)
+
+_CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+@dataclass(slots=True, eq=False)
+class ArmRuntime:
+    """What every Execute stream of one running arm server shares."""
+
+    descriptor: arm_pb.ArmDescriptor
+    handler: Handler
+    draining: bool = False
+    sessions: set[ExecuteSession] = field(default_factory=set)
+
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        """Handler tasks running on any stream."""
+        return [task for session in self.sessions for task in session.running.values()]
+
+
+class ExecuteSession:
+    """State of one Execute stream; ``stream()`` is the servicer's response iterator."""
+
+    __slots__ = (
+        "_arm_id",
+        "_available",
+        "_cancel_requested",
+        "_closing",
+        "_credit_due",
+        "_credit_flush_at",
+        "_out",
+        "_rt",
+        "running",
+    )
+
+    def __init__(self, runtime: ArmRuntime) -> None:
+        self._rt = runtime
+        self._arm_id = runtime.descriptor.arm_id
+        self._out: asyncio.Queue[arm_pb.ExecuteResponse | None] = asyncio.Queue()
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._cancel_requested: set[str] = set()
+        # Credit granted to the orchestrator and not yet consumed by a Dispatch.
+        self._available = 0
+        # Slots freed whose Credit has not been sent yet (coalesced into one Credit{n}).
+        self._credit_due = 0
+        self._credit_flush_at = max(1, runtime.descriptor.max_concurrency // 4)
+        self._closing = False
+
+    async def stream(
+        self, requests: AsyncIterator[arm_pb.ExecuteRequest]
+    ) -> AsyncIterator[arm_pb.ExecuteResponse]:
+        """Yield Hello, the initial Credit, then every reply until the stream ends."""
+        rt = self._rt
+        rt.sessions.add(self)
+        reader: asyncio.Task[None] | None = None
+        try:
+            yield arm_pb.ExecuteResponse(hello=arm_pb.Hello(descriptor=rt.descriptor))
+            if not rt.draining:
+                self._available = rt.descriptor.max_concurrency
+                yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=self._available))
+            reader = asyncio.create_task(self._read(requests))
+            out = self._out
+            while True:
+                message = await out.get()
+                if message is None:
+                    break
+                yield message
+                # NOTE: a Credit always follows the terminal messages it pays for, because the
+                # slot is counted in the same step that queues the terminal message.
+                if self._credit_due and (out.empty() or self._credit_due >= self._credit_flush_at):
+                    n, self._credit_due = self._credit_due, 0
+                    if not rt.draining:
+                        yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=n))
+        finally:
+            rt.sessions.discard(self)
+            if reader is not None:
+                reader.cancel()
+            self.close()
+
+    def close(self) -> None:
+        """End the stream: cancel its handlers and let the writer flush what is queued."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in list(self.running.values()):
+            task.cancel()
+        self._out.put_nowait(None)
+
+    def progress(self, subtask_id: str, fraction: float, message: str) -> None:
+        """Queue a Progress message for a subtask still running on this stream."""
+        if self._closing or subtask_id not in self.running:
+            return
+        self._out.put_nowait(
+            arm_pb.ExecuteResponse(
+                progress=arm_pb.Progress(subtask_id=subtask_id, fraction=fraction, message=message)
+            )
+        )
+
+    async def _read(self, requests: AsyncIterator[arm_pb.ExecuteRequest]) -> None:
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "dispatch":
+                    self._dispatch(request.dispatch)
+                elif kind == "cancel":
+                    self._cancel(request.cancel)
+                elif kind == "ping":
+                    self._out.put_nowait(
+                        arm_pb.ExecuteResponse(pong=arm_pb.Pong(nonce=request.ping.nonce))
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The orchestrator went away mid-stream; its handlers are cancelled below.
+            log.info("execute_stream_broken", arm_id=self._arm_id, error=repr(exc))
+        finally:
+            self.close()
+
+    def _dispatch(self, dispatch: arm_pb.Dispatch) -> None:
+        subtask_id = dispatch.subtask_id
+        if subtask_id in self.running:
+            log.warning(
+                "duplicate_dispatch_ignored",
+                arm_id=self._arm_id,
+                subtask_id=subtask_id,
+                attempt=dispatch.attempt,
+            )
+            return
+        if self._rt.draining:
+            self._out.put_nowait(
+                _failure(
+                    subtask_id,
+                    dispatch.attempt,
+                    _UNAVAILABLE,
+                    "arm is draining and takes no new subtasks",
+                    "ARM_DRAINING",
+                    retryable=True,
+                )
+            )
+            return
+        if self._available <= 0:
+            self._out.put_nowait(
+                _failure(
+                    subtask_id,
+                    dispatch.attempt,
+                    _RESOURCE_EXHAUSTED,
+                    "dispatch exceeds the credit granted on this stream",
+                    "CREDIT_EXCEEDED",
+                    retryable=True,
+                )
+            )
+            return
+        self._available -= 1
+        self._out.put_nowait(
+            arm_pb.ExecuteResponse(
+                accepted=arm_pb.Accepted(subtask_id=subtask_id, attempt=dispatch.attempt)
+            )
+        )
+        self.running[subtask_id] = asyncio.create_task(self._run(SubtaskInput.from_proto(dispatch)))
+
+    def _cancel(self, cancel: arm_pb.Cancel) -> None:
+        task = self.running.get(cancel.subtask_id)
+        if task is None:
+            return
+        self._cancel_requested.add(cancel.subtask_id)
+        task.cancel()
+
+    async def _run(self, inp: SubtaskInput) -> None:
+        subtask_id = inp.subtask_id
+        current_subtask.set((self, subtask_id))
+        started = time.monotonic_ns()
+        deadline: asyncio.Timeout | None = None
+        message: arm_pb.ExecuteResponse
+        try:
+            if inp.timeout is None:
+                produced = await self._rt.handler(inp)
+            else:
+                deadline = asyncio.timeout(inp.timeout)
+                async with deadline:
+                    produced = await self._rt.handler(inp)
+            message = self._result(inp, produced, started)
+        except asyncio.CancelledError as exc:
+            if subtask_id in self._cancel_requested:
+                message = _cancelled(inp, started)
+            elif self._closing or _being_cancelled():
+                raise
+            else:
+                # A CancelledError the handler let escape from something it awaited, while
+                # this subtask itself was not cancelled: a handler bug, not a cancel.
+                message = self._handler_error(inp, exc, started)
+        except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                message = _failure(
+                    subtask_id,
+                    inp.attempt,
+                    _DEADLINE_EXCEEDED,
+                    f"subtask did not finish within its {inp.timeout:g} s timeout",
+                    "SUBTASK_TIMEOUT",
+                    retryable=True,
+                    started=started,
+                )
+            else:
+                message = self._handler_error(inp, exc, started)
+        except ArmError as exc:
+            message = _failure(
+                subtask_id,
+                inp.attempt,
+                exc.code.value[0],
+                exc.message,
+                exc.reason,
+                retryable=exc.retryable,
+                metadata=exc.metadata,
+                started=started,
+            )
+        except Exception as exc:
+            message = self._handler_error(inp, exc, started)
+        finally:
+            del self.running[subtask_id]
+        if self._cancel_requested and subtask_id in self._cancel_requested:
+            # NOTE: the orchestrator already gave this subtask up; whatever the handler did
+            # after being cancelled, the answer is CANCELLED.
+            self._cancel_requested.discard(subtask_id)
+            if message.WhichOneof("kind") != "failure":
+                message = _cancelled(inp, started)
+        if self._closing:
+            return
+        self._out.put_nowait(message)
+        if not self._rt.draining:
+            self._available += 1
+            self._credit_due += 1
+
+    def _result(self, inp: SubtaskInput, produced: object, started: int) -> arm_pb.ExecuteResponse:
+        if isinstance(produced, SubtaskOutput):
+            out = produced
+        elif isinstance(produced, dict):
+            out = SubtaskOutput(output=produced)
+        else:
+            return _failure(
+                inp.subtask_id,
+                inp.attempt,
+                _INTERNAL,
+                f"handler returned {type(produced).__name__}, expected SubtaskOutput or dict",
+                "BAD_HANDLER_OUTPUT",
+                retryable=False,
+                started=started,
+            )
+        response = arm_pb.ExecuteResponse()
+        result = response.result
+        try:
+            result.output.update(out.output)
+            result.confidence = out.confidence
+            provenance = result.provenance
+            provenance.model = out.model
+            provenance.usage.tokens = out.tokens
+            provenance.usage.cost_usd = out.cost_usd
+        except (TypeError, ValueError) as exc:
+            return _failure(
+                inp.subtask_id,
+                inp.attempt,
+                _INTERNAL,
+                f"handler output is not JSON-shaped: {type(exc).__name__}: {exc}",
+                "BAD_HANDLER_OUTPUT",
+                retryable=False,
+                started=started,
+            )
+        result.subtask_id = inp.subtask_id
+        result.attempt = inp.attempt
+        provenance.arm_id = self._arm_id
+        provenance.attempt = inp.attempt
+        provenance.duration.FromNanoseconds(time.monotonic_ns() - started)
+        return response
+
+    def _handler_error(
+        self, inp: SubtaskInput, exc: BaseException, started: int
+    ) -> arm_pb.ExecuteResponse:
+        log.exception(
+            "handler_failed",
+            arm_id=self._arm_id,
+            task_id=inp.task_id,
+            subtask_id=inp.subtask_id,
+            attempt=inp.attempt,
+        )
+        return _failure(
+            inp.subtask_id,
+            inp.attempt,
+            _INTERNAL,
+            f"{type(exc).__name__}: {exc}",
+            "HANDLER_ERROR",
+            retryable=False,
+            started=started,
+        )
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _cancelled(inp: SubtaskInput, started: int) -> arm_pb.ExecuteResponse:
+    return _failure(
+        inp.subtask_id,
+        inp.attempt,
+        _CANCELLED,
+        "subtask cancelled by the orchestrator",
+        "CANCELLED",
+        retryable=False,
+        started=started,
+    )
+
+
+def _failure(
+    subtask_id: str,
+    attempt: int,
+    code: int,
+    message: str,
+    reason: str,
+    *,
+    retryable: bool,
+    metadata: dict[str, str] | None = None,
+    started: int | None = None,
+) -> arm_pb.ExecuteResponse:
+    response = arm_pb.ExecuteResponse()
+    failure = response.failure
+    failure.subtask_id = subtask_id
+    failure.attempt = attempt
+    failure.failure.code = code
+    failure.failure.message = message
+    failure.failure.reason = reason
+    failure.failure.retryable = retryable
+    if metadata:
+        failure.failure.metadata.update(metadata)
+    if started is not None:
+        failure.duration.FromNanoseconds(time.monotonic_ns() - started)
+    return response

@@ -1,0 +1,15 @@
+"""Reference arms, by name, for ``octollm arm <name>``: each factory builds a fresh Arm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from arm_sdk._arm import Arm
+from arm_sdk.arms import echo, sleep
+
+REFERENCE_ARMS: dict[str, Callable[[], Arm]] = {
+    "echo": echo.build,
+    "sleep": sleep.build,
+}
+
+__all__ = ["REFERENCE_ARMS"]

@@ -1,0 +1,1 @@
+"""Benchmarks of the mesh and of the raw grpc.aio baseline it is compared against."""

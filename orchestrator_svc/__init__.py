@@ -1,0 +1,1 @@
+"""OctoLLM orchestrator: the brain behind the gRPC OrchestratorService."""

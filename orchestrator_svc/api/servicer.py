@@ -1,0 +1,141 @@
+"""`octollm.v1.OrchestratorService`: validation, status mapping, idempotency, WatchTask replay."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from octollm.v1 import orchestrator_service_pb2 as pb
+from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from ..engine import TaskRunner
+from ..engine import events as task_events
+from ..mesh import Mesh, mesh_failure
+from ..store.ports import StoreError, TaskClosed, TaskStore
+from ..store.projection import TERMINAL_TASK_STATES
+from . import validation
+from .errors import ApiError, abort, failed_precondition, from_store_error, not_found
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
+    """Thin edge: checks requests, maps failures to statuses, delegates to store/runner/mesh."""
+
+    def __init__(self, store: TaskStore, runner: TaskRunner, mesh: Mesh) -> None:
+        self._store = store
+        self._runner = runner
+        self._mesh = mesh
+
+    async def SubmitTask(
+        self, request: pb.SubmitTaskRequest, context: Context
+    ) -> pb.SubmitTaskResponse:
+        try:
+            served = self._mesh.arm_types()
+            validation.validate_submit(request, served)
+            if not request.HasField("plan") and not served:
+                raise failed_precondition(
+                    "no arm is connected to the orchestrator yet; start an arm or retry later",
+                    "NO_ARMS",
+                )
+            task = pb.Task(
+                task_id=str(uuid.uuid4()),
+                request_id=request.request_id,
+                goal=request.goal.strip(),
+                constraints=request.constraints,
+                priority=request.priority or pb.PRIORITY_NORMAL,
+                acceptance_criteria=request.acceptance_criteria,
+                state=pb.TASK_STATE_PENDING,
+            )
+            for name in ("context", "budget", "plan"):
+                if request.HasField(name):
+                    getattr(task, name).CopyFrom(getattr(request, name))
+            task.create_time.GetCurrentTime()
+            task.update_time.CopyFrom(task.create_time)
+            stored, created = await self._store.create(task, validation.fingerprint(request))
+        except ApiError as err:
+            await abort(context, err)
+        except StoreError as err:
+            await abort(context, from_store_error(err))
+        if created:
+            self._runner.start(stored)
+        return pb.SubmitTaskResponse(task=stored)
+
+    async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
+        try:
+            task_id = validation.validate_task_id(request.task_id)
+            return pb.GetTaskResponse(task=await self._store.get(task_id))
+        except ApiError as err:
+            await abort(context, err)
+        except StoreError as err:
+            await abort(context, from_store_error(err))
+
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: Context
+    ) -> pb.ListTasksResponse:
+        try:
+            page_size, token, states = validation.validate_list(request)
+            tasks, next_token = await self._store.list(page_size, token, states)
+        except ApiError as err:
+            await abort(context, err)
+        except ValueError:
+            await abort(context, validation.invalid_page_token())
+        except StoreError as err:
+            await abort(context, from_store_error(err))
+        return pb.ListTasksResponse(tasks=tasks, next_page_token=next_token)
+
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: Context
+    ) -> pb.CancelTaskResponse:
+        try:
+            task_id = validation.validate_task_id(request.task_id)
+            reason = request.reason.strip()[:500] or "cancelled by client"
+            task = await self._store.get(task_id)
+            if task.state not in TERMINAL_TASK_STATES:
+                await self._runner.cancel(task_id, reason)
+                task = await self._store.get(task_id)
+            if task.state not in TERMINAL_TASK_STATES:
+                # Accepted but not running here (e.g. its runner is gone): end it in the log.
+                failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
+                event = task_events.finished(pb.TASK_STATE_CANCELLED, failure=failure)
+                try:
+                    task = await self._store.append(task_id, [event])
+                except TaskClosed:
+                    task = await self._store.get(task_id)
+            return pb.CancelTaskResponse(task=task)
+        except ApiError as err:
+            await abort(context, err)
+        except StoreError as err:
+            await abort(context, from_store_error(err))
+
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTaskResponse]:
+        try:
+            task_id, after_seq = validation.validate_watch(request)
+            async for event in self._store.watch(task_id, after_seq):
+                yield pb.WatchTaskResponse(event=event)
+        except ApiError as err:
+            await abort(context, err)
+        except StoreError as err:
+            await abort(context, from_store_error(err))
+
+    async def ListArms(self, request: pb.ListArmsRequest, context: Context) -> pb.ListArmsResponse:
+        arms = [
+            c.to_proto()
+            for c in self._mesh.arms()
+            if not request.arm_type or c.arm_type == request.arm_type
+        ]
+        return pb.ListArmsResponse(arms=arms)
+
+    async def GetArm(self, request: pb.GetArmRequest, context: Context) -> pb.GetArmResponse:
+        try:
+            arm_id = validation.validate_arm_id(request.arm_id)
+            conn = self._mesh.arm(arm_id)
+            if conn is None:
+                raise not_found("arm", arm_id, field="arm_id")
+        except ApiError as err:
+            await abort(context, err)
+        return pb.GetArmResponse(arm=conn.to_proto())

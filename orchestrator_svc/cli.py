@@ -1,0 +1,223 @@
+"""`octollm`: serve | arm | submit | watch | dev.
+
+octollm dev [--once]             orchestrator + local arms in one process, runs a sample task
+octollm serve                    the orchestrator alone (arms from OCTOLLM_ARM_ENDPOINTS)
+octollm arm echo --listen ...    one reference arm
+octollm submit "goal" --watch    submit a task and follow it
+octollm watch TASK_ID            follow a task's events
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from octollm.v1 import orchestrator_service_pb2 as pb
+from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from pydantic import ValidationError
+
+from .client import follow
+from .config import Settings
+from .telemetry import configure_logging
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEV_ARMS = ("echo", "sleep")
+SAMPLE_GOAL = "Explain how the mesh runs a fan-out/fan-in plan across specialist arms"
+
+
+def sample_plan() -> pb.Plan:
+    """The plan `octollm dev` runs: one step fans out to two parallel steps that fan back in."""
+    plan = pb.Plan()
+    steps = (
+        ("outline", "echo", "Outline the answer", {"topic": "fan-out/fan-in"}, ()),
+        ("research", "sleep", "Gather material", {"seconds": 0.6}, ("outline",)),
+        ("examples", "sleep", "Find examples", {"seconds": 0.4}, ("outline",)),
+        ("combine", "echo", "Combine the findings", {}, ("research", "examples")),
+    )
+    for step_id, arm_type, description, inputs, deps in steps:
+        step = plan.steps.add(
+            step_id=step_id, arm_type=arm_type, description=description, depends_on=deps
+        )
+        step.input.update(inputs)
+    return plan
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(settings: Settings) -> int:
+    from .server import Orchestrator
+
+    orchestrator = await Orchestrator(settings).start()
+    try:
+        await _wait_for_signal()
+    finally:
+        await orchestrator.stop()
+    return 0
+
+
+async def _dev(settings: Settings, once: bool) -> int:
+    from arm_sdk.arms import REFERENCE_ARMS
+
+    from .server import Orchestrator
+
+    arm_servers = [await REFERENCE_ARMS[name]().start("127.0.0.1:0") for name in DEV_ARMS]
+    settings = settings.model_copy(update={"arm_endpoints": [s.address for s in arm_servers]})
+    orchestrator = await Orchestrator(settings).start()
+    try:
+        await orchestrator.wait_for_arms(set(DEV_ARMS), timeout_s=15)
+        arms = ", ".join(f"{c.arm_type} ({c.address})" for c in orchestrator.mesh.arms())
+        _print(f"OctoLLM mesh listening on {orchestrator.address}; arms: {arms}")
+        async with grpc.aio.insecure_channel(orchestrator.address) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            request = pb.SubmitTaskRequest(goal=SAMPLE_GOAL, plan=sample_plan())
+            task = (await stub.SubmitTask(request, timeout=10)).task
+            _print(f"sample task {task.task_id}")
+            state = await follow(stub, task.task_id, _print)
+        if once:
+            return 0 if state == pb.TASK_STATE_SUCCEEDED else 1
+        _print(
+            f"\nServing on {orchestrator.address} until Ctrl-C. Try:\n"
+            f"  grpcurl -plaintext {orchestrator.address} list\n"
+            f"  grpcurl -plaintext {orchestrator.address} octollm.v1.OrchestratorService/ListArms"
+        )
+        await _wait_for_signal()
+        return 0
+    finally:
+        await orchestrator.stop()
+        for server in arm_servers:
+            await server.drain(grace=settings.shutdown_grace_s)
+
+
+async def _arm(name: str, listen: str) -> int:
+    from arm_sdk.arms import REFERENCE_ARMS
+
+    server = await REFERENCE_ARMS[name]().start(listen)
+    _print(f"arm {name} listening on {server.address}")
+    try:
+        await _wait_for_signal()
+    finally:
+        await server.drain(grace=10.0)
+    return 0
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    request = pb.SubmitTaskRequest(
+        goal=args.goal, constraints=args.constraint, request_id=args.request_id or ""
+    )
+    if args.plan_json:
+        json_format.Parse(args.plan_json, request.plan)
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        task = (await stub.SubmitTask(request, timeout=10)).task
+        _print(task.task_id)
+        if not args.watch:
+            return 0
+        state = await follow(stub, task.task_id, _print)
+    return 0 if state == pb.TASK_STATE_SUCCEEDED else 1
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        state = await follow(stub, args.task_id, _print, after_seq=args.after_seq)
+    return 0 if state == pb.TASK_STATE_SUCCEEDED else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="octollm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="orchestrator + local arms in one process, sample task")
+    dev.add_argument("--listen", help=f"address to serve on (default {DEFAULT_ADDRESS})")
+    dev.add_argument("--once", action="store_true", help="exit after the sample task")
+    serve = sub.add_parser("serve", help="run the orchestrator")
+    serve.add_argument("--listen", help="address to serve on (default OCTOLLM_LISTEN)")
+    serve.add_argument("--arm", action="append", default=[], help="arm endpoint (repeatable)")
+    arm = sub.add_parser("arm", help="run a reference arm")
+    arm.add_argument("name", choices=sorted(_arm_names()))
+    arm.add_argument("--listen", default="127.0.0.1:50061")
+    submit = sub.add_parser("submit", help="submit a task")
+    submit.add_argument("goal")
+    submit.add_argument("--constraint", action="append", default=[])
+    submit.add_argument("--plan", help="JSON file with an explicit Plan")
+    submit.add_argument("--request-id", help="idempotency key")
+    submit.add_argument("--watch", action="store_true", help="follow the task to the end")
+    watch = sub.add_parser("watch", help="follow a task's events")
+    watch.add_argument("task_id")
+    watch.add_argument("--after-seq", type=int, default=0)
+    for p in (submit, watch):
+        p.add_argument("--address", default=DEFAULT_ADDRESS)
+    return parser
+
+
+def _arm_names() -> list[str]:
+    from arm_sdk.arms import REFERENCE_ARMS
+
+    return list(REFERENCE_ARMS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"octollm: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    updates: dict[str, object] = {}
+    if getattr(args, "listen", None):
+        updates["listen"] = args.listen
+    if getattr(args, "arm", None) and args.command == "serve":
+        updates["arm_endpoints"] = settings.arm_endpoints + args.arm
+    settings = settings.model_copy(update=updates)
+    # Commands that print progress for a human keep logs to warnings unless asked otherwise.
+    quiet = args.command in {"dev", "submit", "watch"} and "OCTOLLM_LOG_LEVEL" not in os.environ
+    configure_logging(settings.log_format, "warning" if quiet else settings.log_level)
+    if args.command == "submit":
+        try:
+            args.plan_json = Path(args.plan).read_text() if args.plan else ""
+        except OSError as exc:
+            print(f"octollm: cannot read plan: {exc}", file=sys.stderr)
+            return 2
+    commands = {
+        "dev": lambda: _dev(settings, args.once),
+        "serve": lambda: _serve(settings),
+        "arm": lambda: _arm(args.name, args.listen),
+        "submit": lambda: _submit(args),
+        "watch": lambda: _watch(args),
+    }
+    try:
+        return asyncio.run(commands[args.command]())
+    except grpc.aio.AioRpcError as exc:
+        print(f"octollm: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, json_format.ParseError) as exc:
+        print(f"octollm: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

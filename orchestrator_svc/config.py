@@ -1,0 +1,44 @@
+"""Orchestrator configuration: environment variables prefixed `OCTOLLM_`, validated by pydantic.
+
+Lists are given as JSON (`OCTOLLM_ARM_ENDPOINTS='["127.0.0.1:50061","dns:///arms.local:50061"]'`)
+or comma-separated (`OCTOLLM_ARM_ENDPOINTS=127.0.0.1:50061,127.0.0.1:50062`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the orchestrator; the defaults are the embedded, dependency-free setup."""
+
+    model_config = SettingsConfigDict(env_prefix="OCTOLLM_", extra="ignore")
+
+    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    arm_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="arm addresses: host:port (static) or dns:///name:port (every A record)",
+    )
+    dns_refresh_s: float = Field(10.0, gt=0, description="how often DNS targets are re-resolved")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="drain time on SIGTERM")
+    subtask_timeout_s: float = Field(60.0, gt=0, description="per-subtask timeout by default")
+    task_timeout_s: float = Field(600.0, gt=0, description="end-to-end task time by default")
+    max_parallel_subtasks: int = Field(16, gt=0, description="ready subtasks run at once per task")
+    max_attempts: int = Field(3, ge=1, description="attempts per subtask on retryable failures")
+    log_format: str = Field("auto", pattern="^(auto|json|console)$")
+    log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+
+    @field_validator("arm_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

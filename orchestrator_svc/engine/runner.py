@@ -1,0 +1,359 @@
+"""The task runner: plan, run the DAG on the mesh, integrate, record every transition.
+
+Each accepted task runs as one asyncio task. Ready steps run in parallel (bounded per task);
+a step's input carries its dependencies' outputs under `dependencies`; retryable failures are
+retried with jittered backoff; the task's time budget bounds everything; cancellation stops the
+running subtasks at their arms and skips the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import Callable
+from graphlib import TopologicalSorter
+
+import grpc
+import structlog
+from google.protobuf import json_format
+from octollm.v1 import arm_service_pb2 as arm_pb
+from octollm.v1 import common_pb2
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from ..brain import plan_single_step
+from ..config import Settings
+from ..mesh import Mesh, MeshEvent, Outcome, mesh_failure
+from ..store.ports import TaskStore
+from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
+from . import events
+from .events import TaskEventLog
+
+log = structlog.get_logger(__name__)
+
+
+class TaskStopped(Exception):
+    """Ends a task early with a terminal state (deadline, failure) and a Failure."""
+
+    def __init__(self, state: pb.TaskState.ValueType, failure: common_pb2.Failure) -> None:
+        super().__init__(failure.message)
+        self.state = state
+        self.failure = failure
+
+
+class TaskRunner:
+    """Runs accepted tasks to a terminal state; see the module docstring."""
+
+    def __init__(self, store: TaskStore, mesh: Mesh, settings: Settings) -> None:
+        self._store = store
+        self._mesh = mesh
+        self._settings = settings
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def start(self, task: pb.Task) -> None:
+        """Begin running an accepted task in the background."""
+        if task.task_id in self._running or task.state in TERMINAL_TASK_STATES:
+            return
+        runner = asyncio.create_task(self._run(task), name=f"task {task.task_id}")
+        self._running[task.task_id] = runner
+        runner.add_done_callback(lambda _: self._running.pop(task.task_id, None))
+
+    async def cancel(self, task_id: str, reason: str) -> None:
+        """Cancel a running task and wait until its CANCELLED state is recorded."""
+        runner = self._running.get(task_id)
+        if runner is None:
+            return
+        self._cancel_reasons[task_id] = reason
+        runner.cancel()
+        await asyncio.wait([runner])
+
+    async def drain(self, grace_s: float) -> None:
+        """Let running tasks finish for up to `grace_s`, then cancel what is left."""
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=grace_s)
+        for task_id in list(self._running):
+            await self.cancel(task_id, "orchestrator shutting down")
+
+    # -- one task ------------------------------------------------------------------------------
+
+    async def _run(self, task: pb.Task) -> None:
+        task_log = log.bind(task_id=task.task_id)
+        events_log = TaskEventLog(self._store, task.task_id, common_pb2.Usage())
+        state = [task.state]
+
+        def move(to: pb.TaskState.ValueType, reason: str) -> None:
+            events_log.emit(events.state_changed(state[0], to, reason))
+            state[0] = to
+
+        outputs: dict[str, dict[str, object]] = {}
+        confidences: list[float] = []
+        timeout = self._task_timeout(task)
+        try:
+            async with asyncio.timeout(timeout):
+                plan = self._plan(task, move)
+                events_log.emit(pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan)))
+                move(pb.TASK_STATE_EXECUTING, f"running {len(plan.steps)} step(s)")
+                await self._run_dag(task, plan, events_log, outputs, confidences)
+                move(pb.TASK_STATE_INTEGRATING, "combining step outputs")
+                result = self._integrate(plan, outputs, confidences, events_log.usage)
+                move(pb.TASK_STATE_VALIDATING, "checking every step succeeded")
+                events_log.emit(events.finished(pb.TASK_STATE_SUCCEEDED, result=result))
+            task_log.info("task_succeeded")
+        except TimeoutError:
+            failure = mesh_failure(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "TASK_DEADLINE_EXCEEDED",
+                f"task did not finish within {timeout:.3f}s",
+                retryable=False,
+            )
+            self._stop(events_log, pb.TASK_STATE_DEADLINE_EXCEEDED, failure, outputs)
+            task_log.info("task_deadline_exceeded")
+        except TaskStopped as stop:
+            self._stop(events_log, stop.state, stop.failure, outputs)
+            task_log.info(
+                "task_stopped", state=pb.TaskState.Name(stop.state), reason=stop.failure.reason
+            )
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(task.task_id, "cancelled")
+            failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
+            self._stop(events_log, pb.TASK_STATE_CANCELLED, failure, outputs)
+            task_log.info("task_cancelled", reason=reason)
+        except Exception as exc:
+            task_log.exception("task_crashed")
+            failure = mesh_failure(
+                grpc.StatusCode.INTERNAL, "INTERNAL", f"{type(exc).__name__}: {exc}", False
+            )
+            self._stop(events_log, pb.TASK_STATE_FAILED, failure, outputs)
+        await events_log.flush()
+
+    def _stop(
+        self,
+        events_log: TaskEventLog,
+        state: pb.TaskState.ValueType,
+        failure: common_pb2.Failure,
+        outputs: dict[str, dict[str, object]],
+    ) -> None:
+        partial = pb.TaskResult(usage=events_log.usage)
+        partial.outputs.update(outputs)
+        events_log.emit(events.finished(state, result=partial, failure=failure))
+
+    def _task_timeout(self, task: pb.Task) -> float:
+        budget = task.budget.max_time.ToNanoseconds() / 1e9 if task.HasField("budget") else 0.0
+        return budget if budget > 0 else self._settings.task_timeout_s
+
+    def _plan(self, task: pb.Task, move: Callable[[pb.TaskState.ValueType, str], None]) -> pb.Plan:
+        if task.HasField("plan") and task.plan.steps:
+            move(pb.TASK_STATE_PLANNING, "using the plan given with the task")
+            plan = pb.Plan()
+            plan.CopyFrom(task.plan)
+        else:
+            move(pb.TASK_STATE_PARSING, "reading the goal")
+            move(pb.TASK_STATE_PLANNING, "planning")
+            steps = plan_single_step(
+                task.goal, task.constraints, task.acceptance_criteria, self._mesh.arm_types()
+            )
+            if not steps:
+                raise TaskStopped(
+                    pb.TASK_STATE_FAILED,
+                    mesh_failure(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "NO_ARMS",
+                        "no arm is connected, so the task cannot be planned",
+                        retryable=True,
+                    ),
+                )
+            plan = pb.Plan()
+            for s in steps:
+                step = plan.steps.add(
+                    step_id=s.step_id,
+                    description=s.description,
+                    arm_type=s.arm_type,
+                    depends_on=s.depends_on,
+                    acceptance_criteria=s.acceptance_criteria,
+                )
+                step.input.update(s.input)
+        if not plan.plan_id:
+            plan.plan_id = str(uuid.uuid4())
+        return plan
+
+    async def _run_dag(
+        self,
+        task: pb.Task,
+        plan: pb.Plan,
+        events_log: TaskEventLog,
+        outputs: dict[str, dict[str, object]],
+        confidences: list[float],
+    ) -> None:
+        steps = {s.step_id: s for s in plan.steps}
+        graph = TopologicalSorter({s.step_id: set(s.depends_on) for s in plan.steps})
+        graph.prepare()
+        limit = asyncio.Semaphore(self._settings.max_parallel_subtasks)
+        running: dict[asyncio.Task[Outcome], str] = {}
+        started: set[str] = set()
+        failed: Outcome | None = None
+
+        async def run_step(step: pb.PlanStep) -> Outcome:
+            async with limit:
+                return await self._run_step(task, step, outputs, events_log)
+
+        try:
+            while graph.is_active() and failed is None:
+                for step_id in graph.get_ready():
+                    running[asyncio.create_task(run_step(steps[step_id]))] = step_id
+                    started.add(step_id)
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for runner in done:
+                    step_id = running.pop(runner)
+                    outcome = runner.result()
+                    if outcome.result is not None:
+                        outputs[step_id] = json_format.MessageToDict(outcome.result.output)
+                        confidences.append(outcome.result.confidence)
+                        graph.done(step_id)
+                    elif failed is None:
+                        failed = outcome
+        finally:
+            for runner in running:
+                runner.cancel()
+            if running:
+                await asyncio.wait(running)
+            # Steps that started record their own terminal state; the others are skipped.
+            for step in plan.steps:
+                if step.step_id not in started:
+                    sub = self._subtask(task, step, pb.SUBTASK_STATE_SKIPPED)
+                    sub.failure.CopyFrom(
+                        mesh_failure(
+                            grpc.StatusCode.ABORTED,
+                            "SKIPPED",
+                            "an earlier step did not succeed",
+                            False,
+                        )
+                    )
+                    events_log.emit(events.subtask_changed(sub))
+        if failed is not None and failed.failure is not None:
+            raise TaskStopped(pb.TASK_STATE_FAILED, failed.failure)
+
+    @staticmethod
+    def _subtask(task: pb.Task, step: pb.PlanStep, state: pb.SubtaskState.ValueType) -> pb.Subtask:
+        return pb.Subtask(
+            subtask_id=subtask_id_for(task.task_id, step.step_id),
+            step_id=step.step_id,
+            arm_type=step.arm_type,
+            state=state,
+        )
+
+    async def _run_step(
+        self,
+        task: pb.Task,
+        step: pb.PlanStep,
+        outputs: dict[str, dict[str, object]],
+        events_log: TaskEventLog,
+    ) -> Outcome:
+        sub = self._subtask(task, step, pb.SUBTASK_STATE_READY)
+        events_log.emit(events.subtask_changed(sub))
+        dispatch = arm_pb.Dispatch(
+            subtask_id=sub.subtask_id,
+            task_id=task.task_id,
+            step_id=step.step_id,
+            description=step.description,
+            acceptance_criteria=step.acceptance_criteria,
+        )
+        dispatch.input.CopyFrom(step.input)
+        if step.depends_on:
+            dispatch.input.update({"dependencies": {d: outputs[d] for d in step.depends_on}})
+        dispatch.context.CopyFrom(task.context)
+        if task.HasField("budget"):
+            dispatch.budget.max_tokens = task.budget.max_tokens
+            dispatch.budget.max_cost_usd = task.budget.max_cost_usd
+
+        def on_event(event: MeshEvent) -> None:
+            if event.kind == "progress":
+                events_log.emit(
+                    pb.TaskEvent(
+                        subtask_progress=pb.SubtaskProgress(
+                            subtask_id=sub.subtask_id,
+                            step_id=step.step_id,
+                            fraction=event.fraction,
+                            message=event.message,
+                        )
+                    )
+                )
+                return
+            sub.state = (
+                pb.SUBTASK_STATE_DISPATCHED
+                if event.kind == "dispatched"
+                else pb.SUBTASK_STATE_RUNNING
+            )
+            sub.arm_id, sub.attempt = event.arm_id, event.attempt
+            events_log.emit(events.subtask_changed(sub))
+
+        attempts = self._settings.max_attempts
+        outcome: Outcome | None = None
+        try:
+            for attempt in range(1, attempts + 1):
+                # The mesh raises attempt itself on failover, so count on from where it left off.
+                dispatch.attempt += 1
+                outcome = await self._mesh.execute(
+                    step.arm_type,
+                    dispatch,
+                    timeout_s=self._settings.subtask_timeout_s,
+                    on_event=on_event,
+                )
+                if outcome.result is not None or outcome.failure is None:
+                    break
+                if not outcome.failure.retryable or attempt == attempts:
+                    break
+                await asyncio.sleep(random.uniform(0.05, 0.2) * 2 ** (attempt - 1))
+        except asyncio.CancelledError:
+            sub.state = pb.SUBTASK_STATE_CANCELLED
+            sub.failure.CopyFrom(
+                mesh_failure(grpc.StatusCode.CANCELLED, "CANCELLED", "the task was stopped", False)
+            )
+            events_log.emit(events.subtask_changed(sub))
+            raise
+        assert outcome is not None
+        sub.arm_id, sub.attempt = outcome.arm_id or sub.arm_id, outcome.attempt
+        if outcome.result is not None:
+            sub.state = pb.SUBTASK_STATE_SUCCEEDED
+            sub.output.CopyFrom(outcome.result.output)
+            sub.confidence = outcome.result.confidence
+            sub.provenance.CopyFrom(outcome.result.provenance)
+            usage = events_log.usage
+            usage.tokens += outcome.result.provenance.usage.tokens
+            usage.cost_usd += outcome.result.provenance.usage.cost_usd
+        else:
+            sub.state = pb.SUBTASK_STATE_FAILED
+            if outcome.failure is not None:
+                sub.failure.CopyFrom(outcome.failure)
+        events_log.emit(events.subtask_changed(sub))
+        return outcome
+
+    @staticmethod
+    def _integrate(
+        plan: pb.Plan,
+        outputs: dict[str, dict[str, object]],
+        confidences: list[float],
+        usage: common_pb2.Usage,
+    ) -> pb.TaskResult:
+        """Deterministic merge: the outputs of the plan's sink steps, as text."""
+        depended_on = {d for s in plan.steps for d in s.depends_on}
+        sinks = [s.step_id for s in plan.steps if s.step_id not in depended_on]
+        texts = []
+        for step_id in sinks:
+            out = outputs.get(step_id, {})
+            text = next((out[k] for k in ("answer", "text") if isinstance(out.get(k), str)), None)
+            texts.append(str(text) if text is not None else json.dumps(out, sort_keys=True))
+        result = pb.TaskResult(
+            answer="\n\n".join(texts),
+            confidence=min(confidences) if confidences else 0.0,
+            usage=usage,
+        )
+        result.outputs.update(outputs)
+        return result

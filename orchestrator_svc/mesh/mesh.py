@@ -1,0 +1,250 @@
+"""The mesh: every arm connection, a dispatch queue per arm type, routing and failover.
+
+`Mesh.execute` is the one entry point: it queues a Dispatch for an arm type and returns its
+Outcome. The mesh sends it when a routable arm of that type has credit, re-dispatches it (attempt
++1) when the arm's stream breaks, and withdraws it (Cancel to the arm) when the caller is cancelled
+or the subtask's deadline passes. An accepted subtask is never dropped: it ends in an Outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+import grpc
+import structlog
+from octollm.v1 import arm_service_pb2 as arm_pb
+from octollm.v1 import common_pb2
+
+from .connection import ArmConnection, MeshEvent, Outcome, Pending
+
+log = structlog.get_logger(__name__)
+
+
+def mesh_failure(
+    code: grpc.StatusCode, reason: str, message: str, retryable: bool
+) -> common_pb2.Failure:
+    """A Failure produced by the mesh itself (not by an arm)."""
+    return common_pb2.Failure(
+        code=code.value[0], reason=reason, message=message, retryable=retryable
+    )
+
+
+class Mesh:
+    """Routes subtasks to arms over their Execute streams; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        channel_options: list[tuple[str, int | str]],
+        credentials: grpc.ChannelCredentials | None = None,
+        default_timeout_s: float = 60.0,
+        max_failovers: int = 3,
+    ) -> None:
+        self._channel_options = channel_options
+        self._credentials = credentials
+        self._default_timeout_s = default_timeout_s
+        self._max_failovers = max_failovers
+        self._by_address: dict[str, ArmConnection] = {}
+        self._by_arm_id: dict[str, ArmConnection] = {}
+        self._by_type: dict[str, list[ArmConnection]] = defaultdict(list)
+        self._queues: dict[str, deque[Pending]] = defaultdict(deque)
+        self._changed = asyncio.Event()
+
+    # -- membership --------------------------------------------------------------------------
+
+    def add(self, address: str) -> ArmConnection:
+        """Start keeping a connection to `address` (idempotent)."""
+        conn = self._by_address.get(address)
+        if conn is None:
+            conn = ArmConnection(
+                address, self, channel_options=self._channel_options, credentials=self._credentials
+            )
+            self._by_address[address] = conn
+            conn.start()
+            log.info("arm_endpoint_added", arm_address=address)
+        return conn
+
+    async def remove(self, address: str) -> None:
+        """Stop using `address`; its in-flight subtasks fail over to other arms."""
+        conn = self._by_address.pop(address, None)
+        if conn is None:
+            return
+        await conn.close()
+        if self._by_arm_id.get(conn.arm_id) is conn:
+            del self._by_arm_id[conn.arm_id]
+        if conn in self._by_type.get(conn.arm_type, ()):
+            self._by_type[conn.arm_type].remove(conn)
+        log.info("arm_endpoint_removed", arm_address=address)
+        self._notify()
+
+    async def close(self) -> None:
+        for address in list(self._by_address):
+            await self.remove(address)
+
+    def arms(self) -> list[ArmConnection]:
+        """Every connection that has introduced itself, ordered by type then id."""
+        known = [c for c in self._by_address.values() if c.descriptor is not None]
+        return sorted(known, key=lambda c: (c.arm_type, c.arm_id))
+
+    def arm(self, arm_id: str) -> ArmConnection | None:
+        return self._by_arm_id.get(arm_id)
+
+    def arm_types(self) -> set[str]:
+        """Arm types some known arm serves (routable now or reconnecting)."""
+        return {t for t, conns in self._by_type.items() if conns}
+
+    def routable_types(self) -> set[str]:
+        return {t for t, conns in self._by_type.items() if any(c.routable for c in conns)}
+
+    async def wait_changed(self) -> None:
+        """Wait until an arm joins, leaves or changes health (for readiness waits and tests)."""
+        self._changed.clear()
+        await self._changed.wait()
+
+    def queued(self, arm_type: str) -> int:
+        return len(self._queues.get(arm_type, ()))
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        arm_type: str,
+        dispatch: arm_pb.Dispatch,
+        *,
+        timeout_s: float | None = None,
+        on_event: Callable[[MeshEvent], None] | None = None,
+    ) -> Outcome:
+        """Run one subtask on an arm of `arm_type` and return how it ended.
+
+        Never raises for arm-side problems: they come back as `Outcome.failure`. Cancelling the
+        caller cancels the subtask at the arm.
+        """
+        if arm_type not in self.arm_types():
+            failure = mesh_failure(
+                grpc.StatusCode.UNAVAILABLE,
+                "NO_ARM_FOR_TYPE",
+                f"no arm of type {arm_type!r} is known to the mesh",
+                retryable=True,
+            )
+            return Outcome("", dispatch.attempt, failure=failure)
+        loop = asyncio.get_running_loop()
+        timeout = timeout_s if timeout_s and timeout_s > 0 else self._default_timeout_s
+        deadline = loop.time() + timeout
+        pending = Pending(arm_type, dispatch, loop.create_future(), deadline, on_event)
+        self._queues[arm_type].append(pending)
+        self._pump(arm_type)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await pending.future
+        except TimeoutError:
+            self._withdraw(pending, "deadline exceeded")
+            failure = mesh_failure(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "SUBTASK_TIMEOUT",
+                f"subtask did not finish within {timeout:.3f}s",
+                retryable=True,
+            )
+            arm_id = pending.connection.arm_id if pending.connection else ""
+            return Outcome(arm_id, pending.dispatch.attempt, failure=failure)
+        except asyncio.CancelledError:
+            self._withdraw(pending, "cancelled")
+            raise
+
+    def _withdraw(self, pending: Pending, reason: str) -> None:
+        if pending.connection is not None:
+            pending.connection.cancel(pending.dispatch.subtask_id, reason)
+            return
+        with contextlib.suppress(ValueError):
+            self._queues[pending.arm_type].remove(pending)
+
+    def _pump(self, arm_type: str) -> None:
+        queue = self._queues.get(arm_type)
+        if not queue:
+            return
+        ready = [c for c in self._by_type.get(arm_type, ()) if c.routable and c.credits > 0]
+        if not ready:
+            return
+        now = asyncio.get_running_loop().time()
+        while queue and ready:
+            pending = queue.popleft()
+            if pending.future.done():
+                continue
+            conn = ready[0] if len(ready) == 1 else min(ready, key=lambda c: len(c.in_flight))
+            conn.send(pending, now)
+            if conn.credits <= 0:
+                ready.remove(conn)
+
+    # -- ConnectionOwner ---------------------------------------------------------------------
+
+    def claim_arm_id(self, conn: ArmConnection, arm_id: str) -> bool:
+        holder = self._by_arm_id.get(arm_id)
+        if holder is not None and holder is not conn and holder.address in self._by_address:
+            log.warning(
+                "arm_id_conflict", arm_id=arm_id, address=conn.address, holder=holder.address
+            )
+            return False
+        if conn.descriptor is not None and self._by_arm_id.get(conn.arm_id) is conn:
+            del self._by_arm_id[conn.arm_id]
+        self._by_arm_id[arm_id] = conn
+        return True
+
+    def on_ready(self, conn: ArmConnection) -> None:
+        for arm_type, conns in self._by_type.items():
+            if conn in conns and arm_type != conn.arm_type:
+                conns.remove(conn)
+        if conn not in self._by_type[conn.arm_type]:
+            self._by_type[conn.arm_type].append(conn)
+        self._notify()
+        self._pump(conn.arm_type)
+
+    def on_credit(self, conn: ArmConnection) -> None:
+        self._pump(conn.arm_type)
+
+    def on_outcome(self, conn: ArmConnection, pending: Pending, outcome: Outcome) -> None:
+        duration = outcome.result.provenance.duration if outcome.result else None
+        latency = duration.ToNanoseconds() / 1e9 if duration is not None else 0.0
+        conn.stats.record(outcome.result is not None, latency)
+        if not pending.future.done():
+            pending.future.set_result(outcome)
+
+    def on_requeue(self, conn: ArmConnection, pending: Pending) -> None:
+        pending.connection = None
+        self._queues[pending.arm_type].appendleft(pending)
+        self._pump(pending.arm_type)
+
+    def on_unroutable(self, conn: ArmConnection, lost: list[Pending]) -> None:
+        self._notify()
+        for pending in lost:
+            if pending.future.done():
+                continue
+            pending.connection = None
+            pending.failovers += 1
+            subtask_id = pending.dispatch.subtask_id
+            if pending.failovers > self._max_failovers:
+                failure = mesh_failure(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "ARM_LOST",
+                    f"arm connection lost {pending.failovers} times while running the subtask",
+                    retryable=True,
+                )
+                pending.future.set_result(
+                    Outcome(conn.arm_id, pending.dispatch.attempt, failure=failure)
+                )
+                continue
+            # Same subtask id, attempt + 1: an arm that saw the first attempt can deduplicate.
+            pending.dispatch.attempt += 1
+            log.info(
+                "subtask_failover",
+                subtask_id=subtask_id,
+                arm_id=conn.arm_id,
+                attempt=pending.dispatch.attempt,
+            )
+            self._queues[pending.arm_type].appendleft(pending)
+        if lost:
+            self._pump(lost[0].arm_type)
+
+    def _notify(self) -> None:
+        self._changed.set()

@@ -1,0 +1,82 @@
+"""The orchestrator process: gRPC server, health, reflection, mesh, runner, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from octollm.v1 import orchestrator_service_pb2 as pb
+from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from arm_sdk.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
+
+from .api.servicer import OrchestratorServicer
+from .config import Settings
+from .engine import TaskRunner
+from .mesh import Discovery, Mesh
+from .store.memory import InMemoryTaskStore
+from .store.ports import TaskStore
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+
+class Orchestrator:
+    """One orchestrator: `await Orchestrator(settings).start()`, later `await .stop()`."""
+
+    def __init__(self, settings: Settings, store: TaskStore | None = None) -> None:
+        self.settings = settings
+        self.store: TaskStore = store or InMemoryTaskStore()
+        self.mesh = Mesh(
+            channel_options=list(CHANNEL_OPTIONS),
+            default_timeout_s=settings.subtask_timeout_s,
+        )
+        self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
+        self.runner = TaskRunner(self.store, self.mesh, settings)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=list(SERVER_OPTIONS))
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> Orchestrator:
+        pb_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(self.store, self.runner, self.mesh), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        self.discovery.start()
+        await self.server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("orchestrator_listening", address=self.address, arms=self.settings.arm_endpoints)
+        return self
+
+    async def wait_for_arms(self, arm_types: set[str], timeout_s: float) -> None:
+        """Wait until an arm of every type in `arm_types` is routable."""
+        async with asyncio.timeout(timeout_s):
+            while not arm_types <= self.mesh.routable_types():
+                await self.mesh.wait_changed()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING first, then stop accepting and drain in-flight work within the grace."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        log.info("orchestrator_draining", grace_s=grace, running_tasks=self.runner.running)
+        await self.health.enter_graceful_shutdown()
+        await asyncio.gather(self.runner.drain(grace), self.server.stop(grace))
+        await self.discovery.close()
+        await self.mesh.close()
+        await self.store.close()
+        log.info("orchestrator_stopped")

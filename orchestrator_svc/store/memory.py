@@ -1,0 +1,236 @@
+"""In-process TaskStore: the embedded default, and the reference the Postgres adapter matches."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import bisect
+import builtins
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import TypeVar
+
+import structlog
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from orchestrator_svc.store.ports import (
+    IdempotencyConflict,
+    StoreClosed,
+    TaskClosed,
+    TaskNotFound,
+    TaskStore,
+)
+from orchestrator_svc.store.projection import TERMINAL_TASK_STATES, apply
+
+log = structlog.get_logger(__name__)
+
+# (create_time in ns, task_id): the list order key, compared as a tuple.
+_OrderKey = tuple[int, str]
+_M = TypeVar("_M", bound=Message)
+
+
+class _TaskLog:
+    """One task: its projection, its append-only events, and a wake-up for watchers."""
+
+    __slots__ = ("_grown", "events", "task")
+
+    def __init__(self, task: pb.Task) -> None:
+        self.task = task
+        self.events: list[pb.TaskEvent] = []
+        self._grown = asyncio.Event()
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.events) and self.events[-1].HasField("finished")
+
+    def grown(self) -> asyncio.Event:
+        """The event set on the next append (take it BEFORE checking for new entries)."""
+        return self._grown
+
+    def publish(self) -> None:
+        # NOTE: swap-then-set instead of Condition.notify_all: append never awaits a lock
+        # that a watcher might hold, so no watcher can slow a writer down.
+        grown, self._grown = self._grown, asyncio.Event()
+        grown.set()
+
+
+class InMemoryTaskStore(TaskStore):
+    """TaskStore kept in this process's memory; lost on exit.
+
+    Every method mutates state without awaiting in between, so each call is atomic on the
+    event loop. Not thread-safe: use it from one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._logs: dict[str, _TaskLog] = {}
+        self._order: list[_OrderKey] = []
+        self._idempotency: dict[str, tuple[str, str]] = {}  # request_id -> (fingerprint, task_id)
+        self._closed = False
+
+    async def create(self, task: pb.Task, fingerprint: str) -> tuple[pb.Task, bool]:
+        self._check_open()
+        if task.request_id and task.request_id in self._idempotency:
+            known_fingerprint, task_id = self._idempotency[task.request_id]
+            if known_fingerprint != fingerprint:
+                log.info("idempotency_conflict", request_id=task.request_id, task_id=task_id)
+                raise IdempotencyConflict(task.request_id, task_id)
+            return _copy(self._logs[task_id].task), False
+
+        stored = _copy(task)
+        if not stored.task_id:
+            stored.task_id = str(uuid.uuid4())
+        if stored.task_id in self._logs:
+            raise ValueError(f"task {stored.task_id!r} already exists")
+        if not stored.HasField("create_time"):
+            stored.create_time.FromNanoseconds(time.time_ns())
+        stored.update_time.CopyFrom(stored.create_time)
+        stored.state = pb.TASK_STATE_PENDING
+        stored.last_seq = 0
+
+        self._logs[stored.task_id] = _TaskLog(stored)
+        bisect.insort(self._order, _order_key(stored))
+        if stored.request_id:
+            self._idempotency[stored.request_id] = (fingerprint, stored.task_id)
+        log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
+        return _copy(stored), True
+
+    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> pb.Task:
+        self._check_open()
+        task_log = self._log(task_id)
+        if task_log.finished:
+            raise TaskClosed(task_id)
+        _check_batch(task_id, events)
+
+        now = Timestamp()
+        now.FromNanoseconds(time.time_ns())
+        for event in events:
+            stored = _copy(event)
+            stored.seq = task_log.task.last_seq + 1
+            stored.task_id = task_id
+            if not stored.HasField("time"):
+                stored.time.CopyFrom(now)
+            apply(task_log.task, stored)
+            task_log.events.append(stored)
+
+        if events:
+            task_log.publish()
+            if task_log.finished:
+                log.debug("task_log_closed", task_id=task_id, last_seq=task_log.task.last_seq)
+        return _copy(task_log.task)
+
+    async def get(self, task_id: str) -> pb.Task:
+        self._check_open()
+        return _copy(self._log(task_id).task)
+
+    async def list(
+        self, page_size: int, page_token: str, states: Collection[int]
+    ) -> tuple[builtins.list[pb.Task], str]:
+        self._check_open()
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1 (got {page_size})")
+        wanted = frozenset(states)
+        if page_token:
+            end = bisect.bisect_left(self._order, _decode_token(page_token))
+        else:
+            end = len(self._order)
+
+        page: builtins.list[pb.Task] = []
+        for index in range(end - 1, -1, -1):
+            task = self._logs[self._order[index][1]].task
+            if wanted and task.state not in wanted:
+                continue
+            if len(page) == page_size:
+                # NOTE: one more match exists, so there is a next page; the token points
+                # at the last task returned, not at this one.
+                return page, _encode_token(_order_key(page[-1]))
+            page.append(_copy(task))
+        return page, ""
+
+    async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[pb.TaskEvent]:
+        self._check_open()
+        if after_seq < 0:
+            raise ValueError(f"after_seq must be at least 0 (got {after_seq})")
+        task_log = self._log(task_id)
+        # seq n is stored at events[n - 1], so the next event to yield is events[after_seq].
+        index = after_seq
+        while True:
+            grown = task_log.grown()
+            if index < len(task_log.events):
+                event = task_log.events[index]
+                index += 1
+                yield _copy(event)
+                if event.HasField("finished"):
+                    return
+            elif task_log.finished:
+                return
+            else:
+                await grown.wait()
+                self._check_open()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task_log in self._logs.values():
+            task_log.publish()
+
+    def _log(self, task_id: str) -> _TaskLog:
+        try:
+            return self._logs[task_id]
+        except KeyError:
+            raise TaskNotFound(task_id) from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed()
+
+
+def _check_batch(task_id: str, events: Sequence[pb.TaskEvent]) -> None:
+    """Refuse a bad batch before any of it is applied, so a batch is all or nothing."""
+    for position, event in enumerate(events):
+        kind = event.WhichOneof("kind")
+        if kind is None:
+            raise ValueError(f"event {position} of the batch has no kind")
+        if event.task_id and event.task_id != task_id:
+            raise ValueError(
+                f"event {position} names task {event.task_id!r}, appended to {task_id!r}"
+            )
+        if kind == "finished":
+            if event.finished.state not in TERMINAL_TASK_STATES:
+                state = pb.TaskState.Name(event.finished.state)
+                raise ValueError(f"event {position} finishes the task in non-terminal {state}")
+            if position != len(events) - 1:
+                raise TaskClosed(task_id)
+
+
+def _copy(message: _M) -> _M:
+    clone = type(message)()
+    clone.CopyFrom(message)
+    return clone
+
+
+def _order_key(task: pb.Task) -> _OrderKey:
+    return task.create_time.ToNanoseconds(), task.task_id
+
+
+def _encode_token(key: _OrderKey) -> str:
+    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _decode_token(token: str) -> _OrderKey:
+    try:
+        padded = (token + "=" * (-len(token) % 4)).encode("ascii")
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+        decoded = json.loads(raw)
+    except (binascii.Error, UnicodeError, ValueError):
+        raise ValueError("malformed page token") from None
+    match decoded:
+        case [int() as create_ns, str() as task_id] if not isinstance(create_ns, bool):
+            return create_ns, task_id
+    raise ValueError("malformed page token")

@@ -1,0 +1,114 @@
+"""The task store port: tasks are projections of an append-only, per-task event log.
+
+Errors::
+
+    StoreError
+    +-- TaskNotFound         no task with that id
+    +-- IdempotencyConflict  request_id already used with a different request body
+    +-- TaskClosed           the task's log already ends with a `finished` event
+    +-- StoreClosed          the store was closed
+
+Adapters (in-memory now, PostgreSQL later) implement `TaskStore` with the same behaviour; the
+shared test suite in tests/store/ is the executable definition of that behaviour.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Protocol
+
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+
+class StoreError(Exception):
+    """Base class of every error a TaskStore raises on purpose."""
+
+
+class TaskNotFound(StoreError):
+    """No task has this id."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} not found")
+        self.task_id = task_id
+
+
+class IdempotencyConflict(StoreError):
+    """The request_id was already used for a task created from a different request body."""
+
+    def __init__(self, request_id: str, task_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already used for task {task_id!r} "
+            "with a different request body"
+        )
+        self.request_id = request_id
+        self.task_id = task_id
+
+
+class TaskClosed(StoreError):
+    """The task has finished: its event log accepts no more events."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} has finished; its event log is closed")
+        self.task_id = task_id
+
+
+class StoreClosed(StoreError):
+    """The store was closed; pending watchers get this too."""
+
+    def __init__(self) -> None:
+        super().__init__("task store is closed")
+
+
+class TaskStore(Protocol):
+    """Durable home of tasks and their event logs."""
+
+    async def create(self, task: pb.Task, fingerprint: str) -> tuple[pb.Task, bool]:
+        """Store a new task and return (task, True).
+
+        The stored task starts in state PENDING with last_seq 0; create_time is set to now
+        when unset and a task_id is assigned when empty. If task.request_id is non-empty and
+        already used: the same fingerprint returns (existing task as it is now, False); a
+        different fingerprint raises IdempotencyConflict. Atomic under concurrency.
+        """
+        ...
+
+    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> pb.Task:
+        """Append events to the task's log and return a copy of the projected task.
+
+        Each event gets the next seq (last_seq+1, +2, ... with no gaps), the task_id, and the
+        current time when its time is unset; the caller's messages are not modified. The whole
+        batch is applied to the projection, then published to watchers. Raises TaskNotFound,
+        TaskClosed once a `finished` event is in the log (also for events after a `finished`
+        in the same batch), and ValueError for an event without a kind, a `finished` with a
+        non-terminal state, or a task_id naming another task. A refused batch appends nothing.
+        """
+        ...
+
+    async def get(self, task_id: str) -> pb.Task:
+        """Return a copy of the task. Raises TaskNotFound."""
+        ...
+
+    async def list(
+        self, page_size: int, page_token: str, states: Collection[int]
+    ) -> tuple[builtins.list[pb.Task], str]:
+        """Return one page of tasks, newest first, and the next page's token ("" at the end).
+
+        Order is create_time descending, then task_id descending, so pages are stable while
+        tasks are created. `states` filters (empty means all). page_size must be >= 1. The
+        token is opaque; a malformed one raises ValueError.
+        """
+        ...
+
+    def watch(self, task_id: str, after_seq: int) -> AsyncIterator[pb.TaskEvent]:
+        """Yield the task's events with seq > after_seq: the stored ones, then live ones.
+
+        In order, with no gaps or duplicates; ends after the `finished` event is yielded (at
+        once when after_seq is already past it). Raises TaskNotFound on first iteration. A slow
+        watcher must neither block append() nor buffer events beyond the task's own log.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release resources; later calls and pending watchers raise StoreClosed."""
+        ...

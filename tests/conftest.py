@@ -1,0 +1,67 @@
+"""Shared fixtures: real arms and real orchestrators on loopback port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import pytest
+from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from arm_sdk import Arm, ArmServer
+from orchestrator_svc.config import Settings
+from orchestrator_svc.server import Orchestrator
+
+StartArm = Callable[[Arm], Awaitable[ArmServer]]
+StartOrchestrator = Callable[..., Awaitable[Orchestrator]]
+
+
+@pytest.fixture
+async def start_arm() -> AsyncIterator[StartArm]:
+    """Start arms on 127.0.0.1:0; all are drained at the end of the test."""
+    servers: list[ArmServer] = []
+
+    async def start(arm: Arm) -> ArmServer:
+        server = await arm.start("127.0.0.1:0")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.drain(grace=0)
+
+
+@pytest.fixture
+async def start_orchestrator() -> AsyncIterator[StartOrchestrator]:
+    """Start orchestrators on 127.0.0.1:0 dialling the given arm endpoints."""
+    started: list[Orchestrator] = []
+
+    async def start(
+        endpoints: Sequence[str], *, wait_for: Sequence[str] = (), **settings: Any
+    ) -> Orchestrator:
+        config = Settings(listen="127.0.0.1:0", arm_endpoints=list(endpoints), **settings)
+        orchestrator = await Orchestrator(config).start()
+        started.append(orchestrator)
+        if wait_for:
+            await orchestrator.wait_for_arms(set(wait_for), timeout_s=10)
+        return orchestrator
+
+    yield start
+    for orchestrator in started:
+        await orchestrator.stop(grace_s=0)
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[str], pb_grpc.OrchestratorServiceStub]]:
+    """Open client channels to an orchestrator address; closed at the end of the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    def open_stub(address: str) -> pb_grpc.OrchestratorServiceStub:
+        channel = grpc.aio.insecure_channel(address)
+        channels.append(channel)
+        return pb_grpc.OrchestratorServiceStub(channel)
+
+    yield open_stub
+    for channel in channels:
+        await channel.close()
