@@ -9,7 +9,8 @@ in this process, measures on one stream each:
 - pipelined: messages with a fixed window in flight -> msgs/s.
 
     python -m benchmarks._raw                   # run with defaults, print the figures
-    python -m benchmarks._raw serve --port 0    # server only; prints its port, exits on stdin EOF
+    python -m benchmarks._raw serve --port 0    # server only; prints its port; stops on
+                                                # SIGINT/SIGTERM or EOF of a piped stdin
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
+import stat
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import arm_service_pb2_grpc as arm_grpc
+
+# NOTE: the production options (keepalive, message sizes), so the baseline differs from the mesh
+# only in what the mesh adds on top.
+from arm_sdk.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PINGPONG = 2000
@@ -38,11 +44,6 @@ WARMUP = 200
 # NOTE: hang guards only, never limits on how fast things must be.
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 30.0
-
-# TODO: use arm_sdk.grpc_options.SERVER_OPTIONS / CHANNEL_OPTIONS once arm_sdk/grpc_options.py
-# exists, so the baseline runs with the same keepalive and message-size settings as production.
-SERVER_OPTIONS: list[tuple[str, Any]] = []
-CHANNEL_OPTIONS: list[tuple[str, Any]] = []
 
 
 class EchoArm(arm_grpc.ArmServiceServicer):
@@ -88,13 +89,15 @@ async def serve(port: int) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # NOTE: stdin EOF means the parent is gone (even if it was SIGKILLed): never outlive it.
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    eof = asyncio.ensure_future(stdin.read())
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({eof, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in (eof, stopped):
+    waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
+    # NOTE: when stdin is a pipe from the parent, EOF means the parent is gone (even if it was
+    # SIGKILLed): never outlive it. Other stdins (a tty, /dev/null) cannot be watched this way.
+    if stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
+        stdin = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+        waiters.add(asyncio.ensure_future(stdin.read()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
         waiter.cancel()
     await server.stop(grace=1.0)
 

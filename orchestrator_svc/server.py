@@ -37,9 +37,11 @@ class Orchestrator:
         )
         self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
         self.runner = TaskRunner(self.store, self.mesh, settings)
+        self.servicer = OrchestratorServicer(self.store, self.runner, self.mesh)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=list(SERVER_OPTIONS))
         self.port = 0
+        self._stopping: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -47,9 +49,7 @@ class Orchestrator:
         return f"{host}:{self.port}"
 
     async def start(self) -> Orchestrator:
-        pb_grpc.add_OrchestratorServiceServicer_to_server(
-            OrchestratorServicer(self.store, self.runner, self.mesh), self.server
-        )
+        pb_grpc.add_OrchestratorServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -71,11 +71,26 @@ class Orchestrator:
                 await self.mesh.wait_changed()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING first, then stop accepting and drain in-flight work within the grace."""
+        """NOT_SERVING first, then stop accepting and drain in-flight work within the grace.
+
+        Calling it again waits for the first call.
+        """
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
         log.info("orchestrator_draining", grace_s=grace, running_tasks=self.runner.running)
         await self.health.enter_graceful_shutdown()
-        await asyncio.gather(self.runner.drain(grace), self.server.stop(grace))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.servicer.accepting = False  # SubmitTask is UNAVAILABLE from here on
+        await self.runner.drain(grace)
+        # Every task has ended, so the streams still open are idle watches (e.g. health Watch):
+        # give responses a moment to flush, then stop. NOTE: grpc.aio must not be stopped twice
+        # concurrently (it can crash), so there is exactly one server.stop call.
+        await self.server.stop(min(max(deadline - loop.time(), 0.0), 1.0))
         await self.discovery.close()
         await self.mesh.close()
         await self.store.close()

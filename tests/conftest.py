@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# NOTE: before grpc is imported: keep C-core info lines (GOAWAY on purpose-killed peers) quiet.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 

@@ -28,11 +28,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self._store = store
         self._runner = runner
         self._mesh = mesh
+        self.accepting = True
 
     async def SubmitTask(
         self, request: pb.SubmitTaskRequest, context: Context
     ) -> pb.SubmitTaskResponse:
         try:
+            if not self.accepting:
+                raise ApiError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the orchestrator is shutting down; submit to another replica or retry later",
+                    reason="SHUTTING_DOWN",
+                )
             served = self._mesh.arm_types()
             validation.validate_submit(request, served)
             if not request.HasField("plan") and not served:

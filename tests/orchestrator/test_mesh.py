@@ -1,0 +1,239 @@
+"""The mesh against real arms: credits, deadlines, cancellation, failover, health, discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from octollm.v1 import arm_service_pb2 as arm_pb
+from octollm.v1 import arm_service_pb2_grpc as arm_grpc
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from arm_sdk import Arm, SubtaskInput
+from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.server import Orchestrator
+
+GOAL = "Exercise the mesh under test conditions"
+
+
+def dispatch(subtask_id: str, **inputs: Any) -> arm_pb.Dispatch:
+    d = arm_pb.Dispatch(subtask_id=subtask_id, attempt=1, task_id="t", step_id=subtask_id)
+    d.input.update(inputs)
+    return d
+
+
+async def test_never_more_in_flight_than_credited(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """With max_concurrency 2, an arm never runs more than 2 of 30 queued subtasks at once."""
+    arm = Arm(arm_type="narrow", max_concurrency=2)
+    running = peak = 0
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return {"n": inp.input["n"]}
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator([server.address], wait_for=("narrow",))
+    outcomes = await asyncio.gather(
+        *(orch.mesh.execute("narrow", dispatch(f"s{i}", n=i), timeout_s=30) for i in range(30))
+    )
+    assert [o.result.output["n"] for o in outcomes if o.result] == list(range(30))
+    assert peak == 2
+    (conn,) = orch.mesh.arms()
+    assert conn.credits == 2 and not conn.in_flight
+
+
+async def test_deadline_is_sent_and_enforced(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """A subtask past its deadline fails DEADLINE_EXCEEDED and the arm's handler is cancelled."""
+    seen_timeout: list[float | None] = []
+    cancelled = asyncio.Event()
+    arm = Arm(arm_type="stuck")
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        seen_timeout.append(inp.timeout)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {}
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator([server.address], wait_for=("stuck",))
+    outcome = await orch.mesh.execute("stuck", dispatch("late"), timeout_s=0.3)
+    assert outcome.failure is not None
+    assert outcome.failure.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert outcome.failure.retryable
+    assert seen_timeout and seen_timeout[0] is not None and 0 < seen_timeout[0] <= 0.3
+    await asyncio.wait_for(cancelled.wait(), 10)
+
+
+async def test_unknown_arm_type_fails_fast(start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """Dispatching to a type no arm serves is an UNAVAILABLE outcome, not a hang."""
+    orch = await start_orchestrator([])
+    outcome = await orch.mesh.execute("nobody", dispatch("x"), timeout_s=5)
+    assert outcome.failure is not None and outcome.failure.reason == "NO_ARM_FOR_TYPE"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def arm_process() -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """A sleep arm in its own process (`octollm arm sleep`), so it can be killed with -9."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator_svc.cli", "arm", "sleep", "--listen", address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+    yield proc, address
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+async def test_arm_killed_mid_subtask_fails_over_to_a_replica(
+    arm_process, start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of an arm running a subtask re-dispatches it (attempt 2) to the other replica."""
+    proc, doomed_address = arm_process
+    survivor = await start_arm(REFERENCE_ARMS["sleep"]())
+    orch: Orchestrator = await start_orchestrator(
+        [doomed_address, survivor.address], wait_for=("sleep",)
+    )
+    while len([c for c in orch.mesh.arms() if c.routable]) < 2:
+        await asyncio.wait_for(orch.mesh.wait_changed(), 10)
+    doomed_id = next(c.arm_id for c in orch.mesh.arms() if c.address == doomed_address)
+    plan = pb.Plan()
+    for step_id in ("left", "right"):
+        step = plan.steps.add(step_id=step_id, arm_type="sleep", description=step_id)
+        step.input.update({"seconds": 1.5})
+    stub = connect(orch.address)
+    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=plan))).task
+    async for response in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        sub = response.event.subtask_changed.subtask
+        if sub.state == pb.SUBTASK_STATE_RUNNING and sub.arm_id == doomed_id:
+            os.kill(proc.pid, signal.SIGKILL)
+        if response.event.HasField("finished"):
+            break
+    done = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+    assert done.state == pb.TASK_STATE_SUCCEEDED
+    assert proc.wait(5) == -signal.SIGKILL
+    assert {s.provenance.arm_id for s in done.subtasks} == {survivor.arm_id}
+    assert sorted(s.attempt for s in done.subtasks) == [1, 2]
+
+
+async def test_dns_target_discovers_every_address(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """`dns:///localhost:PORT` dials what localhost resolves to and routes to the arm there."""
+    server = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([f"dns:///localhost:{server.port}"], wait_for=("echo",))
+    assert [c.address for c in orch.mesh.arms() if c.routable] == [f"127.0.0.1:{server.port}"]
+    outcome = await orch.mesh.execute("echo", dispatch("via-dns", word="hi"), timeout_s=10)
+    assert outcome.result is not None and outcome.result.output["echo"]["word"] == "hi"
+
+
+class UnrulyArm(arm_grpc.ArmServiceServicer):
+    """A hand-written arm that breaks the protocol in every way short of not answering."""
+
+    def __init__(self, hello: bool = True) -> None:
+        self.hello = hello
+
+    async def DescribeArm(self, request: Any, context: Any) -> arm_pb.DescribeArmResponse:
+        return arm_pb.DescribeArmResponse()
+
+    async def Execute(self, request_iterator: Any, context: Any) -> AsyncIterator[arm_pb.ExecuteResponse]:
+        if not self.hello:
+            yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=5))
+            await asyncio.sleep(60)
+        descriptor = arm_pb.ArmDescriptor(arm_id="unruly-1", arm_type="unruly")
+        yield arm_pb.ExecuteResponse(hello=arm_pb.Hello(descriptor=descriptor))
+        yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=-5))
+        yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=10))
+        async for req in request_iterator:
+            if not req.HasField("dispatch"):
+                continue
+            d = req.dispatch
+            yield arm_pb.ExecuteResponse(result=arm_pb.Result(subtask_id="nobody-asked"))
+            yield arm_pb.ExecuteResponse()
+            yield arm_pb.ExecuteResponse(hello=arm_pb.Hello(descriptor=descriptor))
+            yield arm_pb.ExecuteResponse(progress=arm_pb.Progress(subtask_id=d.subtask_id, fraction=7))
+            yield arm_pb.ExecuteResponse(
+                result=arm_pb.Result(subtask_id=d.subtask_id, attempt=d.attempt + 5)
+            )
+            for _ in range(2):  # the second one is a duplicate
+                result = arm_pb.Result(subtask_id=d.subtask_id, attempt=d.attempt, confidence=0.5)
+                result.output.update({"ok": True})
+                yield arm_pb.ExecuteResponse(result=result)
+
+
+async def start_raw_arm(servicer: arm_grpc.ArmServiceServicer) -> tuple[grpc.aio.Server, str]:
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    server = grpc.aio.server()
+    arm_grpc.add_ArmServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, f"127.0.0.1:{port}"
+
+
+async def test_misbehaving_arm_is_ignored_not_fatal(start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """Garbage, unknown ids, stale attempts and duplicates are ignored; the real result counts."""
+    server, address = await start_raw_arm(UnrulyArm())
+    try:
+        orch = await start_orchestrator([address], wait_for=("unruly",))
+        outcomes = await asyncio.gather(
+            *(orch.mesh.execute("unruly", dispatch(f"u{i}"), timeout_s=10) for i in range(5))
+        )
+        assert all(o.result is not None and o.result.output["ok"] for o in outcomes)
+        (conn,) = orch.mesh.arms()
+        assert conn.routable and not conn.in_flight
+    finally:
+        await server.stop(0)
+
+
+async def test_arm_without_hello_never_gets_traffic(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """An arm whose stream does not start with Hello is dropped; other arms keep serving."""
+    server, address = await start_raw_arm(UnrulyArm(hello=False))
+    try:
+        echo = await start_arm(REFERENCE_ARMS["echo"]())
+        orch = await start_orchestrator([address, echo.address], wait_for=("echo",))
+        assert [c.arm_type for c in orch.mesh.arms()] == ["echo"]
+        outcome = await orch.mesh.execute("echo", dispatch("fine"), timeout_s=10)
+        assert outcome.result is not None
+    finally:
+        await server.stop(0)
+
+
+async def test_arm_id_cannot_be_taken_over_by_another_address(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """A second endpoint claiming an existing arm id is refused; the first keeps it."""
+    first = await start_arm(REFERENCE_ARMS["echo"](arm_id="echo-fixed"))
+    orch = await start_orchestrator([first.address], wait_for=("echo",))
+    impostor = await start_arm(REFERENCE_ARMS["echo"](arm_id="echo-fixed"))
+    orch.mesh.add(impostor.address)
+    await asyncio.sleep(0.5)
+    arm = orch.mesh.arm("echo-fixed")
+    assert arm is not None and arm.address == first.address
+    assert [c.address for c in orch.mesh.arms() if c.routable] == [first.address]
