@@ -8,6 +8,7 @@ and writes never interleave.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +28,13 @@ _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+class _Marker(enum.Enum):
+    """Non-message items on a stream's outgoing queue."""
+
+    SLOT_FREED = enum.auto()
+    END = enum.auto()
 
 
 @dataclass(slots=True, eq=False)
@@ -61,12 +69,12 @@ class ExecuteSession:
     def __init__(self, runtime: ArmRuntime) -> None:
         self._rt = runtime
         self._arm_id = runtime.descriptor.arm_id
-        self._out: asyncio.Queue[arm_pb.ExecuteResponse | None] = asyncio.Queue()
+        self._out: asyncio.Queue[arm_pb.ExecuteResponse | _Marker] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         # Credit granted to the orchestrator and not yet consumed by a Dispatch.
         self._available = 0
-        # Slots freed whose Credit has not been sent yet (coalesced into one Credit{n}).
+        # Slots freed and reported whose Credit is not sent yet (coalesced into one Credit{n}).
         self._credit_due = 0
         self._credit_flush_at = max(1, runtime.descriptor.max_concurrency // 4)
         self._closing = False
@@ -86,12 +94,15 @@ class ExecuteSession:
             reader = asyncio.create_task(self._read(requests))
             out = self._out
             while True:
-                message = await out.get()
-                if message is None:
+                item = await out.get()
+                if item is _Marker.SLOT_FREED:
+                    # NOTE: counted here, behind the terminal message it pays for in the queue,
+                    # so a Credit is never written before that Result or SubtaskFailure.
+                    self._credit_due += 1
+                elif item is _Marker.END:
                     break
-                yield message
-                # NOTE: a Credit always follows the terminal messages it pays for, because the
-                # slot is counted in the same step that queues the terminal message.
+                else:
+                    yield item
                 if self._credit_due and (out.empty() or self._credit_due >= self._credit_flush_at):
                     n, self._credit_due = self._credit_due, 0
                     if not rt.draining:
@@ -109,7 +120,7 @@ class ExecuteSession:
         self._closing = True
         for task in list(self.running.values()):
             task.cancel()
-        self._out.put_nowait(None)
+        self._out.put_nowait(_Marker.END)
 
     def progress(self, subtask_id: str, fraction: float, message: str) -> None:
         """Queue a Progress message for a subtask still running on this stream."""
@@ -252,7 +263,7 @@ class ExecuteSession:
         self._out.put_nowait(message)
         if not self._rt.draining:
             self._available += 1
-            self._credit_due += 1
+            self._out.put_nowait(_Marker.SLOT_FREED)
 
     def _result(self, inp: SubtaskInput, produced: object, started: int) -> arm_pb.ExecuteResponse:
         if isinstance(produced, SubtaskOutput):
