@@ -6,11 +6,15 @@ import asyncio
 
 import grpc
 import structlog
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
+from octollm.v1 import arm_service_pb2 as arm_pb
 
 from arm_sdk._session import ArmRuntime
 
 log = structlog.get_logger(__name__)
+
+ARM_SERVICE_NAME = arm_pb.DESCRIPTOR.services_by_name["ArmService"].full_name
 
 
 class ArmServer:
@@ -63,6 +67,21 @@ class ArmServer:
         if self._drain is None:
             self._drain = asyncio.create_task(self._drain_now(grace))
         await asyncio.shield(self._drain)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING on grpc.health.v1 (overall and for ArmService).
+
+        Use it when the arm temporarily cannot do its work (a dependency is down): the
+        orchestrator stops routing to it at once and resumes when it is SERVING again.
+        In-flight subtasks keep running.
+        """
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", ARM_SERVICE_NAME):
+            await self._health.set(service, status)
 
     async def wait_for_termination(self) -> None:
         """Return once the server has stopped."""

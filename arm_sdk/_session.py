@@ -34,6 +34,7 @@ class _Marker(enum.Enum):
     """Non-message items on a stream's outgoing queue."""
 
     SLOT_FREED = enum.auto()
+    FLUSH_CREDIT = enum.auto()
     END = enum.auto()
 
 
@@ -56,11 +57,12 @@ class ExecuteSession:
 
     __slots__ = (
         "_arm_id",
-        "_available",
         "_cancel_requested",
         "_closing",
         "_credit_due",
         "_credit_flush_at",
+        "_credit_low_water",
+        "_granted",
         "_out",
         "_rt",
         "running",
@@ -73,10 +75,14 @@ class ExecuteSession:
         self.running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         # Credit granted to the orchestrator and not yet consumed by a Dispatch.
-        self._available = 0
+        self._granted = 0
         # Slots freed and reported whose Credit is not sent yet (coalesced into one Credit{n}).
         self._credit_due = 0
+        # NOTE: credit is returned in batches, like HTTP/2 WINDOW_UPDATE: once a quarter of the
+        # window is owed, or when the writer is idle and the orchestrator holds less than half
+        # of it. A Credit per Result would double the messages on the wire for nothing.
         self._credit_flush_at = max(1, runtime.descriptor.max_concurrency // 4)
+        self._credit_low_water = max(1, (runtime.descriptor.max_concurrency + 1) // 2)
         self._closing = False
 
     async def stream(
@@ -89,8 +95,8 @@ class ExecuteSession:
         try:
             yield arm_pb.ExecuteResponse(hello=arm_pb.Hello(descriptor=rt.descriptor))
             if not rt.draining:
-                self._available = rt.descriptor.max_concurrency
-                yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=self._available))
+                self._granted = rt.descriptor.max_concurrency
+                yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=self._granted))
             reader = asyncio.create_task(self._read(requests))
             out = self._out
             while True:
@@ -101,12 +107,17 @@ class ExecuteSession:
                     self._credit_due += 1
                 elif item is _Marker.END:
                     break
-                else:
+                elif item is not _Marker.FLUSH_CREDIT:
                     yield item
-                if self._credit_due and (out.empty() or self._credit_due >= self._credit_flush_at):
-                    n, self._credit_due = self._credit_due, 0
+                due = self._credit_due
+                if due and (
+                    due >= self._credit_flush_at
+                    or (out.empty() and self._granted < self._credit_low_water)
+                ):
+                    self._credit_due = 0
                     if not rt.draining:
-                        yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=n))
+                        self._granted += due
+                        yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=due))
         finally:
             rt.sessions.discard(self)
             if reader is not None:
@@ -174,7 +185,7 @@ class ExecuteSession:
                 )
             )
             return
-        if self._available <= 0:
+        if self._granted <= 0:
             self._out.put_nowait(
                 _failure(
                     subtask_id,
@@ -186,13 +197,21 @@ class ExecuteSession:
                 )
             )
             return
-        self._available -= 1
-        self._out.put_nowait(
-            arm_pb.ExecuteResponse(
-                accepted=arm_pb.Accepted(subtask_id=subtask_id, attempt=dispatch.attempt)
-            )
-        )
+        self._granted -= 1
+        if self._credit_due and self._granted < self._credit_low_water:
+            self._out.put_nowait(_Marker.FLUSH_CREDIT)  # wake the writer to return owed credit
         self.running[subtask_id] = asyncio.create_task(self._run(SubtaskInput.from_proto(dispatch)))
+        # NOTE: Accepted is optional in the protocol. It is sent only if the handler is still
+        # running after its first step, so a handler that answers at once costs one message.
+        asyncio.get_running_loop().call_soon(self._accept, subtask_id, dispatch.attempt)
+
+    def _accept(self, subtask_id: str, attempt: int) -> None:
+        if subtask_id in self.running and not self._closing:
+            self._out.put_nowait(
+                arm_pb.ExecuteResponse(
+                    accepted=arm_pb.Accepted(subtask_id=subtask_id, attempt=attempt)
+                )
+            )
 
     def _cancel(self, cancel: arm_pb.Cancel) -> None:
         task = self.running.get(cancel.subtask_id)
@@ -262,7 +281,6 @@ class ExecuteSession:
             return
         self._out.put_nowait(message)
         if not self._rt.draining:
-            self._available += 1
             self._out.put_nowait(_Marker.SLOT_FREED)
 
     def _result(self, inp: SubtaskInput, produced: object, started: int) -> arm_pb.ExecuteResponse:

@@ -80,8 +80,7 @@ async def run_mesh(
         mesh = Mesh(channel_options=list(CHANNEL_OPTIONS))
         mesh.add(address)
         async with asyncio.timeout(STARTUP_TIMEOUT_S):
-            while "echo" not in mesh.routable_types():
-                await mesh.wait_changed()
+            await mesh.wait_until(lambda: "echo" in mesh.routable_types())
         try:
             latencies_ms: list[float] = []
             started = 0

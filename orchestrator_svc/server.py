@@ -67,8 +67,7 @@ class Orchestrator:
     async def wait_for_arms(self, arm_types: set[str], timeout_s: float) -> None:
         """Wait until an arm of every type in `arm_types` is routable."""
         async with asyncio.timeout(timeout_s):
-            while not arm_types <= self.mesh.routable_types():
-                await self.mesh.wait_changed()
+            await self.mesh.wait_until(lambda: arm_types <= self.mesh.routable_types())
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING first, then stop accepting and drain in-flight work within the grace.

@@ -99,10 +99,13 @@ class Mesh:
     def routable_types(self) -> set[str]:
         return {t for t, conns in self._by_type.items() if any(c.routable for c in conns)}
 
-    async def wait_changed(self) -> None:
-        """Wait until an arm joins, leaves or changes health (for readiness waits and tests)."""
-        self._changed.clear()
-        await self._changed.wait()
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds; it is re-checked whenever an arm joins, leaves or
+        changes health (for readiness waits and tests)."""
+        # NOTE: the check and the capture of the current event happen in one step, and every
+        # change swaps in a fresh event, so no change between them can be missed.
+        while not predicate():
+            await self._changed.wait()
 
     def queued(self, arm_type: str) -> int:
         return len(self._queues.get(arm_type, ()))
@@ -122,7 +125,7 @@ class Mesh:
         Never raises for arm-side problems: they come back as `Outcome.failure`. Cancelling the
         caller cancels the subtask at the arm.
         """
-        if arm_type not in self.arm_types():
+        if not self._by_type.get(arm_type):
             failure = mesh_failure(
                 grpc.StatusCode.UNAVAILABLE,
                 "NO_ARM_FOR_TYPE",
@@ -248,3 +251,4 @@ class Mesh:
 
     def _notify(self) -> None:
         self._changed.set()
+        self._changed = asyncio.Event()

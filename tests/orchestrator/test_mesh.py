@@ -53,7 +53,11 @@ async def test_never_more_in_flight_than_credited(start_arm, start_orchestrator)
     assert [o.result.output["n"] for o in outcomes if o.result] == list(range(30))
     assert peak == 2
     (conn,) = orch.mesh.arms()
-    assert conn.credits == 2 and not conn.in_flight
+    assert not conn.in_flight
+    async with asyncio.timeout(10):  # the last Credit follows the last Result on the wire
+        while conn.credits < 2:
+            await asyncio.sleep(0.01)
+    assert conn.credits == 2
 
 
 async def test_deadline_is_sent_and_enforced(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
@@ -121,8 +125,8 @@ async def test_arm_killed_mid_subtask_fails_over_to_a_replica(
     orch: Orchestrator = await start_orchestrator(
         [doomed_address, survivor.address], wait_for=("sleep",)
     )
-    while len([c for c in orch.mesh.arms() if c.routable]) < 2:
-        await asyncio.wait_for(orch.mesh.wait_changed(), 10)
+    both_routable = lambda: len([c for c in orch.mesh.arms() if c.routable]) == 2  # noqa: E731
+    await asyncio.wait_for(orch.mesh.wait_until(both_routable), 10)
     doomed_id = next(c.arm_id for c in orch.mesh.arms() if c.address == doomed_address)
     plan = pb.Plan()
     for step_id in ("left", "right"):
@@ -237,3 +241,45 @@ async def test_arm_id_cannot_be_taken_over_by_another_address(start_arm, start_o
     arm = orch.mesh.arm("echo-fixed")
     assert arm is not None and arm.address == first.address
     assert [c.address for c in orch.mesh.arms() if c.routable] == [first.address]
+
+
+async def test_health_watch_removes_and_restores_an_arm(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """NOT_SERVING takes an arm out of routing (work goes to its replica); SERVING brings it back."""
+    first = await start_arm(REFERENCE_ARMS["echo"]())
+    second = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([first.address, second.address], wait_for=("echo",))
+
+    def routable() -> set[str]:
+        return {c.address for c in orch.mesh.arms() if c.routable}
+
+    await asyncio.wait_for(orch.mesh.wait_until(lambda: len(routable()) == 2), 10)
+    await first.set_serving(False)
+    # Health Watch is pushed by the arm, so this is prompt; the guard only catches a hang.
+    await asyncio.wait_for(orch.mesh.wait_until(lambda: routable() == {second.address}), 10)
+    arm = orch.mesh.arm(first.arm_id)
+    assert arm is not None and arm.health == pb.ARM_HEALTH_NOT_SERVING
+    outcomes = await asyncio.gather(
+        *(orch.mesh.execute("echo", dispatch(f"h{i}"), timeout_s=10) for i in range(10))
+    )
+    assert {o.arm_id for o in outcomes} == {second.arm_id}
+
+    await first.set_serving(True)
+    await asyncio.wait_for(orch.mesh.wait_until(lambda: len(routable()) == 2), 10)
+    assert arm.health == pb.ARM_HEALTH_SERVING
+
+
+async def test_broken_stream_removes_arm_and_reconnect_restores_it(start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """An arm that goes away is unroutable at once, and is used again when it comes back."""
+    port = free_port()
+    arm = REFERENCE_ARMS["echo"](arm_id="echo-phoenix")
+    server = await arm.start(f"127.0.0.1:{port}")
+    orch = await start_orchestrator([f"127.0.0.1:{port}"], wait_for=("echo",))
+    await server.drain(grace=0)
+    await asyncio.wait_for(orch.mesh.wait_until(lambda: "echo" not in orch.mesh.routable_types()), 10)
+    reborn = await REFERENCE_ARMS["echo"](arm_id="echo-phoenix").start(f"127.0.0.1:{port}")
+    try:
+        await asyncio.wait_for(orch.mesh.wait_until(lambda: "echo" in orch.mesh.routable_types()), 20)
+        outcome = await orch.mesh.execute("echo", dispatch("again"), timeout_s=10)
+        assert outcome.result is not None and outcome.arm_id == "echo-phoenix"
+    finally:
+        await reborn.drain(grace=0)

@@ -345,7 +345,9 @@ class ExecuteResponse(_message.Message):
 
     @_builtins.property
     def accepted(self) -> Global___Accepted:
-        """A dispatched subtask was accepted and started."""
+        """A dispatched subtask was accepted and started. Optional: an arm may
+        skip it when the Result or SubtaskFailure follows at once.
+        """
 
     @_builtins.property
     def progress(self) -> Global___Progress:

@@ -71,7 +71,10 @@ class ArmServiceServicer:
 
         Flow control: the orchestrator never has more subtasks in flight on a
         stream than the arm has granted with Credit messages. Each Dispatch
-        consumes one credit; the arm grants credits again as capacity frees up.
+        consumes one credit; the arm grants credits again as capacity frees up,
+        always after the Result or SubtaskFailure that freed it, and may batch
+        them (like an HTTP/2 WINDOW_UPDATE) as long as it never lets the
+        orchestrator run out while it has free capacity.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,10 @@ class ArmServiceStub:
 
     Flow control: the orchestrator never has more subtasks in flight on a
     stream than the arm has granted with Credit messages. Each Dispatch
-    consumes one credit; the arm grants credits again as capacity frees up.
+    consumes one credit; the arm grants credits again as capacity frees up,
+    always after the Result or SubtaskFailure that freed it, and may batch
+    them (like an HTTP/2 WINDOW_UPDATE) as long as it never lets the
+    orchestrator run out while it has free capacity.
     """
 
 @_typing.type_check_only
@@ -71,7 +74,10 @@ class ArmServiceAsyncStub(ArmServiceStub):
 
     Flow control: the orchestrator never has more subtasks in flight on a
     stream than the arm has granted with Credit messages. Each Dispatch
-    consumes one credit; the arm grants credits again as capacity frees up.
+    consumes one credit; the arm grants credits again as capacity frees up,
+    always after the Result or SubtaskFailure that freed it, and may batch
+    them (like an HTTP/2 WINDOW_UPDATE) as long as it never lets the
+    orchestrator run out while it has free capacity.
     """
 
 class ArmServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -103,7 +109,10 @@ class ArmServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Flow control: the orchestrator never has more subtasks in flight on a
         stream than the arm has granted with Credit messages. Each Dispatch
-        consumes one credit; the arm grants credits again as capacity frees up.
+        consumes one credit; the arm grants credits again as capacity frees up,
+        always after the Result or SubtaskFailure that freed it, and may batch
+        them (like an HTTP/2 WINDOW_UPDATE) as long as it never lets the
+        orchestrator run out while it has free capacity.
         """
 
 def add_ArmServiceServicer_to_server(servicer: ArmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

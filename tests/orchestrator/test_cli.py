@@ -1,0 +1,67 @@
+"""The `octollm` command as a user runs it, in a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from arm_sdk.arms import REFERENCE_ARMS
+
+
+async def octollm(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `python -m orchestrator_svc.cli ARGS`; return (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator_svc.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_dev_once_runs_the_sample_task() -> None:
+    """`octollm dev --once` serves, runs the sample DAG with live progress, exits 0."""
+    code, out, err = await octollm("dev", "--once", "--listen", "127.0.0.1:0")
+    assert code == 0, err
+    assert "OctoLLM mesh listening on 127.0.0.1:" in out
+    assert "plan 4 step(s)" in out
+    assert "%" in out  # progress lines from the sleep arm
+    assert out.rstrip().splitlines()[-2].endswith("task SUCCEEDED")
+
+
+async def test_submit_watch_and_watch_replay(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """`octollm submit --watch` follows a task to the end; `octollm watch` replays it."""
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    code, out, err = await octollm(
+        "submit", "Say hello from the command line", "--watch", "--address", orch.address
+    )
+    assert code == 0, err
+    task_id = out.splitlines()[0]
+    assert "task SUCCEEDED" in out
+    task = await orch.store.get(task_id)
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+
+    code, replay, err = await octollm("watch", task_id, "--after-seq", "2", "--address", orch.address)
+    assert code == 0, err
+    assert replay.splitlines()[0].startswith("[  3]")
+    assert "task SUCCEEDED" in replay
+
+
+async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """A rejected submit prints the status and reason; bad config exits 2."""
+    orch = await start_orchestrator([])
+    code, _, err = await octollm("submit", "too short", "--address", orch.address)
+    assert code == 1
+    assert "INVALID_ARGUMENT" in err and "Traceback" not in err
+    code, _, err = await octollm("serve", env={"OCTOLLM_MAX_ATTEMPTS": "zero"})
+    assert code == 2
+    assert "max_attempts" in err and "Traceback" not in err

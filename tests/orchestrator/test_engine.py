@@ -1,0 +1,106 @@
+"""The DAG runner through the public API: retries, failures, skips, deadlines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from octollm.v1 import orchestrator_service_pb2 as pb
+from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from arm_sdk.arms import REFERENCE_ARMS
+
+GOAL = "Exercise the runner's recovery rules"
+
+
+@pytest.fixture
+async def stub(start_arm, start_orchestrator, connect) -> pb_grpc.OrchestratorServiceStub:  # type: ignore[no-untyped-def]
+    """A client of an orchestrator with echo and sleep arms."""
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    sleep = await start_arm(REFERENCE_ARMS["sleep"]())
+    orch = await start_orchestrator([echo.address, sleep.address], wait_for=("echo", "sleep"))
+    return connect(orch.address)  # type: ignore[no-any-return]
+
+
+def plan(*steps: tuple[str, str, dict[str, Any], tuple[str, ...]]) -> pb.Plan:
+    p = pb.Plan()
+    for step_id, arm_type, inputs, deps in steps:
+        p.steps.add(step_id=step_id, arm_type=arm_type, depends_on=deps).input.update(inputs)
+    return p
+
+
+async def run(stub: pb_grpc.OrchestratorServiceStub, request: pb.SubmitTaskRequest) -> pb.Task:
+    task = (await stub.SubmitTask(request)).task
+    async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        pass
+    return (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+
+
+async def test_transient_failures_are_retried_then_fail(stub: Any) -> None:
+    """A retryable failure is tried max_attempts (3) times, then the task FAILS with its reason."""
+    task = await run(
+        stub,
+        pb.SubmitTaskRequest(
+            goal=GOAL, plan=plan(("flaky", "sleep", {"seconds": 0, "fail": "transient"}, ()))
+        ),
+    )
+    assert task.state == pb.TASK_STATE_FAILED
+    (sub,) = task.subtasks
+    assert sub.state == pb.SUBTASK_STATE_FAILED
+    assert sub.attempt == 3
+    assert sub.failure.reason == "SIMULATED_TRANSIENT"
+    assert task.failure.reason == "SIMULATED_TRANSIENT"
+
+
+async def test_fatal_failure_skips_dependants(stub: Any) -> None:
+    """A non-retryable failure is not retried; steps depending on it are SKIPPED."""
+    task = await run(
+        stub,
+        pb.SubmitTaskRequest(
+            goal=GOAL,
+            plan=plan(
+                ("bad", "sleep", {"seconds": 0, "fail": "fatal"}, ()),
+                ("after", "echo", {}, ("bad",)),
+            ),
+        ),
+    )
+    assert task.state == pb.TASK_STATE_FAILED
+    states = {s.step_id: (s.state, s.attempt) for s in task.subtasks}
+    assert states["bad"] == (pb.SUBTASK_STATE_FAILED, 1)
+    assert states["after"][0] == pb.SUBTASK_STATE_SKIPPED
+    assert task.failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+async def test_task_deadline_stops_running_steps_and_keeps_partial_results(stub: Any) -> None:
+    """budget.max_time ends the task DEADLINE_EXCEEDED; finished steps' outputs are kept."""
+    request = pb.SubmitTaskRequest(
+        goal=GOAL,
+        plan=plan(("quick", "echo", {"n": 1}, ()), ("slow", "sleep", {"seconds": 30}, ("quick",))),
+    )
+    request.budget.max_time.FromMilliseconds(700)
+    task = await run(stub, request)
+    assert task.state == pb.TASK_STATE_DEADLINE_EXCEEDED
+    assert task.failure.reason == "TASK_DEADLINE_EXCEEDED"
+    states = {s.step_id: s.state for s in task.subtasks}
+    assert states == {"quick": pb.SUBTASK_STATE_SUCCEEDED, "slow": pb.SUBTASK_STATE_CANCELLED}
+    assert "quick" in task.result.outputs.fields
+
+
+async def test_parallel_steps_run_concurrently(stub: Any) -> None:
+    """Independent steps are dispatched before any of them finishes."""
+    task = (
+        await stub.SubmitTask(
+            pb.SubmitTaskRequest(
+                goal=GOAL,
+                plan=plan(*((f"p{i}", "sleep", {"seconds": 0.3}, ()) for i in range(4))),
+            )
+        )
+    ).task
+    order = []
+    async for r in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        sub = r.event.subtask_changed.subtask
+        if sub.state in (pb.SUBTASK_STATE_RUNNING, pb.SUBTASK_STATE_SUCCEEDED):
+            order.append(sub.state)
+    first_done = order.index(pb.SUBTASK_STATE_SUCCEEDED)
+    assert order[:first_done].count(pb.SUBTASK_STATE_RUNNING) == 4
