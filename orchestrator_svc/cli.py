@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -36,7 +37,7 @@ SAMPLE_GOAL = "Explain how the mesh runs a fan-out/fan-in plan across specialist
 def sample_plan() -> pb.Plan:
     """The plan `octollm dev` runs: one step fans out to two parallel steps that fan back in."""
     plan = pb.Plan()
-    steps = (
+    steps: tuple[tuple[str, str, str, dict[str, Any], tuple[str, ...]], ...] = (
         ("outline", "echo", "Outline the answer", {"topic": "fan-out/fan-in"}, ()),
         ("research", "sleep", "Gather material", {"seconds": 0.6}, ("outline",)),
         ("examples", "sleep", "Find examples", {"seconds": 0.4}, ("outline",)),

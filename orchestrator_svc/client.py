@@ -67,7 +67,7 @@ async def follow(
         try:
             call = stub.WatchTask(pb.WatchTaskRequest(task_id=task_id, after_seq=last))
             async for response in call:
-                event = response.event
+                event: pb.TaskEvent = response.event
                 last = event.seq
                 emit(describe_event(event))
                 if event.HasField("finished"):
@@ -77,5 +77,5 @@ async def follow(
             if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == reconnects:
                 raise
             await asyncio.sleep(min(0.2 * 2**attempt, 3.0))
-    task = await stub.GetTask(pb.GetTaskRequest(task_id=task_id))
-    return task.task.state
+    reply: pb.GetTaskResponse = await stub.GetTask(pb.GetTaskRequest(task_id=task_id))
+    return reply.task.state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TypeAlias
 
 import grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
@@ -18,7 +18,7 @@ from ..store.projection import TERMINAL_TASK_STATES
 from . import validation
 from .errors import ApiError, abort, failed_precondition, from_store_error, not_found
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):

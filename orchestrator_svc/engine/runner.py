@@ -14,6 +14,7 @@ import random
 import uuid
 from collections.abc import Callable
 from graphlib import TopologicalSorter
+from typing import Any
 
 import grpc
 import structlog
@@ -91,7 +92,7 @@ class TaskRunner:
             events_log.emit(events.state_changed(state[0], to, reason))
             state[0] = to
 
-        outputs: dict[str, dict[str, object]] = {}
+        outputs: dict[str, dict[str, Any]] = {}
         confidences: list[float] = []
         timeout = self._task_timeout(task)
         try:
@@ -137,7 +138,7 @@ class TaskRunner:
         events_log: TaskEventLog,
         state: pb.TaskState.ValueType,
         failure: common_pb2.Failure,
-        outputs: dict[str, dict[str, object]],
+        outputs: dict[str, dict[str, Any]],
     ) -> None:
         partial = pb.TaskResult(usage=events_log.usage)
         partial.outputs.update(outputs)
@@ -187,7 +188,7 @@ class TaskRunner:
         task: pb.Task,
         plan: pb.Plan,
         events_log: TaskEventLog,
-        outputs: dict[str, dict[str, object]],
+        outputs: dict[str, dict[str, Any]],
         confidences: list[float],
     ) -> None:
         steps = {s.step_id: s for s in plan.steps}
@@ -253,7 +254,7 @@ class TaskRunner:
         self,
         task: pb.Task,
         step: pb.PlanStep,
-        outputs: dict[str, dict[str, object]],
+        outputs: dict[str, dict[str, Any]],
         events_log: TaskEventLog,
     ) -> Outcome:
         sub = self._subtask(task, step, pb.SUBTASK_STATE_READY)
@@ -338,7 +339,7 @@ class TaskRunner:
     @staticmethod
     def _integrate(
         plan: pb.Plan,
-        outputs: dict[str, dict[str, object]],
+        outputs: dict[str, dict[str, Any]],
         confidences: list[float],
         usage: common_pb2.Usage,
     ) -> pb.TaskResult:

@@ -279,7 +279,7 @@ class ArmConnection:
                 writer.cancel()
             call.cancel()
 
-    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         outbox = self._outbox
         while True:
             await call.write(await outbox.get())

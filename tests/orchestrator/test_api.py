@@ -27,7 +27,9 @@ def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
-async def collect(stub: pb_grpc.OrchestratorServiceStub, task_id: str, after_seq: int = 0) -> list[pb.TaskEvent]:
+async def collect(
+    stub: pb_grpc.OrchestratorServiceStub, task_id: str, after_seq: int = 0
+) -> list[pb.TaskEvent]:
     call = stub.WatchTask(pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq), timeout=20)
     return [r.event async for r in call]
 
@@ -43,7 +45,11 @@ async def mesh(start_arm, start_orchestrator, connect):  # type: ignore[no-untyp
 
 def dag_plan() -> pb.Plan:
     plan = pb.Plan()
-    for step_id, arm, deps in (("a", "echo", ()), ("b", "sleep", ("a",)), ("c", "echo", ("a", "b"))):
+    for step_id, arm, deps in (
+        ("a", "echo", ()),
+        ("b", "sleep", ("a",)),
+        ("c", "echo", ("a", "b")),
+    ):
         step = plan.steps.add(step_id=step_id, arm_type=arm, depends_on=deps, description=step_id)
         step.input.update({"seconds": 0.05, "name": step_id})
     return plan
@@ -76,7 +82,8 @@ async def test_explicit_dag_passes_dependency_outputs(mesh: Any) -> None:
     seqs = [e.seq for e in events]
     assert seqs == list(range(1, len(events) + 1))
     progress = [e for e in events if e.HasField("subtask_progress")]
-    assert progress and all(p.subtask_progress.step_id == "b" for p in progress)
+    assert progress
+    assert all(p.subtask_progress.step_id == "b" for p in progress)
 
 
 async def test_watch_replays_after_seq_without_gaps_or_duplicates(mesh: Any) -> None:
@@ -120,7 +127,9 @@ async def test_submit_is_idempotent_by_request_id(mesh: Any) -> None:
     again = (await stub.SubmitTask(req)).task
     assert again.task_id == first.task_id
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL + " (changed)", request_id="client-42"))
+        await stub.SubmitTask(
+            pb.SubmitTaskRequest(goal=GOAL + " (changed)", request_id="client-42")
+        )
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert error_info(err.value).reason == "REQUEST_ID_REUSED"
 
@@ -145,7 +154,9 @@ async def test_cancel_reaches_the_arm_handler(start_arm, start_orchestrator, con
     stub = connect(orch.address)
     task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
     await asyncio.wait_for(started.wait(), 10)
-    resp = await stub.CancelTask(pb.CancelTaskRequest(task_id=task.task_id, reason="user changed mind"))
+    resp = await stub.CancelTask(
+        pb.CancelTaskRequest(task_id=task.task_id, reason="user changed mind")
+    )
     assert resp.task.state == pb.TASK_STATE_CANCELLED
     assert resp.task.failure.message == "user changed mind"
     await asyncio.wait_for(cancelled.wait(), 10)
@@ -186,10 +197,12 @@ async def test_list_arms_and_get_arm(mesh: Any) -> None:
         (
             pb.SubmitTaskRequest(
                 goal=GOAL,
-                plan={"steps": [
-                    {"step_id": "a", "arm_type": "echo", "depends_on": ["b"]},
-                    {"step_id": "b", "arm_type": "echo", "depends_on": ["a"]},
-                ]},
+                plan={
+                    "steps": [
+                        {"step_id": "a", "arm_type": "echo", "depends_on": ["b"]},
+                        {"step_id": "b", "arm_type": "echo", "depends_on": ["a"]},
+                    ]
+                },
             ),
             "INVALID_ARGUMENT",
             "PLAN_CYCLE",
@@ -197,14 +210,17 @@ async def test_list_arms_and_get_arm(mesh: Any) -> None:
         ),
         (
             pb.SubmitTaskRequest(
-                goal=GOAL, plan={"steps": [{"step_id": "a", "arm_type": "echo", "depends_on": ["z"]}]}
+                goal=GOAL,
+                plan={"steps": [{"step_id": "a", "arm_type": "echo", "depends_on": ["z"]}]},
             ),
             "INVALID_ARGUMENT",
             "UNKNOWN_DEPENDENCY",
             None,
         ),
         (
-            pb.SubmitTaskRequest(goal=GOAL, plan={"steps": [{"step_id": "a", "arm_type": "wizard"}]}),
+            pb.SubmitTaskRequest(
+                goal=GOAL, plan={"steps": [{"step_id": "a", "arm_type": "wizard"}]}
+            ),
             "FAILED_PRECONDITION",
             "NO_ARM_FOR_TYPE",
             "plan.steps[0].arm_type",
@@ -241,21 +257,16 @@ async def test_unknown_and_malformed_ids(mesh: Any, call: str, code: str, reason
     """Unknown ids are NOT_FOUND, malformed ones INVALID_ARGUMENT, each with ErrorInfo."""
     _, stub = mesh
     unknown = "0b0c7a4e-5d53-4a43-9bbd-4f7c1c8f2a11"
+    calls = {
+        "GetTask": lambda: stub.GetTask(pb.GetTaskRequest(task_id=unknown)),
+        "CancelTask": lambda: stub.CancelTask(pb.CancelTaskRequest(task_id=unknown)),
+        "WatchTask": lambda: collect(stub, unknown),
+        "GetTask:malformed": lambda: stub.GetTask(pb.GetTaskRequest(task_id="not-a-uuid")),
+        "GetTask:empty": lambda: stub.GetTask(pb.GetTaskRequest()),
+        "GetArm": lambda: stub.GetArm(pb.GetArmRequest(arm_id="nobody-1")),
+        "ListTasks": lambda: stub.ListTasks(pb.ListTasksRequest(page_token="garbage!")),
+    }
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        match call:
-            case "GetTask":
-                await stub.GetTask(pb.GetTaskRequest(task_id=unknown))
-            case "CancelTask":
-                await stub.CancelTask(pb.CancelTaskRequest(task_id=unknown))
-            case "WatchTask":
-                await collect(stub, unknown)
-            case "GetTask:malformed":
-                await stub.GetTask(pb.GetTaskRequest(task_id="not-a-uuid"))
-            case "GetTask:empty":
-                await stub.GetTask(pb.GetTaskRequest())
-            case "GetArm":
-                await stub.GetArm(pb.GetArmRequest(arm_id="nobody-1"))
-            case "ListTasks":
-                await stub.ListTasks(pb.ListTasksRequest(page_token="garbage!"))
+        await calls[call]()
     assert err.value.code().name == code
     assert error_info(err.value).reason == reason

@@ -50,7 +50,9 @@ async def test_submit_watch_and_watch_replay(start_arm, start_orchestrator) -> N
     task = await orch.store.get(task_id)
     assert task.state == pb.TASK_STATE_SUCCEEDED
 
-    code, replay, err = await octollm("watch", task_id, "--after-seq", "2", "--address", orch.address)
+    code, replay, err = await octollm(
+        "watch", task_id, "--after-seq", "2", "--address", orch.address
+    )
     assert code == 0, err
     assert replay.splitlines()[0].startswith("[  3]")
     assert "task SUCCEEDED" in replay
@@ -61,7 +63,9 @@ async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) 
     orch = await start_orchestrator([])
     code, _, err = await octollm("submit", "too short", "--address", orch.address)
     assert code == 1
-    assert "INVALID_ARGUMENT" in err and "Traceback" not in err
+    assert "INVALID_ARGUMENT" in err
+    assert "Traceback" not in err
     code, _, err = await octollm("serve", env={"OCTOLLM_MAX_ATTEMPTS": "zero"})
     assert code == 2
-    assert "max_attempts" in err and "Traceback" not in err
+    assert "max_attempts" in err
+    assert "Traceback" not in err

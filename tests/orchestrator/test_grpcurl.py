@@ -6,9 +6,8 @@ import asyncio
 import json
 from typing import Any
 
-from tests.tools import grpcurl_binary
-
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.tools import grpcurl_binary
 
 
 async def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) -> str:
@@ -41,7 +40,15 @@ async def test_grpcurl_list_describe_health_submit_get(start_arm, start_orchestr
     assert "grpc.health.v1.Health" in services
 
     described = await grpcurl(address, "describe", "octollm.v1.OrchestratorService")
-    for rpc in ("SubmitTask", "GetTask", "ListTasks", "CancelTask", "WatchTask", "ListArms", "GetArm"):
+    for rpc in (
+        "SubmitTask",
+        "GetTask",
+        "ListTasks",
+        "CancelTask",
+        "WatchTask",
+        "ListArms",
+        "GetArm",
+    ):
         assert f"rpc {rpc}" in described
     message = await grpcurl(address, "describe", "octollm.v1.SubmitTaskRequest")
     assert "goal" in message

@@ -41,14 +41,18 @@ async def test_reflection_lists_services(start_orchestrator) -> None:  # type: i
     assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
 
 
-async def test_graceful_shutdown_flips_health_then_drains(start_arm, start_orchestrator, connect) -> None:  # type: ignore[no-untyped-def]
-    """On stop, health turns NOT_SERVING first, the running task still finishes, new work is refused."""
+async def test_graceful_shutdown_flips_health_then_drains(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """On stop: health NOT_SERVING first, the running task still finishes, new work refused."""
     sleep = await start_arm(REFERENCE_ARMS["sleep"]())
     orch = await start_orchestrator([sleep.address], wait_for=("sleep",))
     stub = connect(orch.address)
     plan = pb.Plan()
     plan.steps.add(step_id="nap", arm_type="sleep").input.update({"seconds": 0.5})
-    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal="Sleep through a shutdown", plan=plan))).task
+    task = (
+        await stub.SubmitTask(pb.SubmitTaskRequest(goal="Sleep through a shutdown", plan=plan))
+    ).task
 
     async with grpc.aio.insecure_channel(orch.address) as channel:
         statuses: list[int] = []

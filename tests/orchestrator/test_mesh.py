@@ -82,7 +82,9 @@ async def test_deadline_is_sent_and_enforced(start_arm, start_orchestrator) -> N
     assert outcome.failure is not None
     assert outcome.failure.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert outcome.failure.retryable
-    assert seen_timeout and seen_timeout[0] is not None and 0 < seen_timeout[0] <= 0.3
+    assert seen_timeout
+    assert seen_timeout[0] is not None
+    assert 0 < seen_timeout[0] <= 0.3
     await asyncio.wait_for(cancelled.wait(), 10)
 
 
@@ -90,7 +92,8 @@ async def test_unknown_arm_type_fails_fast(start_orchestrator) -> None:  # type:
     """Dispatching to a type no arm serves is an UNAVAILABLE outcome, not a hang."""
     orch = await start_orchestrator([])
     outcome = await orch.mesh.execute("nobody", dispatch("x"), timeout_s=5)
-    assert outcome.failure is not None and outcome.failure.reason == "NO_ARM_FOR_TYPE"
+    assert outcome.failure is not None
+    assert outcome.failure.reason == "NO_ARM_FOR_TYPE"
 
 
 def free_port() -> int:
@@ -153,7 +156,8 @@ async def test_dns_target_discovers_every_address(start_arm, start_orchestrator)
     orch = await start_orchestrator([f"dns:///localhost:{server.port}"], wait_for=("echo",))
     assert [c.address for c in orch.mesh.arms() if c.routable] == [f"127.0.0.1:{server.port}"]
     outcome = await orch.mesh.execute("echo", dispatch("via-dns", word="hi"), timeout_s=10)
-    assert outcome.result is not None and outcome.result.output["echo"]["word"] == "hi"
+    assert outcome.result is not None
+    assert outcome.result.output["echo"]["word"] == "hi"
 
 
 class UnrulyArm(arm_grpc.ArmServiceServicer):
@@ -165,7 +169,9 @@ class UnrulyArm(arm_grpc.ArmServiceServicer):
     async def DescribeArm(self, request: Any, context: Any) -> arm_pb.DescribeArmResponse:
         return arm_pb.DescribeArmResponse()
 
-    async def Execute(self, request_iterator: Any, context: Any) -> AsyncIterator[arm_pb.ExecuteResponse]:
+    async def Execute(
+        self, request_iterator: Any, context: Any
+    ) -> AsyncIterator[arm_pb.ExecuteResponse]:
         if not self.hello:
             yield arm_pb.ExecuteResponse(credit=arm_pb.Credit(n=5))
             await asyncio.sleep(60)
@@ -180,7 +186,9 @@ class UnrulyArm(arm_grpc.ArmServiceServicer):
             yield arm_pb.ExecuteResponse(result=arm_pb.Result(subtask_id="nobody-asked"))
             yield arm_pb.ExecuteResponse()
             yield arm_pb.ExecuteResponse(hello=arm_pb.Hello(descriptor=descriptor))
-            yield arm_pb.ExecuteResponse(progress=arm_pb.Progress(subtask_id=d.subtask_id, fraction=7))
+            yield arm_pb.ExecuteResponse(
+                progress=arm_pb.Progress(subtask_id=d.subtask_id, fraction=7)
+            )
             yield arm_pb.ExecuteResponse(
                 result=arm_pb.Result(subtask_id=d.subtask_id, attempt=d.attempt + 5)
             )
@@ -213,7 +221,8 @@ async def test_misbehaving_arm_is_ignored_not_fatal(start_orchestrator) -> None:
         )
         assert all(o.result is not None and o.result.output["ok"] for o in outcomes)
         (conn,) = orch.mesh.arms()
-        assert conn.routable and not conn.in_flight
+        assert conn.routable
+        assert not conn.in_flight
     finally:
         await server.stop(0)
 
@@ -231,7 +240,9 @@ async def test_arm_without_hello_never_gets_traffic(start_arm, start_orchestrato
         await server.stop(0)
 
 
-async def test_arm_id_cannot_be_taken_over_by_another_address(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+async def test_arm_id_cannot_be_taken_over_by_another_address(
+    start_arm, start_orchestrator
+) -> None:  # type: ignore[no-untyped-def]
     """A second endpoint claiming an existing arm id is refused; the first keeps it."""
     first = await start_arm(REFERENCE_ARMS["echo"](arm_id="echo-fixed"))
     orch = await start_orchestrator([first.address], wait_for=("echo",))
@@ -239,12 +250,13 @@ async def test_arm_id_cannot_be_taken_over_by_another_address(start_arm, start_o
     orch.mesh.add(impostor.address)
     await asyncio.sleep(0.5)
     arm = orch.mesh.arm("echo-fixed")
-    assert arm is not None and arm.address == first.address
+    assert arm is not None
+    assert arm.address == first.address
     assert [c.address for c in orch.mesh.arms() if c.routable] == [first.address]
 
 
 async def test_health_watch_removes_and_restores_an_arm(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
-    """NOT_SERVING takes an arm out of routing (work goes to its replica); SERVING brings it back."""
+    """NOT_SERVING takes an arm out of routing (work goes to its replica); SERVING restores it."""
     first = await start_arm(REFERENCE_ARMS["echo"]())
     second = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([first.address, second.address], wait_for=("echo",))
@@ -257,7 +269,8 @@ async def test_health_watch_removes_and_restores_an_arm(start_arm, start_orchest
     # Health Watch is pushed by the arm, so this is prompt; the guard only catches a hang.
     await asyncio.wait_for(orch.mesh.wait_until(lambda: routable() == {second.address}), 10)
     arm = orch.mesh.arm(first.arm_id)
-    assert arm is not None and arm.health == pb.ARM_HEALTH_NOT_SERVING
+    assert arm is not None
+    assert arm.health == pb.ARM_HEALTH_NOT_SERVING
     outcomes = await asyncio.gather(
         *(orch.mesh.execute("echo", dispatch(f"h{i}"), timeout_s=10) for i in range(10))
     )
@@ -275,11 +288,16 @@ async def test_broken_stream_removes_arm_and_reconnect_restores_it(start_orchest
     server = await arm.start(f"127.0.0.1:{port}")
     orch = await start_orchestrator([f"127.0.0.1:{port}"], wait_for=("echo",))
     await server.drain(grace=0)
-    await asyncio.wait_for(orch.mesh.wait_until(lambda: "echo" not in orch.mesh.routable_types()), 10)
+    await asyncio.wait_for(
+        orch.mesh.wait_until(lambda: "echo" not in orch.mesh.routable_types()), 10
+    )
     reborn = await REFERENCE_ARMS["echo"](arm_id="echo-phoenix").start(f"127.0.0.1:{port}")
     try:
-        await asyncio.wait_for(orch.mesh.wait_until(lambda: "echo" in orch.mesh.routable_types()), 20)
+        await asyncio.wait_for(
+            orch.mesh.wait_until(lambda: "echo" in orch.mesh.routable_types()), 20
+        )
         outcome = await orch.mesh.execute("echo", dispatch("again"), timeout_s=10)
-        assert outcome.result is not None and outcome.arm_id == "echo-phoenix"
+        assert outcome.result is not None
+        assert outcome.arm_id == "echo-phoenix"
     finally:
         await reborn.drain(grace=0)
