@@ -96,11 +96,12 @@ class TaskRunner:
         confidences: list[float] = []
         timeout = self._task_timeout(task)
         try:
-            async with asyncio.timeout(timeout):
+            deadline = asyncio.get_running_loop().time() + timeout
+            async with asyncio.timeout_at(deadline):
                 plan = self._plan(task, move)
                 events_log.emit(pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan)))
                 move(pb.TASK_STATE_EXECUTING, f"running {len(plan.steps)} step(s)")
-                await self._run_dag(task, plan, events_log, outputs, confidences)
+                await self._run_dag(task, plan, events_log, outputs, confidences, deadline)
                 move(pb.TASK_STATE_INTEGRATING, "combining step outputs")
                 result = self._integrate(plan, outputs, confidences, events_log.usage)
                 move(pb.TASK_STATE_VALIDATING, "checking every step succeeded")
@@ -190,6 +191,7 @@ class TaskRunner:
         events_log: TaskEventLog,
         outputs: dict[str, dict[str, Any]],
         confidences: list[float],
+        deadline: float,
     ) -> None:
         steps = {s.step_id: s for s in plan.steps}
         graph = TopologicalSorter({s.step_id: set(s.depends_on) for s in plan.steps})
@@ -201,7 +203,7 @@ class TaskRunner:
 
         async def run_step(step: pb.PlanStep) -> Outcome:
             async with limit:
-                return await self._run_step(task, step, outputs, events_log)
+                return await self._run_step(task, step, outputs, events_log, deadline)
 
         try:
             while graph.is_active() and failed is None:
@@ -256,6 +258,7 @@ class TaskRunner:
         step: pb.PlanStep,
         outputs: dict[str, dict[str, Any]],
         events_log: TaskEventLog,
+        deadline: float,
     ) -> Outcome:
         sub = self._subtask(task, step, pb.SUBTASK_STATE_READY)
         events_log.emit(events.subtask_changed(sub))
@@ -304,7 +307,11 @@ class TaskRunner:
                 outcome = await self._mesh.execute(
                     step.arm_type,
                     dispatch,
-                    timeout_s=self._settings.subtask_timeout_s,
+                    # The arm learns the real limit: never more than the task has left.
+                    timeout_s=min(
+                        self._settings.subtask_timeout_s,
+                        deadline - asyncio.get_running_loop().time(),
+                    ),
                     on_event=on_event,
                 )
                 if outcome.result is not None or outcome.failure is None:

@@ -133,8 +133,16 @@ class Mesh:
                 retryable=True,
             )
             return Outcome("", dispatch.attempt, failure=failure)
+        timeout = self._default_timeout_s if timeout_s is None else timeout_s
+        if timeout <= 0:
+            failure = mesh_failure(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "SUBTASK_TIMEOUT",
+                "the subtask's deadline had already passed; it was not dispatched",
+                retryable=False,
+            )
+            return Outcome("", dispatch.attempt, failure=failure)
         loop = asyncio.get_running_loop()
-        timeout = timeout_s if timeout_s and timeout_s > 0 else self._default_timeout_s
         deadline = loop.time() + timeout
         pending = Pending(arm_type, dispatch, loop.create_future(), deadline, on_event)
         self._queues[arm_type].append(pending)

@@ -301,3 +301,14 @@ async def test_broken_stream_removes_arm_and_reconnect_restores_it(start_orchest
         assert outcome.arm_id == "echo-phoenix"
     finally:
         await reborn.drain(grace=0)
+
+
+async def test_deadline_already_past_is_not_dispatched(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """A subtask whose deadline has passed fails DEADLINE_EXCEEDED without reaching the arm."""
+    server = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([server.address], wait_for=("echo",))
+    outcome = await orch.mesh.execute("echo", dispatch("stale"), timeout_s=-0.5)
+    assert outcome.failure is not None
+    assert outcome.failure.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    (conn,) = orch.mesh.arms()
+    assert conn.stats.succeeded == 0
