@@ -31,9 +31,12 @@ class ArmServicer(arm_grpc.ArmServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[arm_pb.ExecuteResponse]:
         arm_id = self.runtime.descriptor.arm_id
-        log.info("execute_stream_opened", arm_id=arm_id, peer=context.peer())
+        # NOTE: read the peer once, up front: the generator may be finalized after the server
+        # has freed the call, and context.peer() on a freed call crashes the process.
+        peer = context.peer()
+        log.info("execute_stream_opened", arm_id=arm_id, peer=peer)
         try:
             async for response in ExecuteSession(self.runtime).stream(request_iterator):
                 yield response
         finally:
-            log.info("execute_stream_closed", arm_id=arm_id, peer=context.peer())
+            log.info("execute_stream_closed", arm_id=arm_id, peer=peer)

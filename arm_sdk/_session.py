@@ -65,6 +65,7 @@ class ExecuteSession:
         "_granted",
         "_out",
         "_rt",
+        "_unaccepted",
         "running",
     )
 
@@ -74,6 +75,8 @@ class ExecuteSession:
         self._out: asyncio.Queue[arm_pb.ExecuteResponse | _Marker] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
+        # Running subtasks whose Accepted is not sent yet: subtask id -> attempt.
+        self._unaccepted: dict[str, int] = {}
         # Credit granted to the orchestrator and not yet consumed by a Dispatch.
         self._granted = 0
         # Slots freed and reported whose Credit is not sent yet (coalesced into one Credit{n}).
@@ -137,6 +140,9 @@ class ExecuteSession:
         """Queue a Progress message for a subtask still running on this stream."""
         if self._closing or subtask_id not in self.running:
             return
+        if subtask_id in self._unaccepted:
+            # A handler reporting progress before its first suspension: Accepted still comes first.
+            self._accept(subtask_id)
         self._out.put_nowait(
             arm_pb.ExecuteResponse(
                 progress=arm_pb.Progress(subtask_id=subtask_id, fraction=fraction, message=message)
@@ -201,12 +207,14 @@ class ExecuteSession:
         if self._credit_due and self._granted < self._credit_low_water:
             self._out.put_nowait(_Marker.FLUSH_CREDIT)  # wake the writer to return owed credit
         self.running[subtask_id] = asyncio.create_task(self._run(SubtaskInput.from_proto(dispatch)))
+        self._unaccepted[subtask_id] = dispatch.attempt
         # NOTE: Accepted is optional in the protocol. It is sent only if the handler is still
         # running after its first step, so a handler that answers at once costs one message.
-        asyncio.get_running_loop().call_soon(self._accept, subtask_id, dispatch.attempt)
+        asyncio.get_running_loop().call_soon(self._accept, subtask_id)
 
-    def _accept(self, subtask_id: str, attempt: int) -> None:
-        if subtask_id in self.running and not self._closing:
+    def _accept(self, subtask_id: str) -> None:
+        attempt = self._unaccepted.pop(subtask_id, None)
+        if attempt is not None and not self._closing:
             self._out.put_nowait(
                 arm_pb.ExecuteResponse(
                     accepted=arm_pb.Accepted(subtask_id=subtask_id, attempt=attempt)
@@ -271,6 +279,7 @@ class ExecuteSession:
             message = self._handler_error(inp, exc, started)
         finally:
             del self.running[subtask_id]
+            self._unaccepted.pop(subtask_id, None)
         if self._cancel_requested and subtask_id in self._cancel_requested:
             # NOTE: the orchestrator already gave this subtask up; whatever the handler did
             # after being cancelled, the answer is CANCELLED.

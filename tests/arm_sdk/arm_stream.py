@@ -127,6 +127,54 @@ class ArmStream:
         message, _ = await self.recv_until("pong")
         return message.pong
 
+    async def round_trip(self, nonce: int = 0) -> list[arm_pb.ExecuteResponse]:
+        """Ping and read up to its Pong; return what the arm sent before it.
+
+        The Pong is queued behind everything the arm had queued when the Ping arrived (each
+        terminal message with its freed slot), so an empty list shows nothing was pending.
+        """
+        await self.send(arm_pb.ExecuteRequest(ping=arm_pb.Ping(nonce=nonce)))
+        message, before = await self.recv_until("pong")
+        assert message.pong.nonce == nonce
+        return before
+
+
+def credit_batching(max_concurrency: int) -> tuple[int, int]:
+    """The arm's credit thresholds: (Credit once this many slots are owed, low water).
+
+    Owed credit is sent once a quarter of the window is owed, or, when the arm has nothing
+    else to send, as soon as the orchestrator holds less than half of the window.
+    """
+    return max(1, max_concurrency // 4), max(1, (max_concurrency + 1) // 2)
+
+
+async def settle_window(stream: ArmStream, window: int, max_concurrency: int) -> int:
+    """With every terminal message read and nothing running, read the Credit still coming.
+
+    Returns the orchestrator's final window and checks the batching rules: either the whole
+    window is back, or the orchestrator holds at least half of it and less than a batch is owed.
+    """
+    flush_at, low_water = credit_batching(max_concurrency)
+    window += credit_sum(await stream.round_trip(), only=True)
+    while window < low_water:
+        # Owed credit below low water is flushed once the arm's queue is empty (after the Pong).
+        message = await stream.recv()
+        assert message.WhichOneof("kind") == "credit", message
+        window += message.credit.n
+    assert window <= max_concurrency
+    assert window == max_concurrency or max_concurrency - window < flush_at, (
+        window,
+        max_concurrency,
+    )
+    return window
+
+
+def credit_sum(messages: list[arm_pb.ExecuteResponse], *, only: bool = False) -> int:
+    """Total n of the Credit messages; with ``only``, fail on any other kind of message."""
+    if only:
+        assert set(kinds(messages)) <= {"credit"}, kinds(messages)
+    return sum(m.credit.n for m in messages if m.WhichOneof("kind") == "credit")
+
 
 def kinds(messages: list[arm_pb.ExecuteResponse]) -> list[str]:
     """The oneof kind of each message."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +22,7 @@ async def wait_until_draining(server: ArmServer) -> None:
     """Wait for the drain task to pass the health flip and start refusing work."""
     async with asyncio.timeout(HANG_GUARD_S):
         # NOTE: polling is fine here: `draining` is a plain flag with no event to wait on.
-        while not server.draining:  # noqa: ASYNC110
+        while not server.draining:
             await asyncio.sleep(0.01)
 
 
@@ -142,3 +144,49 @@ async def test_drain_twice_waits_for_the_same_drain(serve: Serve) -> None:
         asyncio.gather(server.drain(grace=1.0), server.drain(grace=1.0)), HANG_GUARD_S
     )
     assert server.draining
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_FLOOD_THEN_DRAIN = """
+import asyncio, gc
+import grpc
+from arm_sdk import SubtaskInput, report_progress
+from tests.arm_sdk.arm_stream import ArmStream, make_arm
+
+async def main():
+    async def handler(inp: SubtaskInput):
+        for _ in range(2000):
+            await report_progress(0.5, "x" * 4000)  # far more than the HTTP/2 window
+            await asyncio.sleep(0)
+        return {}
+    server = await make_arm(handler).start("127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(server.address)
+    stream = ArmStream(channel)
+    await stream.handshake()
+    await stream.dispatch("flood")
+    await asyncio.sleep(0.5)  # the arm blocks on flow control: this client never reads
+    await server.drain(grace=0)
+    await channel.close()
+    for _ in range(5):
+        gc.collect()
+        await asyncio.sleep(0.05)
+    print("survived", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_drain_while_blocked_on_a_full_stream_does_not_crash() -> None:
+    """Draining while a stream is stuck on flow control ends cleanly (no use of a freed call)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FLOOD_THEN_DRAIN,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert out.decode().splitlines()[-1] == "survived"

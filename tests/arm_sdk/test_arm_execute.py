@@ -21,6 +21,7 @@ from tests.arm_sdk.arm_stream import (
     kinds,
     make_arm,
     output_of,
+    settle_window,
 )
 
 
@@ -50,10 +51,11 @@ async def test_every_stream_gets_its_own_initial_credit(serve: Serve, connect: C
     assert credits == [5, 5, 5]
 
 
-async def test_dispatch_is_accepted_then_answered_with_result(
+async def test_dispatch_is_answered_with_result_then_credit(
     serve: Serve, open_stream: OpenStream
 ) -> None:
-    """Dispatch -> Accepted -> Result (output, confidence, provenance) -> Credit{1}."""
+    """Dispatch -> Result (output, confidence, provenance) -> Credit{1}; a quick handler gets no
+    Accepted."""
 
     async def handler(inp: SubtaskInput) -> SubtaskOutput:
         return SubtaskOutput(
@@ -64,16 +66,13 @@ async def test_dispatch_is_accepted_then_answered_with_result(
             cost_usd=0.25,
         )
 
-    arm = make_arm(handler, arm_type="echo")
+    arm = make_arm(handler, arm_type="echo", max_concurrency=1)
     stream = await open_stream(await serve(arm))
     await stream.dispatch("sub-1", {"text": "hi", "nested": {"list": [1, "two", None]}}, attempt=3)
 
-    accepted = await stream.recv()
     result = await stream.recv()
     credit = await stream.recv()
 
-    assert accepted.WhichOneof("kind") == "accepted"
-    assert (accepted.accepted.subtask_id, accepted.accepted.attempt) == ("sub-1", 3)
     assert result.WhichOneof("kind") == "result"
     assert result.result.subtask_id == "sub-1"
     assert result.result.attempt == 3
@@ -90,6 +89,7 @@ async def test_dispatch_is_accepted_then_answered_with_result(
     assert provenance.duration.ToNanoseconds() >= 0
     assert credit.WhichOneof("kind") == "credit"
     assert credit.credit.n == 1
+    assert await stream.round_trip() == []
 
 
 async def test_dict_return_is_shorthand_for_subtask_output(
@@ -152,8 +152,10 @@ async def test_dispatch_fields_reach_the_handler(serve: Serve, open_stream: Open
 
 async def test_arm_error_becomes_subtask_failure(serve: Serve, open_stream: OpenStream) -> None:
     """ArmError raised by a handler is reported field for field in SubtaskFailure, then Credit."""
+    started = asyncio.Event()
 
     async def handler(inp: SubtaskInput) -> dict[str, Any]:
+        await started.wait()
         raise ArmError(
             "quota gone",
             code=grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -162,10 +164,13 @@ async def test_arm_error_becomes_subtask_failure(serve: Serve, open_stream: Open
             metadata={"provider": "acme", "limit": 10},  # type: ignore[dict-item]
         )
 
-    stream = await open_stream(await serve(make_arm(handler)))
+    stream = await open_stream(await serve(make_arm(handler, max_concurrency=1)))
     await stream.dispatch("s1", attempt=4)
-    failure, before = await stream.recv_until("failure")
-    assert kinds(before) == ["accepted"]
+    accepted = await stream.recv()
+    assert (accepted.accepted.subtask_id, accepted.accepted.attempt) == ("s1", 4)
+    started.set()
+    failure = await stream.recv()
+    assert failure.WhichOneof("kind") == "failure"
     f = failure.failure
     assert f.subtask_id == "s1"
     assert f.attempt == 4
@@ -177,6 +182,7 @@ async def test_arm_error_becomes_subtask_failure(serve: Serve, open_stream: Open
     assert f.duration.ToNanoseconds() >= 0
     credit = await stream.recv()
     assert credit.credit.n == 1
+    assert await stream.round_trip() == []
 
 
 async def test_handler_exception_is_internal_and_stream_survives(
@@ -230,9 +236,10 @@ async def test_bad_handler_output_is_internal_failure(
     async def handler(inp: SubtaskInput) -> Any:
         return returned
 
-    stream = await open_stream(await serve(make_arm(handler)))
+    stream = await open_stream(await serve(make_arm(handler, max_concurrency=1)))
     await stream.dispatch("s")
-    failure, _ = await stream.recv_until("failure")
+    failure, before = await stream.recv_until("failure")
+    assert before == []
     f = failure.failure.failure
     assert f.code == grpc.StatusCode.INTERNAL.value[0]
     assert f.reason == "BAD_HANDLER_OUTPUT"
@@ -253,9 +260,10 @@ async def test_timeout_fails_with_deadline_exceeded(serve: Serve, open_stream: O
             raise
         return {}
 
-    stream = await open_stream(await serve(make_arm(handler)))
+    stream = await open_stream(await serve(make_arm(handler, max_concurrency=1)))
     await stream.dispatch("slow", timeout=0.05)
-    failure, _ = await stream.recv_until("failure")
+    failure, before = await stream.recv_until("failure")
+    assert kinds(before) == ["accepted"]
     f = failure.failure.failure
     assert f.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert f.reason == "SUBTASK_TIMEOUT"
@@ -323,8 +331,9 @@ async def test_cancel_stops_the_handler_and_frees_its_credit(
 
     await stream.dispatch("next")
     result, before = await stream.recv_until("result")
-    assert kinds(before) == ["accepted"]
+    assert before == []  # it answered at once: no Accepted
     assert output_of(result) == {"ran": "next"}
+    assert (await stream.recv()).credit.n == 1
 
 
 async def test_handler_swallowing_cancel_is_still_reported_cancelled(
@@ -392,7 +401,8 @@ async def test_dispatch_beyond_granted_credit_is_refused(
 
 
 async def test_duplicate_dispatch_is_ignored(serve: Serve, open_stream: OpenStream) -> None:
-    """A Dispatch whose subtask is already running on the stream is dropped with a warning."""
+    """A Dispatch whose subtask is already running on the stream is dropped with a warning
+    (neither run, nor refused, nor counted against credit)."""
     release = asyncio.Event()
     runs: list[str] = []
 
@@ -401,29 +411,32 @@ async def test_duplicate_dispatch_is_ignored(serve: Serve, open_stream: OpenStre
         await release.wait()
         return {}
 
-    stream = await open_stream(await serve(make_arm(handler)))
+    stream = await open_stream(await serve(make_arm(handler, max_concurrency=1)))
     with structlog.testing.capture_logs() as logs:
         await stream.dispatch("dup")
-        await stream.recv_until("accepted")
+        accepted = await stream.recv()
+        assert (accepted.accepted.subtask_id, accepted.accepted.attempt) == ("dup", 1)
         await stream.dispatch("dup", attempt=2)
-        await stream.ping(7)
+        assert await stream.round_trip(7) == []
     release.set()
-    result, before = await stream.recv_until("result")
-    assert "accepted" not in kinds(before)
+    result = await stream.recv()
+    assert result.WhichOneof("kind") == "result"
     assert result.result.attempt == 1
     assert runs == ["dup"]
     warnings = [e for e in logs if e["event"] == "duplicate_dispatch_ignored"]
     assert [(w["subtask_id"], w["attempt"], w["log_level"]) for w in warnings] == [
         ("dup", 2, "warning")
     ]
-    # The same id may run again once the first run has finished.
-    await stream.recv_until("credit")
+    # The same id may run again once the first run has finished and its slot came back.
+    assert (await stream.recv()).credit.n == 1
     release.clear()
     await stream.dispatch("dup", attempt=3)
-    await stream.recv_until("accepted")
+    assert (await stream.recv()).accepted.attempt == 3
     release.set()
-    again, _ = await stream.recv_until("result")
+    again = await stream.recv()
     assert again.result.attempt == 3
+    assert (await stream.recv()).credit.n == 1
+    assert runs == ["dup", "dup"]
 
 
 async def test_ping_is_answered_with_pong(serve: Serve, open_stream: OpenStream) -> None:
@@ -499,6 +512,15 @@ async def test_progress_is_sent_for_the_calling_subtask(
         ("b", 0.25, "quarter of b"),
         ("b", 1.0, "over"),
     ]
+    for subtask_id in ("a", "b"):
+        mine = [m for m in messages if _subtask_of(m) == subtask_id]
+        assert kinds(mine) == ["accepted", "progress", "progress", "result"]
+
+
+def _subtask_of(message: arm_pb.ExecuteResponse) -> str | None:
+    kind = message.WhichOneof("kind")
+    body = getattr(message, kind) if kind else None
+    return getattr(body, "subtask_id", None)
 
 
 async def test_report_progress_outside_a_handler_is_a_no_op() -> None:
@@ -511,7 +533,8 @@ async def test_report_progress_outside_a_handler_is_a_no_op() -> None:
 async def test_many_concurrent_subtasks_respect_credit(
     serve: Serve, open_stream: OpenStream
 ) -> None:
-    """500 subtasks on one stream all finish; never more run at once than the credit granted."""
+    """500 subtasks on one stream all finish; never more run at once than the credit granted;
+    every freed slot is returned by the batching rules."""
     total, max_concurrency = 500, 16
     in_flight = 0
     peak = 0
@@ -542,6 +565,7 @@ async def test_many_concurrent_subtasks_respect_credit(
         kind = message.WhichOneof("kind")
         if kind == "credit":
             window += message.credit.n
+            assert window <= max_concurrency
         elif kind == "result":
             outputs[message.result.subtask_id] = output_of(message)
         elif kind == "failure":
@@ -550,9 +574,4 @@ async def test_many_concurrent_subtasks_respect_credit(
     assert failures == []
     assert outputs == {f"s{i}": {"i": i} for i in range(total)}
     assert 1 < peak <= max_concurrency
-    # Every slot was given back: the window is full again once the last Credit arrives.
-    while window < max_concurrency:
-        message = await channel_stream.recv()
-        assert message.WhichOneof("kind") == "credit"
-        window += message.credit.n
-    assert window == max_concurrency
+    await settle_window(channel_stream, window, max_concurrency)
