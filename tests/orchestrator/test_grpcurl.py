@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 from arm_sdk.arms import REFERENCE_ARMS
-from tests.tools import grpcurl_binary
-
-
-async def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) -> str:
-    """Run grpcurl -plaintext against `address`; return stdout, failing the test on error."""
-    extra = ["-d", json.dumps(data)] if data is not None else []
-    proc = await asyncio.create_subprocess_exec(
-        str(grpcurl_binary()),
-        "-plaintext",
-        "-max-time",
-        "20",
-        *extra,
-        address,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, f"grpcurl {' '.join(args)} failed: {err.decode()}"
-    return out.decode()
+from tests.tools import grpcurl
 
 
 async def test_grpcurl_list_describe_health_submit_get(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
