@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(600.0, gt=0, description="end-to-end task time by default")
     max_parallel_subtasks: int = Field(16, gt=0, description="ready subtasks run at once per task")
     max_attempts: int = Field(3, ge=1, description="attempts per subtask on retryable failures")
+    postgres_dsn: str = Field(
+        "", description="PostgreSQL DSN for durable state; empty keeps state in process memory"
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 
