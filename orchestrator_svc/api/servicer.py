@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import TypeAlias
@@ -107,10 +108,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 # Accepted but not running here (e.g. its runner is gone): end it in the log.
                 failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
                 event = task_events.finished(pb.TASK_STATE_CANCELLED, failure=failure)
-                try:
-                    task = await self._store.append(task_id, [event])
-                except TaskClosed:
-                    task = await self._store.get(task_id)
+                with contextlib.suppress(TaskClosed):  # it ended meanwhile: return how
+                    await self._store.append(task_id, [event])
+                task = await self._store.get(task_id)
             return pb.CancelTaskResponse(task=task)
         except ApiError as err:
             await abort(context, err)

@@ -34,6 +34,13 @@ from .events import TaskEventLog
 log = structlog.get_logger(__name__)
 
 
+_SUBTASK_STATE_OF = {
+    "queued": pb.SUBTASK_STATE_READY,
+    "dispatched": pb.SUBTASK_STATE_DISPATCHED,
+    "accepted": pb.SUBTASK_STATE_RUNNING,
+}
+
+
 class TaskStopped(Exception):
     """Ends a task early with a terminal state (deadline, failure) and a Failure."""
 
@@ -197,7 +204,10 @@ class TaskRunner:
         graph = TopologicalSorter({s.step_id: set(s.depends_on) for s in plan.steps})
         graph.prepare()
         limit = asyncio.Semaphore(self._settings.max_parallel_subtasks)
-        running: dict[asyncio.Task[Outcome], str] = {}
+        running: dict[str, asyncio.Task[Outcome]] = {}
+        # NOTE: completions arrive on a queue, so each costs O(1); asyncio.wait over every
+        # running step would make a wide DAG quadratic.
+        finished: asyncio.Queue[str] = asyncio.Queue()
         started: set[str] = set()
         failed: Outcome | None = None
 
@@ -208,25 +218,25 @@ class TaskRunner:
         try:
             while graph.is_active() and failed is None:
                 for step_id in graph.get_ready():
-                    running[asyncio.create_task(run_step(steps[step_id]))] = step_id
+                    runner = asyncio.create_task(run_step(steps[step_id]))
+                    runner.add_done_callback(lambda _, s=step_id: finished.put_nowait(s))
+                    running[step_id] = runner
                     started.add(step_id)
                 if not running:
                     break
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for runner in done:
-                    step_id = running.pop(runner)
-                    outcome = runner.result()
-                    if outcome.result is not None:
-                        outputs[step_id] = json_format.MessageToDict(outcome.result.output)
-                        confidences.append(outcome.result.confidence)
-                        graph.done(step_id)
-                    elif failed is None:
-                        failed = outcome
+                step_id = await finished.get()
+                outcome = running.pop(step_id).result()
+                if outcome.result is not None:
+                    outputs[step_id] = json_format.MessageToDict(outcome.result.output)
+                    confidences.append(outcome.result.confidence)
+                    graph.done(step_id)
+                elif failed is None:
+                    failed = outcome
         finally:
-            for runner in running:
+            for runner in running.values():
                 runner.cancel()
             if running:
-                await asyncio.wait(running)
+                await asyncio.wait(running.values())
             # Steps that started record their own terminal state; the others are skipped.
             for step in plan.steps:
                 if step.step_id not in started:
@@ -260,8 +270,9 @@ class TaskRunner:
         events_log: TaskEventLog,
         deadline: float,
     ) -> Outcome:
+        # NOTE: READY means "waiting for an arm with credit": it is recorded only when the mesh
+        # reports the subtask queued, not for one dispatched at once.
         sub = self._subtask(task, step, pb.SUBTASK_STATE_READY)
-        events_log.emit(events.subtask_changed(sub))
         dispatch = arm_pb.Dispatch(
             subtask_id=sub.subtask_id,
             task_id=task.task_id,
@@ -290,11 +301,7 @@ class TaskRunner:
                     )
                 )
                 return
-            sub.state = (
-                pb.SUBTASK_STATE_DISPATCHED
-                if event.kind == "dispatched"
-                else pb.SUBTASK_STATE_RUNNING
-            )
+            sub.state = _SUBTASK_STATE_OF[event.kind]
             sub.arm_id, sub.attempt = event.arm_id, event.attempt
             events_log.emit(events.subtask_changed(sub))
 

@@ -58,7 +58,7 @@ class Outcome:
 class MeshEvent:
     """Something an arm said about a subtask before its outcome."""
 
-    kind: str  # "dispatched" | "accepted" | "progress"
+    kind: str  # "queued" (waiting for credit) | "dispatched" | "accepted" | "progress"
     arm_id: str
     attempt: int
     fraction: float = 0.0

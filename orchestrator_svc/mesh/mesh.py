@@ -147,6 +147,7 @@ class Mesh:
         pending = Pending(arm_type, dispatch, loop.create_future(), deadline, on_event)
         self._queues[arm_type].append(pending)
         self._pump(arm_type)
+        _report_queued([pending])
         try:
             async with asyncio.timeout_at(deadline):
                 return await pending.future
@@ -225,6 +226,7 @@ class Mesh:
         pending.connection = None
         self._queues[pending.arm_type].appendleft(pending)
         self._pump(pending.arm_type)
+        _report_queued([pending])
 
     def on_unroutable(self, conn: ArmConnection, lost: list[Pending]) -> None:
         self._notify()
@@ -256,7 +258,15 @@ class Mesh:
             self._queues[pending.arm_type].appendleft(pending)
         if lost:
             self._pump(lost[0].arm_type)
+            _report_queued(lost)
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def _report_queued(pendings: list[Pending]) -> None:
+    """Tell the owners of subtasks that could not be sent at once that they wait for credit."""
+    for pending in pendings:
+        if pending.connection is None and not pending.future.done() and pending.on_event:
+            pending.on_event(MeshEvent("queued", "", pending.dispatch.attempt))

@@ -37,11 +37,12 @@ _M = TypeVar("_M", bound=Message)
 class _TaskLog:
     """One task: its projection, its append-only events, and a wake-up for watchers."""
 
-    __slots__ = ("_grown", "events", "task")
+    __slots__ = ("_grown", "events", "subtask_index", "task")
 
     def __init__(self, task: pb.Task) -> None:
         self.task = task
         self.events: list[pb.TaskEvent] = []
+        self.subtask_index: dict[str, int] = {}
         self._grown = asyncio.Event()
 
     @property
@@ -99,7 +100,7 @@ class InMemoryTaskStore(TaskStore):
         log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
         return _copy(stored), True
 
-    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> pb.Task:
+    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> int:
         self._check_open()
         task_log = self._log(task_id)
         if task_log.finished:
@@ -114,14 +115,14 @@ class InMemoryTaskStore(TaskStore):
             stored.task_id = task_id
             if not stored.HasField("time"):
                 stored.time.CopyFrom(now)
-            apply(task_log.task, stored)
+            apply(task_log.task, stored, task_log.subtask_index)
             task_log.events.append(stored)
 
         if events:
             task_log.publish()
             if task_log.finished:
                 log.debug("task_log_closed", task_id=task_id, last_seq=task_log.task.last_seq)
-        return _copy(task_log.task)
+        return task_log.task.last_seq
 
     async def get(self, task_id: str) -> pb.Task:
         self._check_open()

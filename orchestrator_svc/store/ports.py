@@ -73,8 +73,11 @@ class TaskStore(Protocol):
         """
         ...
 
-    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> pb.Task:
-        """Append events to the task's log and return a copy of the projected task.
+    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> int:
+        """Append events to the task's log and return the seq of the last one (its last_seq).
+
+        NOTE: it does not return the projected task: tasks with many subtasks would make every
+        append pay for a copy the hot path never reads; call get() when the task is wanted.
 
         Each event gets the next seq (last_seq+1, +2, ... with no gaps), the task_id, and the
         current time when its time is unset; the caller's messages are not modified. The whole

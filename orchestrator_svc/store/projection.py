@@ -29,15 +29,22 @@ def subtask_id_for(task_id: str, step_id: str) -> str:
     return f"{task_id}:{step_id}"
 
 
-def apply(task: pb.Task, event: pb.TaskEvent) -> None:
-    """Fold `event` into `task` in place. Pure: no I/O, no clock."""
+def apply(task: pb.Task, event: pb.TaskEvent, subtask_index: dict[str, int] | None = None) -> None:
+    """Fold `event` into `task` in place. Pure: no I/O, no clock.
+
+    `subtask_index` (subtask_id -> position in task.subtasks), when a caller keeps one across
+    events of the same task, makes a subtask update O(1) instead of a scan of every subtask.
+    """
     kind = event.WhichOneof("kind")
     if kind == "state_changed":
         task.state = event.state_changed.to_state
     elif kind == "plan_created":
         _apply_plan(task, event.plan_created.plan)
+        if subtask_index is not None:
+            subtask_index.clear()
+            subtask_index.update((s.subtask_id, i) for i, s in enumerate(task.subtasks))
     elif kind == "subtask_changed":
-        _apply_subtask(task, event.subtask_changed.subtask)
+        _apply_subtask(task, event.subtask_changed.subtask, subtask_index)
     elif kind == "finished":
         finished = event.finished
         task.state = finished.state
@@ -70,7 +77,17 @@ def _apply_plan(task: pb.Task, plan: pb.Plan) -> None:
     )
 
 
-def _apply_subtask(task: pb.Task, subtask: pb.Subtask) -> None:
+def _apply_subtask(
+    task: pb.Task, subtask: pb.Subtask, index: dict[str, int] | None
+) -> None:
+    if index is not None:
+        position = index.get(subtask.subtask_id)
+        if position is None:
+            index[subtask.subtask_id] = len(task.subtasks)
+            task.subtasks.append(subtask)
+        else:
+            task.subtasks[position].CopyFrom(subtask)
+        return
     for existing in task.subtasks:
         if existing.subtask_id == subtask.subtask_id:
             existing.CopyFrom(subtask)

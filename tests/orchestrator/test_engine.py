@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -9,6 +10,7 @@ import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
+from arm_sdk import Arm, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
 
 GOAL = "Exercise the runner's recovery rules"
@@ -104,3 +106,37 @@ async def test_parallel_steps_run_concurrently(stub: Any) -> None:
             order.append(sub.state)
     first_done = order.index(pb.SUBTASK_STATE_SUCCEEDED)
     assert order[:first_done].count(pb.SUBTASK_STATE_RUNNING) == 4
+
+
+async def test_ready_is_recorded_only_while_waiting_for_credit(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """With one credit, the second of two parallel steps is READY until the first finishes."""
+    arm = Arm(arm_type="single", max_concurrency=1)
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return {"step": inp.step_id}
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator([server.address], wait_for=("single",))
+    stub = connect(orch.address)
+    task = (
+        await stub.SubmitTask(
+            pb.SubmitTaskRequest(
+                goal=GOAL, plan=plan(("one", "single", {}, ()), ("two", "single", {}, ()))
+            )
+        )
+    ).task
+    states: dict[str, list[int]] = {"one": [], "two": []}
+    async for r in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        sub = r.event.subtask_changed.subtask
+        if sub.step_id:
+            states[sub.step_id].append(sub.state)
+    waited = [s for s, seen in states.items() if seen[0] == pb.SUBTASK_STATE_READY]
+    assert len(waited) == 1
+    assert states[waited[0]][:2] == [pb.SUBTASK_STATE_READY, pb.SUBTASK_STATE_DISPATCHED]
+    (went_first,) = set(states) - set(waited)
+    assert states[went_first][0] == pb.SUBTASK_STATE_DISPATCHED
+    assert all(seen[-1] == pb.SUBTASK_STATE_SUCCEEDED for seen in states.values())

@@ -47,7 +47,9 @@ async def test_append_assigns_gapless_seqs(store: TaskStore, new_task: NewTask) 
     task_id = await _created(store, new_task)
     await store.append(task_id, [_state(pb.TASK_STATE_PARSING)])
     await store.append(task_id, [_progress(0.1), _progress(0.2), _progress(0.3)])
-    task = await store.append(task_id, [_state(pb.TASK_STATE_PLANNING)])
+    seq = await store.append(task_id, [_state(pb.TASK_STATE_PLANNING)])
+    task = await store.get(task_id)
+    assert seq == task.last_seq
     assert task.last_seq == 5
     await store.append(task_id, [_finished()])
 
@@ -65,7 +67,9 @@ async def test_append_stamps_events_without_touching_the_input(
     timed = _state(pb.TASK_STATE_PARSING)
     timed.time.CopyFrom(given_time)
     untimed = _finished()
-    task = await store.append(task_id, [timed, untimed])
+    seq = await store.append(task_id, [timed, untimed])
+    task = await store.get(task_id)
+    assert seq == task.last_seq
 
     assert not untimed.HasField("time")
     assert untimed.seq == 0
@@ -82,7 +86,9 @@ async def test_append_returns_projected_task(store: TaskStore, new_task: NewTask
     task_id = await _created(store, new_task)
     event = _state(pb.TASK_STATE_EXECUTING)
     event.usage.CopyFrom(common_pb2.Usage(tokens=12, cost_usd=0.5))
-    task = await store.append(task_id, [event])
+    seq = await store.append(task_id, [event])
+    task = await store.get(task_id)
+    assert seq == task.last_seq
     assert task.state == pb.TASK_STATE_EXECUTING
     assert task.usage.tokens == 12
     assert task.last_seq == 1
@@ -99,7 +105,9 @@ async def test_projection_of_every_event_kind(store: TaskStore, new_task: NewTas
             pb.PlanStep(step_id="write", arm_type="coder", depends_on=["search"]),
         ],
     )
-    task = await store.append(task_id, [pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan))])
+    seq = await store.append(task_id, [pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan))])
+    task = await store.get(task_id)
+    assert seq == task.last_seq
     assert task.plan == plan
     assert [(s.subtask_id, s.step_id, s.arm_type, s.state) for s in task.subtasks] == [
         (f"{task_id}:search", "search", "retriever", pb.SUBTASK_STATE_PENDING),
@@ -114,13 +122,17 @@ async def test_projection_of_every_event_kind(store: TaskStore, new_task: NewTas
         arm_id="retriever-0",
         attempt=1,
     )
-    task = await store.append(
+    seq = await store.append(
         task_id, [pb.TaskEvent(subtask_changed=pb.SubtaskStateChanged(subtask=running))]
     )
+    task = await store.get(task_id)
+    assert seq == task.last_seq
     assert task.subtasks[0] == running
     assert task.subtasks[1].state == pb.SUBTASK_STATE_PENDING
 
-    task = await store.append(task_id, [_progress(0.5)])
+    seq = await store.append(task_id, [_progress(0.5)])
+    task = await store.get(task_id)
+    assert seq == task.last_seq
     assert task.subtasks[0] == running
     assert task.last_seq == 3
 
@@ -128,7 +140,9 @@ async def test_projection_of_every_event_kind(store: TaskStore, new_task: NewTas
     finished = pb.TaskEvent(
         finished=pb.TaskFinished(state=pb.TASK_STATE_DEADLINE_EXCEEDED, failure=failure)
     )
-    task = await store.append(task_id, [finished])
+    seq = await store.append(task_id, [finished])
+    task = await store.get(task_id)
+    assert seq == task.last_seq
     assert task.state == pb.TASK_STATE_DEADLINE_EXCEEDED
     assert task.failure == failure
     assert not task.HasField("result")
@@ -187,9 +201,11 @@ async def test_invalid_event_is_refused_whole(
 
 
 async def test_empty_batch_changes_nothing(store: TaskStore, new_task: NewTask) -> None:
-    """append() of no events returns the task unchanged."""
+    """append() of no events leaves the task unchanged and returns its last_seq."""
     task_id = await _created(store, new_task)
-    assert await store.append(task_id, []) == await store.get(task_id)
+    before = await store.get(task_id)
+    assert await store.append(task_id, []) == before.last_seq == 0
+    assert await store.get(task_id) == before
 
 
 async def test_watch_replays_whole_log(store: TaskStore, new_task: NewTask) -> None:
@@ -287,10 +303,9 @@ async def test_slow_watcher_does_not_block_append(store: TaskStore, new_task: Ne
     first = await asyncio.wait_for(anext(stalled), HANG_GUARD)
 
     async def append_many() -> pb.Task:
-        task = pb.Task()
         for _ in range(500):
-            task = await store.append(task_id, [_progress(0.5)])
-        return task
+            await store.append(task_id, [_progress(0.5)])
+        return await store.get(task_id)
 
     task = await asyncio.wait_for(append_many(), HANG_GUARD)
     assert first.seq == 1

@@ -124,3 +124,22 @@ def test_usage_is_taken_only_when_set() -> None:
     apply(task, with_usage)
     apply(task, _event(2, subtask_progress=pb.SubtaskProgress()))
     assert task.usage == common_pb2.Usage(tokens=100, cost_usd=0.01)
+
+
+def test_subtask_index_gives_the_same_projection() -> None:
+    """Folding with a kept subtask index yields exactly what the index-free fold yields."""
+    plan = pb.Plan(plan_id="p")
+    for step_id in ("a", "b", "c"):
+        plan.steps.add(step_id=step_id, arm_type="echo")
+    events = [pb.TaskEvent(seq=1, plan_created=pb.PlanCreated(plan=plan))]
+    for seq, (step_id, state) in enumerate(
+        [("b", pb.SUBTASK_STATE_RUNNING), ("a", pb.SUBTASK_STATE_SUCCEEDED), ("x", 5)], start=2
+    ):
+        sub = pb.Subtask(subtask_id=f"t:{step_id}", step_id=step_id, state=state)
+        events.append(pb.TaskEvent(seq=seq, subtask_changed=pb.SubtaskStateChanged(subtask=sub)))
+    plain, indexed, index = pb.Task(task_id="t"), pb.Task(task_id="t"), {}
+    for event in events:
+        apply(plain, event)
+        apply(indexed, event, index)
+    assert plain == indexed
+    assert index == {"t:a": 0, "t:b": 1, "t:c": 2, "t:x": 3}

@@ -1,0 +1,171 @@
+"""DAG latency and scheduling cost, against raw grpc.aio round trips measured in the same run.
+
+    python -m benchmarks.dag [--tasks 200] [--sizes 100,1000,10000]
+
+1. Yardstick: raw grpc.aio bidi ping-pong p50 between two processes (benchmarks._raw).
+2. End to end: a client submits a 5-step fan-out/fan-in plan (a -> b, c, d -> e) to
+   `octollm serve` in its own process, routed to `octollm arm echo` in a third process, and
+   waits for the terminal WatchTask event; p50/p95 over sequential tasks, in raw round trips.
+   Targets: p50 <= 10 round trips (the critical path needs about 4), p95 <= 20.
+3. Scheduling cost: one orchestrator in this process runs a root -> (N-2 parallel) -> sink
+   plan of N nodes (2N-4 edges) on the same echo arm; time per node should stay flat as N grows
+   (work linear in nodes + edges). Plans this large bypass the API's 50-step limit on purpose:
+   they are handed to the runner directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from octollm.v1 import orchestrator_service_pb2 as pb
+from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from benchmarks._raw import ROOT, run_raw
+from benchmarks.dispatch import STARTUP_TIMEOUT_S, echo_arm_process
+from orchestrator_svc.config import Settings
+from orchestrator_svc.server import Orchestrator
+
+
+def fan_plan(width: int) -> pb.Plan:
+    """root -> `width` parallel steps -> sink, all on echo."""
+    plan = pb.Plan()
+    plan.steps.add(step_id="root", arm_type="echo", description="root").input.update({"n": 0})
+    mids = [f"m{i}" for i in range(width)]
+    for step_id in mids:
+        plan.steps.add(step_id=step_id, arm_type="echo", description=step_id, depends_on=["root"])
+    plan.steps.add(step_id="sink", arm_type="echo", description="sink", depends_on=mids)
+    return plan
+
+
+@contextlib.asynccontextmanager
+async def orchestrator_process(arm_address: str) -> AsyncIterator[str]:
+    """`octollm serve` on a free port in a child process, dialling the echo arm."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "OCTOLLM_LISTEN": address,
+        "OCTOLLM_ARM_ENDPOINTS": arm_address,
+        "OCTOLLM_LOG_LEVEL": "warning",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator_svc.cli", "serve", cwd=ROOT, env=env
+    )
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                while True:
+                    try:
+                        arms = await stub.ListArms(pb.ListArmsRequest(), wait_for_ready=True)
+                    except grpc.aio.AioRpcError:
+                        arms = pb.ListArmsResponse()
+                    if any(a.health == pb.ARM_HEALTH_SERVING for a in arms.arms):
+                        break
+                    await asyncio.sleep(0.05)
+        yield address
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def end_to_end(arm_address: str, n_tasks: int, warmup: int) -> list[float]:
+    """Latency (ms) of SubmitTask -> terminal event for the 5-step plan, sequentially."""
+    request = pb.SubmitTaskRequest(goal="Fan out to three echoes and fan back in", plan=fan_plan(3))
+    latencies: list[float] = []
+    async with (
+        orchestrator_process(arm_address) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        for i in range(warmup + n_tasks):
+            started = time.perf_counter_ns()
+            task = (await stub.SubmitTask(request)).task
+            final = pb.TASK_STATE_UNSPECIFIED
+            async for response in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id)):
+                if response.event.HasField("finished"):
+                    final = response.event.finished.state
+            if final != pb.TASK_STATE_SUCCEEDED:
+                raise RuntimeError(f"task {task.task_id} ended {pb.TaskState.Name(final)}")
+            if i >= warmup:
+                latencies.append((time.perf_counter_ns() - started) / 1e6)
+    return latencies
+
+
+async def scheduling(arm_address: str, sizes: list[int]) -> list[tuple[int, float, float]]:
+    """(nodes, total seconds, microseconds per node) for root -> fan -> sink plans."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        arm_endpoints=[arm_address],
+        max_parallel_subtasks=64,
+        task_timeout_s=3600,
+    )
+    orchestrator = await Orchestrator(settings).start()
+    rows = []
+    try:
+        await orchestrator.wait_for_arms({"echo"}, STARTUP_TIMEOUT_S)
+        for nodes in sizes:
+            task = pb.Task(goal=f"Schedule {nodes} nodes", state=pb.TASK_STATE_PENDING)
+            task.plan.CopyFrom(fan_plan(nodes - 2))
+            task.create_time.GetCurrentTime()
+            stored, _ = await orchestrator.store.create(task, fingerprint=f"bench-{nodes}")
+            started = time.perf_counter_ns()
+            orchestrator.runner.start(stored)
+            async for event in orchestrator.store.watch(stored.task_id, 0):
+                if event.HasField("finished") and event.finished.state != pb.TASK_STATE_SUCCEEDED:
+                    raise RuntimeError(f"{nodes}-node task ended {event.finished}")
+            seconds = (time.perf_counter_ns() - started) / 1e9
+            rows.append((nodes, seconds, seconds / nodes * 1e6))
+    finally:
+        await orchestrator.stop(grace_s=1)
+    return rows
+
+
+async def run(n_tasks: int, warmup: int, sizes: list[int]) -> list[str]:
+    raw = await run_raw(n_pingpong=1000, n_pipelined=1, window=1, warmup=100)
+    rt = raw["pingpong_p50_ms"]
+    async with echo_arm_process() as arm_address:
+        latencies = await end_to_end(arm_address, n_tasks, warmup)
+        rows = await scheduling(arm_address, sizes)
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    p50, p95 = cuts[49], cuts[94]
+    lines = [
+        f"raw grpc.aio bidi round trip p50: {rt:.3f} ms (the yardstick)",
+        f"5-step DAG (a -> b,c,d -> e), {n_tasks} tasks, SubmitTask -> terminal event:",
+        f"  p50 {p50:8.3f} ms = {p50 / rt:6.1f} round trips   target <= 10  "
+        + ("met" if p50 / rt <= 10 else "MISSED"),
+        f"  p95 {p95:8.3f} ms = {p95 / rt:6.1f} round trips   target <= 20  "
+        + ("met" if p95 / rt <= 20 else "MISSED"),
+        "scheduling (root -> N-2 parallel -> sink, echo arm):",
+        f"  {'nodes':>7} {'edges':>7} {'total s':>9} {'us/node':>9}",
+    ]
+    for nodes, seconds, per_node in rows:
+        lines.append(f"  {nodes:>7} {2 * nodes - 4:>7} {seconds:>9.3f} {per_node:>9.1f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--sizes", default="100,1000,10000")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for line in asyncio.run(run(args.tasks, args.warmup, sizes)):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
