@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     subtask_timeout_s: float = Field(60.0, gt=0, description="per-subtask timeout by default")
     task_timeout_s: float = Field(600.0, gt=0, description="end-to-end task time by default")
     max_parallel_subtasks: int = Field(16, gt=0, description="ready subtasks run at once per task")
-    max_attempts: int = Field(3, ge=1, description="attempts per subtask on retryable failures")
+    max_retries: int = Field(3, ge=0, description="retries of a subtask after a transient failure")
     postgres_dsn: str = Field(
         "", description="PostgreSQL DSN for durable state; empty keeps state in process memory"
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import uuid
 from collections.abc import Callable
 from graphlib import TopologicalSorter
@@ -30,6 +29,7 @@ from ..store.ports import TaskStore
 from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
 from . import events
 from .events import TaskEventLog
+from .recovery import RecoveryBudget
 
 log = structlog.get_logger(__name__)
 
@@ -270,6 +270,7 @@ class TaskRunner:
         events_log: TaskEventLog,
         deadline: float,
     ) -> Outcome:
+        step_log = log.bind(task_id=task.task_id, step_id=step.step_id)
         # NOTE: READY means "waiting for an arm with credit": it is recorded only when the mesh
         # reports the subtask queued, not for one dispatched at once.
         sub = self._subtask(task, step, pb.SUBTASK_STATE_READY)
@@ -305,27 +306,37 @@ class TaskRunner:
             sub.arm_id, sub.attempt = event.arm_id, event.attempt
             events_log.emit(events.subtask_changed(sub))
 
-        attempts = self._settings.max_attempts
-        outcome: Outcome | None = None
+        recovery = RecoveryBudget(transient_retries=self._settings.max_retries)
+        timeout_s = self._settings.subtask_timeout_s
+        avoid = ""
         try:
-            for attempt in range(1, attempts + 1):
+            while True:
                 # The mesh raises attempt itself on failover, so count on from where it left off.
                 dispatch.attempt += 1
                 outcome = await self._mesh.execute(
                     step.arm_type,
                     dispatch,
                     # The arm learns the real limit: never more than the task has left.
-                    timeout_s=min(
-                        self._settings.subtask_timeout_s,
-                        deadline - asyncio.get_running_loop().time(),
-                    ),
+                    timeout_s=min(timeout_s, deadline - asyncio.get_running_loop().time()),
                     on_event=on_event,
+                    avoid_arm=avoid,
                 )
-                if outcome.result is not None or outcome.failure is None:
+                if outcome.failure is None:
                     break
-                if not outcome.failure.retryable or attempt == attempts:
+                retry = recovery.next(outcome.failure, outcome.arm_id)
+                if retry is None:
                     break
-                await asyncio.sleep(random.uniform(0.05, 0.2) * 2 ** (attempt - 1))
+                step_log.info(
+                    "subtask_retry",
+                    kind=retry.kind,
+                    attempt=dispatch.attempt,
+                    reason=outcome.failure.reason,
+                    arm_id=outcome.arm_id,
+                )
+                timeout_s *= retry.timeout_factor
+                avoid = retry.avoid_arm
+                if retry.delay_s:
+                    await asyncio.sleep(retry.delay_s)
         except asyncio.CancelledError:
             sub.state = pb.SUBTASK_STATE_CANCELLED
             sub.failure.CopyFrom(
@@ -333,7 +344,6 @@ class TaskRunner:
             )
             events_log.emit(events.subtask_changed(sub))
             raise
-        assert outcome is not None
         sub.arm_id, sub.attempt = outcome.arm_id or sub.arm_id, outcome.attempt
         if outcome.result is not None:
             sub.state = pb.SUBTASK_STATE_SUCCEEDED

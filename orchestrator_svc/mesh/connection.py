@@ -42,6 +42,7 @@ class Pending:
     on_event: Callable[[MeshEvent], None] | None = None
     connection: ArmConnection | None = None
     failovers: int = 0
+    avoid_arm: str = ""
 
 
 @dataclass(frozen=True, slots=True)

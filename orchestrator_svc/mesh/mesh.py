@@ -119,11 +119,13 @@ class Mesh:
         *,
         timeout_s: float | None = None,
         on_event: Callable[[MeshEvent], None] | None = None,
+        avoid_arm: str = "",
     ) -> Outcome:
         """Run one subtask on an arm of `arm_type` and return how it ended.
 
         Never raises for arm-side problems: they come back as `Outcome.failure`. Cancelling the
-        caller cancels the subtask at the arm.
+        caller cancels the subtask at the arm. `avoid_arm` (an arm id) is used only when no other
+        arm of the type can take the subtask (a reroute after that arm failed).
         """
         if not self._by_type.get(arm_type):
             failure = mesh_failure(
@@ -144,7 +146,9 @@ class Mesh:
             return Outcome("", dispatch.attempt, failure=failure)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pending = Pending(arm_type, dispatch, loop.create_future(), deadline, on_event)
+        pending = Pending(
+            arm_type, dispatch, loop.create_future(), deadline, on_event, avoid_arm=avoid_arm
+        )
         self._queues[arm_type].append(pending)
         self._pump(arm_type)
         _report_queued([pending])
@@ -184,10 +188,20 @@ class Mesh:
             pending = queue.popleft()
             if pending.future.done():
                 continue
-            conn = ready[0] if len(ready) == 1 else min(ready, key=lambda c: len(c.in_flight))
+            conn = self._pick(ready, pending.avoid_arm)
             conn.send(pending, now)
             if conn.credits <= 0:
                 ready.remove(conn)
+
+    @staticmethod
+    def _pick(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:
+        """The ready arm with the fewest subtasks in flight, preferring not `avoid_arm`."""
+        if len(ready) == 1:
+            return ready[0]
+        if avoid_arm:
+            others = [c for c in ready if c.arm_id != avoid_arm]
+            ready = others or ready
+        return min(ready, key=lambda c: len(c.in_flight))
 
     # -- ConnectionOwner ---------------------------------------------------------------------
 

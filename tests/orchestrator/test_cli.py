@@ -65,7 +65,7 @@ async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) 
     assert code == 1
     assert "INVALID_ARGUMENT" in err
     assert "Traceback" not in err
-    code, _, err = await octollm("serve", env={"OCTOLLM_MAX_ATTEMPTS": "zero"})
+    code, _, err = await octollm("serve", env={"OCTOLLM_MAX_RETRIES": "zero"})
     assert code == 2
-    assert "max_attempts" in err
+    assert "max_retries" in err
     assert "Traceback" not in err

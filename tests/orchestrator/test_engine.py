@@ -40,7 +40,7 @@ async def run(stub: pb_grpc.OrchestratorServiceStub, request: pb.SubmitTaskReque
 
 
 async def test_transient_failures_are_retried_then_fail(stub: Any) -> None:
-    """A retryable failure is tried max_attempts (3) times, then the task FAILS with its reason."""
+    """A transient failure is retried max_retries (3) times, then the task FAILS with its reason."""
     task = await run(
         stub,
         pb.SubmitTaskRequest(
@@ -50,7 +50,7 @@ async def test_transient_failures_are_retried_then_fail(stub: Any) -> None:
     assert task.state == pb.TASK_STATE_FAILED
     (sub,) = task.subtasks
     assert sub.state == pb.SUBTASK_STATE_FAILED
-    assert sub.attempt == 3
+    assert sub.attempt == 4
     assert sub.failure.reason == "SIMULATED_TRANSIENT"
     assert task.failure.reason == "SIMULATED_TRANSIENT"
 

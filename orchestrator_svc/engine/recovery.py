@@ -1,0 +1,69 @@
+"""The recovery table: what to do after a subtask attempt fails. Pure; no I/O.
+
+| failure                                 | action                                | at most |
+|-----------------------------------------|---------------------------------------|---------|
+| DEADLINE_EXCEEDED (arm or mesh timeout) | retry with a 1.5x longer deadline     | 2       |
+| the arm was lost, drained or not there  | reroute, avoiding the arm that failed | 1       |
+| any other failure marked retryable      | retry after jittered backoff          | 3 [1]   |
+| not retryable                           | give up: the step fails               | -       |
+
+[1] OCTOLLM_MAX_RETRIES.
+
+Budgets are counted per kind, so a step can time out twice and then be rerouted once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import grpc
+from octollm.v1 import common_pb2
+
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+# Reasons the mesh gives when the arm, not the work, was the problem.
+ARM_UNAVAILABLE_REASONS = frozenset({"ARM_LOST", "ARM_DRAINING", "NO_ARM_FOR_TYPE"})
+
+TIMEOUT_RETRIES = 2
+REROUTES = 1
+TRANSIENT_RETRIES = 3
+TIMEOUT_GROWTH = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try the step again."""
+
+    kind: str  # "timeout" | "reroute" | "transient"
+    delay_s: float
+    timeout_factor: float = 1.0
+    avoid_arm: str = ""
+
+
+@dataclass(slots=True)
+class RecoveryBudget:
+    """How many recoveries of each kind one step has used."""
+
+    transient_retries: int = TRANSIENT_RETRIES
+    used: dict[str, int] = field(default_factory=dict)
+
+    def next(self, failure: common_pb2.Failure, arm_id: str) -> Retry | None:
+        """The retry to make after `failure` on `arm_id`, or None to give up."""
+        if not failure.retryable:
+            return None
+        if failure.code == _DEADLINE:
+            kind, limit = "timeout", TIMEOUT_RETRIES
+        elif failure.reason in ARM_UNAVAILABLE_REASONS:
+            kind, limit = "reroute", REROUTES
+        else:
+            kind, limit = "transient", self.transient_retries
+        n = self.used.get(kind, 0)
+        if n >= limit:
+            return None
+        self.used[kind] = n + 1
+        if kind == "timeout":
+            return Retry(kind, 0.0, timeout_factor=TIMEOUT_GROWTH ** (n + 1))
+        if kind == "reroute":
+            return Retry(kind, 0.0, avoid_arm=arm_id)
+        # Full jitter on an exponential base: 0.1 s, 0.2 s, 0.4 s caps.
+        return Retry(kind, random.uniform(0.0, 0.1 * 2**n))

@@ -1,0 +1,112 @@
+"""The recovery table, as a pure policy and through real arms."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from octollm.v1 import arm_service_pb2 as arm_pb
+from octollm.v1 import common_pb2
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from arm_sdk import Arm, SubtaskInput
+from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.engine.recovery import RecoveryBudget
+
+
+def failure(code: grpc.StatusCode, reason: str, retryable: bool = True) -> common_pb2.Failure:
+    return common_pb2.Failure(code=code.value[0], reason=reason, retryable=retryable)
+
+
+def test_timeouts_retry_twice_with_longer_deadlines() -> None:
+    """DEADLINE_EXCEEDED: two retries, deadlines x1.5 then x2.25, then give up."""
+    budget = RecoveryBudget()
+    timeout = failure(grpc.StatusCode.DEADLINE_EXCEEDED, "SUBTASK_TIMEOUT")
+    first, second = budget.next(timeout, "a"), budget.next(timeout, "a")
+    assert first is not None
+    assert second is not None
+    assert (first.kind, first.timeout_factor) == ("timeout", 1.5)
+    assert second.timeout_factor == 2.25
+    assert budget.next(timeout, "a") is None
+
+
+def test_lost_arm_is_rerouted_once_avoiding_it() -> None:
+    """An arm lost mid-subtask: one reroute that avoids that arm."""
+    budget = RecoveryBudget()
+    lost = failure(grpc.StatusCode.UNAVAILABLE, "ARM_LOST")
+    retry = budget.next(lost, "arm-1")
+    assert retry is not None
+    assert (retry.kind, retry.avoid_arm, retry.delay_s) == ("reroute", "arm-1", 0.0)
+    assert budget.next(lost, "arm-2") is None
+
+
+def test_transient_failures_retry_with_bounded_jitter() -> None:
+    """Other retryable failures: max_retries retries, each after a jittered, growing delay."""
+    budget = RecoveryBudget(transient_retries=3)
+    flaky = failure(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_BUSY")
+    delays = [budget.next(flaky, "a") for _ in range(3)]
+    assert all(r is not None and r.kind == "transient" for r in delays)
+    assert [0 <= r.delay_s <= 0.1 * 2**i for i, r in enumerate(delays) if r is not None] == [
+        True
+    ] * 3
+    assert budget.next(flaky, "a") is None
+
+
+def test_kinds_have_separate_budgets_and_fatal_gives_up() -> None:
+    """Budgets are per kind; a non-retryable failure is never retried."""
+    budget = RecoveryBudget(transient_retries=1)
+    assert budget.next(failure(grpc.StatusCode.INTERNAL, "BUG", retryable=False), "a") is None
+    assert budget.next(failure(grpc.StatusCode.ABORTED, "X"), "a") is not None
+    assert budget.next(failure(grpc.StatusCode.ABORTED, "X"), "a") is None
+    assert budget.next(failure(grpc.StatusCode.DEADLINE_EXCEEDED, "T"), "a") is not None
+    assert budget.next(failure(grpc.StatusCode.UNAVAILABLE, "ARM_LOST"), "a") is not None
+
+
+async def test_timed_out_step_is_retried_with_a_longer_deadline(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """A step that hangs on its first attempt succeeds on the second, with a longer timeout."""
+    timeouts: list[float | None] = []
+    arm = Arm(arm_type="slowstart")
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        timeouts.append(inp.timeout)
+        if inp.attempt == 1:
+            await asyncio.sleep(60)
+        return {"attempt": inp.attempt}
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator(
+        [server.address], wait_for=("slowstart",), subtask_timeout_s=0.4
+    )
+    stub = connect(orch.address)
+    plan = pb.Plan()
+    plan.steps.add(step_id="s", arm_type="slowstart")
+    task = (
+        await stub.SubmitTask(pb.SubmitTaskRequest(goal="Recover from a timeout", plan=plan))
+    ).task
+    async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        pass
+    done = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+    assert done.state == pb.TASK_STATE_SUCCEEDED
+    assert done.subtasks[0].attempt == 2
+    assert len(timeouts) == 2
+    assert timeouts[0] is not None
+    assert timeouts[1] is not None
+    assert timeouts[1] > timeouts[0]
+
+
+async def test_reroute_prefers_another_arm(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """avoid_arm sends the subtask to another arm of the type when there is one."""
+    first = await start_arm(REFERENCE_ARMS["echo"]())
+    second = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([first.address, second.address], wait_for=("echo",))
+    await asyncio.wait_for(
+        orch.mesh.wait_until(lambda: len([c for c in orch.mesh.arms() if c.routable]) == 2), 10
+    )
+    for i in range(6):
+        d = arm_pb.Dispatch(subtask_id=f"r{i}", attempt=1)
+        outcome = await orch.mesh.execute("echo", d, timeout_s=10, avoid_arm=first.arm_id)
+        assert outcome.arm_id == second.arm_id
