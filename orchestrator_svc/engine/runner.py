@@ -210,6 +210,7 @@ class TaskRunner:
         finished: asyncio.Queue[str] = asyncio.Queue()
         started: set[str] = set()
         failed: Outcome | None = None
+        stopped: TaskStopped | None = None
 
         async def run_step(step: pb.PlanStep) -> Outcome:
             async with limit:
@@ -230,6 +231,10 @@ class TaskRunner:
                     outputs[step_id] = json_format.MessageToDict(outcome.result.output)
                     confidences.append(outcome.result.confidence)
                     graph.done(step_id)
+                    over = self._over_budget(task, events_log.usage)
+                    if over is not None:
+                        stopped = TaskStopped(pb.TASK_STATE_BUDGET_EXCEEDED, over)
+                        break
                 elif failed is None:
                     failed = outcome
         finally:
@@ -250,8 +255,28 @@ class TaskRunner:
                         )
                     )
                     events_log.emit(events.subtask_changed(sub))
+        if stopped is not None:
+            raise stopped
         if failed is not None and failed.failure is not None:
             raise TaskStopped(pb.TASK_STATE_FAILED, failed.failure)
+
+    @staticmethod
+    def _over_budget(task: pb.Task, usage: common_pb2.Usage) -> common_pb2.Failure | None:
+        """A Failure when the task has spent more tokens or money than its budget allows."""
+        budget = task.budget
+        spent = None
+        if budget.max_tokens and usage.tokens > budget.max_tokens:
+            spent = f"{usage.tokens} tokens of a {budget.max_tokens}-token budget"
+        elif budget.max_cost_usd and usage.cost_usd > budget.max_cost_usd:
+            spent = f"${usage.cost_usd:.4f} of a ${budget.max_cost_usd:.4f} budget"
+        if spent is None:
+            return None
+        return mesh_failure(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "BUDGET_EXCEEDED",
+            f"the task spent {spent}; stopped with the results so far",
+            retryable=False,
+        )
 
     @staticmethod
     def _subtask(task: pb.Task, step: pb.PlanStep, state: pb.SubtaskState.ValueType) -> pb.Subtask:

@@ -10,7 +10,7 @@ import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
-from arm_sdk import Arm, SubtaskInput
+from arm_sdk import Arm, SubtaskInput, SubtaskOutput
 from arm_sdk.arms import REFERENCE_ARMS
 
 GOAL = "Exercise the runner's recovery rules"
@@ -32,7 +32,7 @@ def plan(*steps: tuple[str, str, dict[str, Any], tuple[str, ...]]) -> pb.Plan:
     return p
 
 
-async def run(stub: pb_grpc.OrchestratorServiceStub, request: pb.SubmitTaskRequest) -> pb.Task:
+async def run_task(stub: pb_grpc.OrchestratorServiceStub, request: pb.SubmitTaskRequest) -> pb.Task:
     task = (await stub.SubmitTask(request)).task
     async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
         pass
@@ -41,7 +41,7 @@ async def run(stub: pb_grpc.OrchestratorServiceStub, request: pb.SubmitTaskReque
 
 async def test_transient_failures_are_retried_then_fail(stub: Any) -> None:
     """A transient failure is retried max_retries (3) times, then the task FAILS with its reason."""
-    task = await run(
+    task = await run_task(
         stub,
         pb.SubmitTaskRequest(
             goal=GOAL, plan=plan(("flaky", "sleep", {"seconds": 0, "fail": "transient"}, ()))
@@ -57,7 +57,7 @@ async def test_transient_failures_are_retried_then_fail(stub: Any) -> None:
 
 async def test_fatal_failure_skips_dependants(stub: Any) -> None:
     """A non-retryable failure is not retried; steps depending on it are SKIPPED."""
-    task = await run(
+    task = await run_task(
         stub,
         pb.SubmitTaskRequest(
             goal=GOAL,
@@ -81,7 +81,7 @@ async def test_task_deadline_stops_running_steps_and_keeps_partial_results(stub:
         plan=plan(("quick", "echo", {"n": 1}, ()), ("slow", "sleep", {"seconds": 30}, ("quick",))),
     )
     request.budget.max_time.FromMilliseconds(700)
-    task = await run(stub, request)
+    task = await run_task(stub, request)
     assert task.state == pb.TASK_STATE_DEADLINE_EXCEEDED
     assert task.failure.reason == "TASK_DEADLINE_EXCEEDED"
     states = {s.step_id: s.state for s in task.subtasks}
@@ -140,3 +140,36 @@ async def test_ready_is_recorded_only_while_waiting_for_credit(
     (went_first,) = set(states) - set(waited)
     assert states[went_first][0] == pb.SUBTASK_STATE_DISPATCHED
     assert all(seen[-1] == pb.SUBTASK_STATE_SUCCEEDED for seen in states.values())
+
+
+async def test_budget_exhaustion_stops_with_partial_results(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """Once reported tokens pass max_tokens the task ends BUDGET_EXCEEDED; later steps skip."""
+    arm = Arm(arm_type="costly")
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> SubtaskOutput:
+        return SubtaskOutput(output={"step": inp.step_id}, tokens=600, cost_usd=0.01)
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator([server.address], wait_for=("costly",))
+    stub = connect(orch.address)
+    request = pb.SubmitTaskRequest(
+        goal=GOAL,
+        plan=plan(
+            ("a", "costly", {}, ()), ("b", "costly", {}, ("a",)), ("c", "costly", {}, ("b",))
+        ),
+    )
+    request.budget.max_tokens = 1000
+    task = await run_task(stub, request)
+    assert task.state == pb.TASK_STATE_BUDGET_EXCEEDED
+    assert task.failure.reason == "BUDGET_EXCEEDED"
+    states = {s.step_id: s.state for s in task.subtasks}
+    assert states == {
+        "a": pb.SUBTASK_STATE_SUCCEEDED,
+        "b": pb.SUBTASK_STATE_SUCCEEDED,
+        "c": pb.SUBTASK_STATE_SKIPPED,
+    }
+    assert task.usage.tokens == 1200
+    assert set(task.result.outputs.fields) == {"a", "b"}
