@@ -150,3 +150,51 @@ async def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) 
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, f"grpcurl {' '.join(args)} failed: {err.decode()}"
     return out.decode()
+
+
+def node_modules(path: Path) -> Path:
+    """`path`/node_modules as pinned by `path`/package-lock.json, installed with `npm ci` if stale.
+
+    A copy of the lockfile inside node_modules marks a finished install of exactly that lockfile
+    (npm ci deletes node_modules first, so a killed install leaves no mark); a file lock
+    serializes installs across parallel test processes.
+    """
+    lockfile = path / "package-lock.json"
+    modules = path / "node_modules"
+    mark = modules / ".octollm-installed-lock.json"
+
+    def installed() -> bool:
+        return mark.is_file() and mark.read_bytes() == lockfile.read_bytes()
+
+    if installed():
+        return modules
+    npm = shutil.which("npm")
+    if npm is None:
+        tool_unavailable(f"npm not found on PATH; it is needed to install {modules}")
+    tools_cache().mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(tools_cache() / "npm-ci.lock"):
+        # NOTE: re-check under the lock: another process may have installed it meanwhile.
+        if installed():
+            return modules
+        # NOTE: --ignore-scripts: no pinned dependency needs an install script to work.
+        command = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"]
+        try:
+            proc = subprocess.run(
+                command,
+                cwd=path,
+                capture_output=True,
+                text=True,
+                timeout=NPM_INSTALL_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            tool_unavailable(
+                f"`{' '.join(command)}` in {path} timed out after {NPM_INSTALL_TIMEOUT_S} s"
+            )
+        if proc.returncode != 0:
+            tool_unavailable(
+                f"`{' '.join(command)}` in {path} failed (rc={proc.returncode}):\n"
+                f"{proc.stdout}\n{proc.stderr}"
+            )
+        mark.write_bytes(lockfile.read_bytes())
+    return modules

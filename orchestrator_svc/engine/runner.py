@@ -9,6 +9,7 @@ running subtasks at their arms and skips the rest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -220,7 +221,7 @@ class TaskRunner:
             while graph.is_active() and failed is None:
                 for step_id in graph.get_ready():
                     runner = asyncio.create_task(run_step(steps[step_id]))
-                    runner.add_done_callback(lambda _, s=step_id: finished.put_nowait(s))
+                    runner.add_done_callback(functools.partial(_report_done, finished, step_id))
                     running[step_id] = runner
                     started.add(step_id)
                 if not running:
@@ -407,3 +408,7 @@ class TaskRunner:
         )
         result.outputs.update(outputs)
         return result
+
+
+def _report_done(finished: asyncio.Queue[str], step_id: str, _: asyncio.Task[Outcome]) -> None:
+    finished.put_nowait(step_id)
