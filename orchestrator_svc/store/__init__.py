@@ -1,6 +1,14 @@
-"""Task store: the TaskStore port, the event-log projection, and the in-memory adapter."""
+"""Task store: the TaskStore port, the event-log projection, and its adapters.
 
+`open_store(settings)` is the one place an adapter is chosen: process memory by default, or
+PostgreSQL (migrated at start-up) when `settings.postgres_dsn` is set.
+"""
+
+from __future__ import annotations
+
+from orchestrator_svc.config import Settings
 from orchestrator_svc.store.memory import InMemoryTaskStore
+from orchestrator_svc.store.migrate import MigrationError, migrate
 from orchestrator_svc.store.ports import (
     IdempotencyConflict,
     StoreClosed,
@@ -9,6 +17,7 @@ from orchestrator_svc.store.ports import (
     TaskNotFound,
     TaskStore,
 )
+from orchestrator_svc.store.postgres import CorruptRecord, PostgresTaskStore, StoreUnavailable
 from orchestrator_svc.store.projection import (
     TERMINAL_SUBTASK_STATES,
     TERMINAL_TASK_STATES,
@@ -19,13 +28,56 @@ from orchestrator_svc.store.projection import (
 __all__ = [
     "TERMINAL_SUBTASK_STATES",
     "TERMINAL_TASK_STATES",
+    "CorruptRecord",
     "IdempotencyConflict",
     "InMemoryTaskStore",
+    "MigrationError",
+    "PostgresTaskStore",
     "StoreClosed",
     "StoreError",
+    "StoreUnavailable",
     "TaskClosed",
     "TaskNotFound",
     "TaskStore",
     "apply",
+    "migrate",
+    "open_store",
     "subtask_id_for",
 ]
+
+
+async def open_store(
+    settings: Settings,
+    *,
+    startup_wait_s: float = 10.0,
+    connect_timeout_s: float = 5.0,
+    retry_initial_s: float = 0.2,
+    retry_max_s: float = 2.0,
+    server_settings: dict[str, str] | None = None,
+) -> TaskStore:
+    """The store `settings` choose: in process memory, or a migrated PostgreSQL store.
+
+    With `settings.postgres_dsn` set, waits up to `startup_wait_s` for PostgreSQL (retrying with
+    backoff from `retry_initial_s` to `retry_max_s`), applies pending migrations, and opens the
+    pool. Raises StoreUnavailable when PostgreSQL cannot be reached in time, MigrationError when
+    the schema cannot be brought up to date.
+    """
+    if not settings.postgres_dsn:
+        return InMemoryTaskStore()
+    dsn = settings.postgres_dsn
+    await migrate(
+        dsn,
+        server_settings=server_settings,
+        startup_wait_s=startup_wait_s,
+        connect_timeout_s=connect_timeout_s,
+        retry_initial_s=retry_initial_s,
+        retry_max_s=retry_max_s,
+    )
+    return await PostgresTaskStore.connect(
+        dsn,
+        server_settings=server_settings,
+        startup_wait_s=startup_wait_s,
+        connect_timeout_s=connect_timeout_s,
+        retry_initial_s=retry_initial_s,
+        retry_max_s=retry_max_s,
+    )

@@ -77,9 +77,7 @@ def _apply_plan(task: pb.Task, plan: pb.Plan) -> None:
     )
 
 
-def _apply_subtask(
-    task: pb.Task, subtask: pb.Subtask, index: dict[str, int] | None
-) -> None:
+def _apply_subtask(task: pb.Task, subtask: pb.Subtask, index: dict[str, int] | None) -> None:
     if index is not None:
         position = index.get(subtask.subtask_id)
         if position is None:

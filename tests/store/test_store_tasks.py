@@ -23,19 +23,25 @@ def _at(seconds: int) -> dict[str, object]:
 
 
 def test_public_surface() -> None:
-    """The store package exports exactly its port, errors, projection and adapters."""
+    """The store package exports exactly its port, errors, projection, adapters and opener."""
     assert sorted(store_pkg.__all__) == sorted(
         [
             "TERMINAL_SUBTASK_STATES",
             "TERMINAL_TASK_STATES",
+            "CorruptRecord",
             "IdempotencyConflict",
             "InMemoryTaskStore",
+            "MigrationError",
+            "PostgresTaskStore",
             "StoreClosed",
             "StoreError",
+            "StoreUnavailable",
             "TaskClosed",
             "TaskNotFound",
             "TaskStore",
             "apply",
+            "migrate",
+            "open_store",
             "subtask_id_for",
         ]
     )
