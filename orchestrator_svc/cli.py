@@ -26,7 +26,7 @@ from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from pydantic import ValidationError
 
 from .client import follow
-from .config import Settings
+from .config import Settings, describe_errors
 from .telemetry import configure_logging
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"octollm: invalid configuration:\n{exc}", file=sys.stderr)
+        for line in describe_errors(exc).splitlines():
+            print(f"octollm: invalid configuration: {line}", file=sys.stderr)
         return 2
     updates: dict[str, object] = {}
     if getattr(args, "listen", None):

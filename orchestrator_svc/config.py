@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     dns_refresh_s: float = Field(10.0, gt=0, description="how often DNS targets are re-resolved")
     shutdown_grace_s: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     subtask_timeout_s: float = Field(60.0, gt=0, description="per-subtask timeout by default")
-    task_timeout_s: float = Field(600.0, gt=0, description="end-to-end task time by default")
+    task_timeout_s: float = Field(300.0, gt=0, description="end-to-end task time by default")
+    max_concurrent_tasks: int = Field(
+        10, gt=0, description="tasks running at once; more wait in PENDING, none is dropped"
+    )
     max_parallel_subtasks: int = Field(16, gt=0, description="ready subtasks run at once per task")
     max_retries: int = Field(3, ge=0, description="retries of a subtask after a transient failure")
     postgres_dsn: str = Field(
@@ -45,3 +48,14 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad setting, naming the environment variable, for a start-up error."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        variable = f"{prefix}{field}".upper()
+        lines.append(f"{variable}={error.get('input')!r}: {error['msg']}")
+    return "\n".join(lines)

@@ -59,6 +59,8 @@ class TaskRunner:
         self._mesh = mesh
         self._settings = settings
         self._running: dict[str, asyncio.Task[None]] = {}
+        # NOTE: accepted tasks beyond the limit wait here in PENDING; none is dropped.
+        self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
         self._cancel_reasons: dict[str, str] = {}
 
     @property
@@ -92,6 +94,20 @@ class TaskRunner:
     # -- one task ------------------------------------------------------------------------------
 
     async def _run(self, task: pb.Task) -> None:
+        try:
+            async with self._slots:
+                await self._run_admitted(task)
+        except asyncio.CancelledError:
+            if task.task_id not in self._cancel_reasons:
+                raise
+            # Cancelled while waiting for a slot: nothing ran, so only the end is recorded.
+            reason = self._cancel_reasons.pop(task.task_id)
+            failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
+            await self._store.append(
+                task.task_id, [events.finished(pb.TASK_STATE_CANCELLED, failure=failure)]
+            )
+
+    async def _run_admitted(self, task: pb.Task) -> None:
         task_log = log.bind(task_id=task.task_id)
         events_log = TaskEventLog(self._store, task.task_id, common_pb2.Usage())
         state = [task.state]

@@ -67,5 +67,6 @@ async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) 
     assert "Traceback" not in err
     code, _, err = await octollm("serve", env={"OCTOLLM_MAX_RETRIES": "zero"})
     assert code == 2
-    assert "max_retries" in err
+    assert "OCTOLLM_MAX_RETRIES=" in err
+    assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err

@@ -173,3 +173,26 @@ async def test_budget_exhaustion_stops_with_partial_results(
     }
     assert task.usage.tokens == 1200
     assert set(task.result.outputs.fields) == {"a", "b"}
+
+
+async def test_tasks_beyond_the_concurrency_limit_wait_then_run(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """With max_concurrent_tasks=1 the second task stays PENDING until the first ends."""
+    sleep = await start_arm(REFERENCE_ARMS["sleep"]())
+    orch = await start_orchestrator([sleep.address], wait_for=("sleep",), max_concurrent_tasks=1)
+    stub = connect(orch.address)
+    request = pb.SubmitTaskRequest(goal=GOAL, plan=plan(("nap", "sleep", {"seconds": 0.3}, ())))
+    first = (await stub.SubmitTask(request)).task
+    second = (await stub.SubmitTask(request)).task
+    third = (await stub.SubmitTask(request)).task
+    await asyncio.sleep(0.1)
+    waiting = (await stub.GetTask(pb.GetTaskRequest(task_id=second.task_id))).task
+    assert waiting.state == pb.TASK_STATE_PENDING
+    cancelled = await stub.CancelTask(pb.CancelTaskRequest(task_id=third.task_id, reason="no"))
+    assert cancelled.task.state == pb.TASK_STATE_CANCELLED
+    for task in (first, second):
+        async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+            pass
+        done = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+        assert done.state == pb.TASK_STATE_SUCCEEDED
