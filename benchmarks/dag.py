@@ -58,6 +58,7 @@ async def orchestrator_process(arm_address: str) -> AsyncIterator[str]:
         "OCTOLLM_LISTEN": address,
         "OCTOLLM_ARM_ENDPOINTS": arm_address,
         "OCTOLLM_LOG_LEVEL": "warning",
+        "OCTOLLM_METRICS_PORT": "-1",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator_svc.cli", "serve", cwd=ROOT, env=env
@@ -110,6 +111,7 @@ async def scheduling(arm_address: str, sizes: list[int]) -> list[tuple[int, floa
         arm_endpoints=[arm_address],
         max_parallel_subtasks=64,
         task_timeout_s=3600,
+        metrics_port=-1,
     )
     orchestrator = await Orchestrator(settings).start()
     rows = []

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     )
     max_parallel_subtasks: int = Field(16, gt=0, description="ready subtasks run at once per task")
     max_retries: int = Field(3, ge=0, description="retries of a subtask after a transient failure")
+    metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
+    metrics_port: int = Field(
+        9464, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 turns it off"
+    )
     postgres_dsn: str = Field(
         "", description="PostgreSQL DSN for durable state; empty keeps state in process memory"
     )

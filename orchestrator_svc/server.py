@@ -19,6 +19,7 @@ from .engine import TaskRunner
 from .mesh import Discovery, Mesh
 from .store.memory import InMemoryTaskStore
 from .store.ports import TaskStore
+from .telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +37,16 @@ class Orchestrator:
             default_timeout_s=settings.subtask_timeout_s,
         )
         self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
-        self.runner = TaskRunner(self.store, self.mesh, settings)
-        self.servicer = OrchestratorServicer(self.store, self.runner, self.mesh)
+        self.metrics = Metrics()
+        self.metrics.watch_mesh(self.mesh)
+        self.runner = TaskRunner(self.store, self.mesh, settings, self.metrics)
+        self.servicer = OrchestratorServicer(self.store, self.runner, self.mesh, self.metrics)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=list(SERVER_OPTIONS))
+        self.server = grpc.aio.server(
+            options=list(SERVER_OPTIONS), interceptors=[self.metrics.interceptor()]
+        )
         self.port = 0
+        self.metrics_port = -1
         self._stopping: asyncio.Task[None] | None = None
 
     @property
@@ -59,9 +65,18 @@ class Orchestrator:
             raise OSError(f"cannot listen on {self.settings.listen}")
         self.discovery.start()
         await self.server.start()
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(
+                self.settings.metrics_host, self.settings.metrics_port
+            )
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("orchestrator_listening", address=self.address, arms=self.settings.arm_endpoints)
+        log.info(
+            "orchestrator_listening",
+            address=self.address,
+            metrics_port=self.metrics_port,
+            arms=self.settings.arm_endpoints,
+        )
         return self
 
     async def wait_for_arms(self, arm_types: set[str], timeout_s: float) -> None:
@@ -93,4 +108,5 @@ class Orchestrator:
         await self.discovery.close()
         await self.mesh.close()
         await self.store.close()
+        await self.metrics.close()
         log.info("orchestrator_stopped")

@@ -16,6 +16,7 @@ from ..engine import events as task_events
 from ..mesh import Mesh, mesh_failure
 from ..store.ports import StoreError, TaskClosed, TaskStore
 from ..store.projection import TERMINAL_TASK_STATES
+from ..telemetry.metrics import Metrics
 from . import validation
 from .errors import ApiError, abort, failed_precondition, from_store_error, not_found
 
@@ -25,7 +26,8 @@ Context: TypeAlias = grpc.aio.ServicerContext
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     """Thin edge: checks requests, maps failures to statuses, delegates to store/runner/mesh."""
 
-    def __init__(self, store: TaskStore, runner: TaskRunner, mesh: Mesh) -> None:
+    def __init__(self, store: TaskStore, runner: TaskRunner, mesh: Mesh, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._store = store
         self._runner = runner
         self._mesh = mesh
@@ -68,6 +70,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         except StoreError as err:
             await abort(context, from_store_error(err))
         if created:
+            self._metrics.tasks_accepted.inc()
             self._runner.start(stored)
         return pb.SubmitTaskResponse(task=stored)
 

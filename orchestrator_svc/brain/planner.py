@@ -1,13 +1,319 @@
-"""Planning. Until the full planner lands, a goal becomes one step on the most fitting arm type."""
+"""Planning: the LLM planner, the `Planner` facade with its fallback chain, and the legacy
+one-step planner the engine used before the brain landed.
+
+`Planner.plan` asks the LLM first (when configured). An invalid plan is repaired; if it is still
+invalid the LLM is asked once more with the problems fed back; if that fails too, or the LLM
+cannot answer at all, the heuristic planner plans. The notes say which path was taken, for the
+task's event log.
+"""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Collection
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-# Arm types in order of preference for a goal that mentions any of the keywords.
+from pydantic import BaseModel, Field
+
+from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from .intent import ParsedIntent
+from .plan import (
+    ArmCapability,
+    ExecutionPlan,
+    NoArmsAvailable,
+    PlanBudget,
+    PlannedStep,
+    estimate,
+)
+from .plan_checks import PlanProblem, describe, repair_plan, validate_plan
+from .templates import HeuristicPlanner, step_input, template_for, with_task_criteria
+
+# -- the LLM planner -----------------------------------------------------------------------------
+
+
+class StepDraft(BaseModel):
+    """One step as the LLM writes it."""
+
+    step_id: str = Field(max_length=64, description="short snake_case id, unique in the plan")
+    description: str = Field(max_length=500, description="what this step must do")
+    arm_type: str = Field(max_length=64, description="one of the available arm types")
+    depends_on: list[str] = Field(default=[], max_length=10)
+    acceptance_criteria: list[str] = Field(default=[], max_length=5)
+    required_capabilities: list[str] = Field(default=[], max_length=5)
+
+
+class PlanDraft(BaseModel):
+    """A plan as the LLM writes it; ids, inputs and estimates are the brain's business."""
+
+    rationale: str = Field(default="", max_length=1000)
+    steps: list[StepDraft] = Field(min_length=1, max_length=20)
+
+
+PLANNER_SYSTEM_PROMPT = """You are the task planner of OctoLLM, a mesh of specialist AI arms.
+Decompose the goal into a small DAG of steps that the available arms can execute.
+
+Available arms (use only these arm types):
+{arms}
+
+Return JSON with this structure:
+{{"rationale": "one sentence on why this plan",
+ "steps": [{{"step_id": "gather_context", "description": "what to do", "arm_type": "{example}",
+            "depends_on": [], "acceptance_criteria": ["what the output must satisfy"],
+            "required_capabilities": []}}]}}
+
+Rules:
+- {size}
+- step_id: short snake_case, unique; depends_on lists step_ids that must finish first
+- no cycles; steps that do not depend on each other run in parallel
+- the last step(s) produce the final answer
+- respect every constraint and stay within the budget"""
+
+_SIZES = {
+    "simple": "use 1 to 3 steps",
+    "medium": "use 3 to 5 steps",
+    "complex": "use 5 to 7 steps",
+}
+
+
+def _arms_block(arms: Sequence[ArmCapability]) -> str:
+    lines = []
+    for arm in arms:
+        caps = ", ".join(arm.capabilities) or "none declared"
+        text = f" - {arm.description}" if arm.description else ""
+        lines.append(f"- {arm.arm_type}{text} (capabilities: {caps})")
+    return "\n".join(lines)
+
+
+def plan_user_prompt(
+    intent: ParsedIntent,
+    budget: PlanBudget | None,
+    acceptance_criteria: Sequence[str],
+    problems: Sequence[PlanProblem] = (),
+    previous: ExecutionPlan | None = None,
+) -> str:
+    lines = [f"Goal: {intent.goal}", f"Domain: {intent.domain}; complexity: {intent.complexity}"]
+    if intent.constraints:
+        lines += ["Constraints:", *(f"- {c}" for c in intent.constraints)]
+    if acceptance_criteria:
+        lines += ["The final answer must satisfy:", *(f"- {c}" for c in acceptance_criteria)]
+    if intent.keywords:
+        lines.append(f"Keywords: {', '.join(intent.keywords)}")
+    entities = {k: v for k, v in intent.entities.items() if v}
+    if entities:
+        lines.append(f"Mentioned: {json.dumps(entities)}")
+    if budget is not None and budget.max_tokens > 0:
+        lines.append(f"Token budget for the whole plan: {budget.max_tokens}")
+    if problems:
+        lines.append("Your previous plan was invalid:")
+        lines += [f"- {p.message}" for p in problems]
+        if previous is not None:
+            shape = [
+                {"step_id": s.step_id, "arm_type": s.arm_type, "depends_on": list(s.depends_on)}
+                for s in previous.steps
+            ]
+            lines.append(f"Previous plan: {json.dumps(shape)}")
+        lines.append("Return a corrected plan.")
+    return "\n".join(lines)
+
+
+def plan_json_schema(arm_types: Collection[str]) -> dict[str, Any]:
+    """PlanDraft's schema with arm_type limited to the served types (grammar servers obey)."""
+    schema = PlanDraft.model_json_schema()
+    if arm_types:
+        schema["$defs"]["StepDraft"]["properties"]["arm_type"]["enum"] = sorted(arm_types)
+    return schema
+
+
+class LLMPlanner:
+    """Plans with an LLM; raises `LLMError` when the model cannot answer validly."""
+
+    def __init__(self, client: JSONCompleter, *, max_tokens: int = 1500) -> None:
+        self._client = client
+        self._max_tokens = max_tokens
+
+    async def plan(
+        self,
+        intent: ParsedIntent,
+        arms: Sequence[ArmCapability],
+        budget: PlanBudget | None = None,
+        *,
+        acceptance_criteria: Sequence[str] = (),
+        problems: Sequence[PlanProblem] = (),
+        previous: ExecutionPlan | None = None,
+    ) -> tuple[ExecutionPlan, LLMUsage]:
+        """A plan as the LLM wrote it (not validated), with the usage it cost."""
+        types = sorted({a.arm_type for a in arms})
+        system = PLANNER_SYSTEM_PROMPT.format(
+            arms=_arms_block(arms),
+            example=types[0] if types else "retriever",
+            size=_SIZES[intent.complexity],
+        )
+        draft, usage = await self._client.complete_json(
+            system=system,
+            user=plan_user_prompt(intent, budget, acceptance_criteria, problems, previous),
+            schema=PlanDraft,
+            max_tokens=self._max_tokens,
+            json_schema=plan_json_schema(types),
+        )
+        steps = tuple(
+            PlannedStep(
+                step_id=s.step_id.strip(),
+                description=s.description.strip(),
+                arm_type=s.arm_type.strip(),
+                input=step_input(intent, s.description.strip(), s.arm_type.strip()),
+                depends_on=tuple(d.strip() for d in s.depends_on),
+                acceptance_criteria=tuple(c for c in s.acceptance_criteria if c.strip()),
+                required_capabilities=tuple(c for c in s.required_capabilities if c.strip()),
+            )
+            for s in draft.steps
+        )
+        duration, tokens = estimate(steps)
+        plan = ExecutionPlan(
+            plan_id=str(uuid.uuid4()),
+            steps=steps,
+            estimated_duration_s=duration,
+            estimated_tokens=tokens,
+            rationale=draft.rationale.strip(),
+        )
+        return plan, usage
+
+
+# -- the facade ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOutcome:
+    """The plan to run, what planning cost, and notes on how it came about (for the event log)."""
+
+    plan: ExecutionPlan
+    usage: LLMUsage
+    notes: tuple[str, ...]
+
+
+class Planner:
+    """LLM first when configured, repair, replan once, then the heuristic planner."""
+
+    def __init__(
+        self, llm: LLMPlanner | None = None, heuristic: HeuristicPlanner | None = None
+    ) -> None:
+        self._llm = llm
+        self._heuristic = heuristic or HeuristicPlanner()
+
+    async def plan(
+        self,
+        intent: ParsedIntent,
+        arms: Sequence[ArmCapability],
+        budget: PlanBudget | None = None,
+        *,
+        acceptance_criteria: Sequence[str] = (),
+    ) -> PlanOutcome:
+        """Raises `NoArmsAvailable` when no served arm can run any step."""
+        if not arms:
+            raise NoArmsAvailable(t.arm_type for t in template_for(intent))
+        notes: list[str] = []
+        usage = NO_USAGE
+        if self._llm is not None:
+            try:
+                plan, usage, notes = await self._plan_with_llm(
+                    self._llm, intent, arms, budget, acceptance_criteria
+                )
+            except LLMError as exc:
+                usage = usage + (exc.usage or NO_USAGE)
+                notes.append(f"{exc}; used the heuristic planner")
+            else:
+                if plan is not None:
+                    return PlanOutcome(plan, usage, tuple(notes))
+        plan, heuristic_notes = self._heuristic.draft(
+            intent, arms, budget, acceptance_criteria=acceptance_criteria
+        )
+        notes.append(plan.rationale)
+        notes.extend(heuristic_notes)
+        return PlanOutcome(plan, usage, tuple(notes))
+
+    async def _plan_with_llm(
+        self,
+        llm: LLMPlanner,
+        intent: ParsedIntent,
+        arms: Sequence[ArmCapability],
+        budget: PlanBudget | None,
+        criteria: Sequence[str],
+    ) -> tuple[ExecutionPlan | None, LLMUsage, list[str]]:
+        served = {a.arm_type for a in arms}
+        plan, usage = await llm.plan(intent, arms, budget, acceptance_criteria=criteria)
+        checked, problems = self._check(plan, arms, served, budget)
+        if checked is not None:
+            note = f"LLM planned {len(checked.steps)} step(s)"
+            if problems:
+                note = f"LLM plan repaired ({describe(problems)}); {len(checked.steps)} step(s)"
+            return self._finish(checked, criteria), usage, [note]
+        try:
+            replanned, more = await llm.plan(
+                intent,
+                arms,
+                budget,
+                acceptance_criteria=criteria,
+                problems=problems,
+                previous=plan,
+            )
+        except LLMError as exc:
+            exc.usage = usage + (exc.usage or NO_USAGE)
+            raise LLMError(
+                f"LLM plan invalid: {describe(problems)}; replanning failed: {exc}",
+                usage=exc.usage,
+            ) from exc
+        usage += more
+        checked, again = self._check(replanned, arms, served, budget)
+        if checked is not None:
+            note = f"LLM plan invalid: {describe(problems)}; replanned"
+            return self._finish(checked, criteria), usage, [note]
+        note = (
+            f"LLM plan invalid: {describe(problems)}; replan still invalid: {describe(again)}; "
+            "used the heuristic planner"
+        )
+        return None, usage, [note]
+
+    @staticmethod
+    def _check(
+        plan: ExecutionPlan,
+        arms: Sequence[ArmCapability],
+        served: Collection[str],
+        budget: PlanBudget | None,
+    ) -> tuple[ExecutionPlan | None, list[PlanProblem]]:
+        """(runnable plan or None, the problems found, before and after repair)."""
+        problems = validate_plan(plan, served, budget)
+        if not problems:
+            return plan, []
+        repaired = repair_plan(plan, arms)
+        duration, tokens = estimate(repaired.steps)
+        repaired = ExecutionPlan(
+            plan_id=repaired.plan_id,
+            steps=repaired.steps,
+            estimated_duration_s=duration,
+            estimated_tokens=tokens,
+            rationale=repaired.rationale,
+        )
+        left = validate_plan(repaired, served, budget)
+        if not left:
+            return repaired, problems
+        seen = {p.message for p in problems}
+        return None, problems + [p for p in left if p.message not in seen]
+
+    @staticmethod
+    def _finish(plan: ExecutionPlan, criteria: Sequence[str]) -> ExecutionPlan:
+        return ExecutionPlan(
+            plan_id=plan.plan_id,
+            steps=with_task_criteria(plan.steps, criteria),
+            estimated_duration_s=plan.estimated_duration_s,
+            estimated_tokens=plan.estimated_tokens,
+            rationale=plan.rationale,
+        )
+
+
+# -- legacy: the engine's one-step planner until it switches to `Planner` ------------------------
+
 _KEYWORD_ARMS: tuple[tuple[str, frozenset[str]], ...] = (
     ("coder", frozenset({"code", "function", "implement", "refactor", "bug", "python", "script"})),
     ("executor", frozenset({"run", "execute", "command", "shell"})),
@@ -17,18 +323,6 @@ _KEYWORD_ARMS: tuple[tuple[str, frozenset[str]], ...] = (
     ("planner", frozenset({"plan", "steps", "decompose", "roadmap"})),
 )
 _FALLBACK_ARMS = ("planner", "echo")
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedStep:
-    """One step of a plan, before it is persisted."""
-
-    step_id: str
-    description: str
-    arm_type: str
-    input: dict[str, Any] = field(default_factory=dict)
-    depends_on: tuple[str, ...] = ()
-    acceptance_criteria: tuple[str, ...] = ()
 
 
 def choose_arm_type(goal: str, arm_types: Collection[str]) -> str | None:

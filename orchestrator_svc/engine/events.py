@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
@@ -39,8 +39,15 @@ class TaskEventLog:
     waits until everything emitted so far is in the store.
     """
 
-    def __init__(self, store: TaskStore, task_id: str, usage: common_pb2.Usage) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        task_id: str,
+        usage: common_pb2.Usage,
+        observe: Callable[[pb.TaskEvent], None] | None = None,
+    ) -> None:
         self._store = store
+        self._observe = observe
         self._task_id = task_id
         self.usage = usage
         self._buffer: list[pb.TaskEvent] = []
@@ -49,6 +56,8 @@ class TaskEventLog:
     def emit(self, event: pb.TaskEvent) -> None:
         event.usage.CopyFrom(self.usage)
         self._buffer.append(event)
+        if self._observe is not None:
+            self._observe(event)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain(), name=f"events {self._task_id}")
 

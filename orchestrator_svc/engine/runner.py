@@ -27,6 +27,7 @@ from ..config import Settings
 from ..mesh import Mesh, MeshEvent, Outcome, mesh_failure
 from ..store.ports import TaskStore
 from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
+from ..telemetry.metrics import Metrics
 from . import events
 from .events import TaskEventLog
 from .recovery import RecoveryBudget
@@ -53,7 +54,10 @@ class TaskStopped(Exception):
 class TaskRunner:
     """Runs accepted tasks to a terminal state; see the module docstring."""
 
-    def __init__(self, store: TaskStore, mesh: Mesh, settings: Settings) -> None:
+    def __init__(
+        self, store: TaskStore, mesh: Mesh, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._mesh = mesh
         self._settings = settings
@@ -102,13 +106,19 @@ class TaskRunner:
             # Cancelled while waiting for a slot: nothing ran, so only the end is recorded.
             reason = self._cancel_reasons.pop(task.task_id)
             failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
-            await self._store.append(
-                task.task_id, [events.finished(pb.TASK_STATE_CANCELLED, failure=failure)]
-            )
+            event = events.finished(pb.TASK_STATE_CANCELLED, failure=failure)
+            self._metrics.observe(event, task.create_time.ToNanoseconds())
+            await self._store.append(task.task_id, [event])
 
     async def _run_admitted(self, task: pb.Task) -> None:
         task_log = log.bind(task_id=task.task_id)
-        events_log = TaskEventLog(self._store, task.task_id, common_pb2.Usage())
+        created_ns = task.create_time.ToNanoseconds()
+        events_log = TaskEventLog(
+            self._store,
+            task.task_id,
+            common_pb2.Usage(),
+            observe=lambda event: self._metrics.observe(event, created_ns),
+        )
         state = [task.state]
 
         def move(to: pb.TaskState.ValueType, reason: str) -> None:
@@ -378,6 +388,7 @@ class TaskRunner:
                     reason=outcome.failure.reason,
                     arm_id=outcome.arm_id,
                 )
+                self._metrics.retries.labels(retry.kind).inc()
                 timeout_s *= retry.timeout_factor
                 avoid = retry.avoid_arm
                 if retry.delay_s:

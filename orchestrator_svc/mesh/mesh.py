@@ -86,7 +86,9 @@ class Mesh:
 
     def arms(self) -> list[ArmConnection]:
         """Every connection that has introduced itself, ordered by type then id."""
-        known = [c for c in self._by_address.values() if c.descriptor is not None]
+        # NOTE: list() snapshots the dict atomically, so a metrics scrape on another thread
+        # never iterates a dict the loop is changing.
+        known = [c for c in list(self._by_address.values()) if c.descriptor is not None]
         return sorted(known, key=lambda c: (c.arm_type, c.arm_id))
 
     def arm(self, arm_id: str) -> ArmConnection | None:
@@ -107,8 +109,9 @@ class Mesh:
         while not predicate():
             await self._changed.wait()
 
-    def queued(self, arm_type: str) -> int:
-        return len(self._queues.get(arm_type, ()))
+    def queue_depths(self) -> dict[str, int]:
+        """Subtasks waiting for credit, by arm type (safe to call from another thread)."""
+        return {arm_type: len(queue) for arm_type, queue in list(self._queues.items())}
 
     # -- dispatch ----------------------------------------------------------------------------
 

@@ -29,7 +29,9 @@ async def octollm(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
 
 async def test_dev_once_runs_the_sample_task() -> None:
     """`octollm dev --once` serves, runs the sample DAG with live progress, exits 0."""
-    code, out, err = await octollm("dev", "--once", "--listen", "127.0.0.1:0")
+    code, out, err = await octollm(
+        "dev", "--once", "--listen", "127.0.0.1:0", env={"OCTOLLM_METRICS_PORT": "0"}
+    )
     assert code == 0, err
     assert "OctoLLM mesh listening on 127.0.0.1:" in out
     assert "plan 4 step(s)" in out

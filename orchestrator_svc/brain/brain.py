@@ -1,0 +1,155 @@
+"""The `Brain` facade the engine calls: parse, plan, integrate, validate.
+
+With an LLM client each step asks the model first and falls back to the offline heuristics when
+the model is down, slow, rate-limited or talks nonsense; without one it is fully offline. Only
+`plan` raises (`NoArmsAvailable`); LLM trouble never does. Every call returns the LLM usage it
+spent and notes for the task's event log saying what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from .integrate import Integration, LLMIntegrator, answer_steps, integrate
+from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
+from .plan import ArmCapability, ExecutionPlan, PlanBudget
+from .planner import LLMPlanner, Planner, PlanOutcome
+from .validate import LLMValidator, ValidationReport, validate
+
+
+@dataclass(frozen=True, slots=True)
+class ParseOutcome:
+    """The parsed intent, what parsing cost, and notes."""
+
+    intent: ParsedIntent
+    usage: LLMUsage
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrateOutcome:
+    """The integrated answer, what integrating cost, and notes."""
+
+    integration: Integration
+    usage: LLMUsage
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateOutcome:
+    """The validation report, what validating cost, and notes."""
+
+    report: ValidationReport
+    usage: LLMUsage
+    notes: tuple[str, ...]
+
+
+def _spent(exc: LLMError) -> LLMUsage:
+    return exc.usage or NO_USAGE
+
+
+class Brain:
+    """See the module docstring. `client` None means the offline brain."""
+
+    def __init__(self, client: JSONCompleter | None = None) -> None:
+        self._client = client
+        self._heuristic_parser = HeuristicIntentParser()
+        self._llm_parser = LLMIntentParser(client) if client is not None else None
+        self._planner = Planner(LLMPlanner(client) if client is not None else None)
+        self._llm_integrator = LLMIntegrator(client) if client is not None else None
+        self._llm_validator = LLMValidator(client) if client is not None else None
+
+    @property
+    def uses_llm(self) -> bool:
+        return self._client is not None
+
+    async def parse(
+        self,
+        goal: str,
+        constraints: Sequence[str] = (),
+        context: Mapping[str, Any] | None = None,
+    ) -> ParseOutcome:
+        usage, notes = NO_USAGE, []
+        if self._llm_parser is not None:
+            try:
+                intent, usage = await self._llm_parser.parse(goal, constraints, context)
+            except LLMError as exc:
+                usage = _spent(exc)
+                notes.append(f"{exc}; used the heuristic intent parser")
+            else:
+                notes.append(f"LLM parsed the goal: {intent.domain}, {intent.complexity}")
+                return ParseOutcome(intent, usage, tuple(notes))
+        intent = self._heuristic_parser.parse(goal, constraints, context)
+        notes.append(f"heuristic parse: {intent.domain}, {intent.complexity}")
+        return ParseOutcome(intent, usage, tuple(notes))
+
+    async def plan(
+        self,
+        intent: ParsedIntent,
+        arms: Sequence[ArmCapability],
+        budget: PlanBudget | None = None,
+        *,
+        acceptance_criteria: Sequence[str] = (),
+    ) -> PlanOutcome:
+        """Raises `NoArmsAvailable` (naming the missing arm types) when nothing can run it."""
+        return await self._planner.plan(
+            intent, arms, budget, acceptance_criteria=acceptance_criteria
+        )
+
+    async def integrate(
+        self,
+        goal: str,
+        plan: ExecutionPlan,
+        outputs: Mapping[str, Mapping[str, Any]],
+        confidences: Mapping[str, float],
+        *,
+        acceptance_criteria: Sequence[str] = (),
+    ) -> IntegrateOutcome:
+        usage, notes = NO_USAGE, []
+        if self._llm_integrator is not None and outputs:
+            try:
+                integration, usage = await self._llm_integrator.integrate(
+                    goal, plan, outputs, confidences, acceptance_criteria=acceptance_criteria
+                )
+            except LLMError as exc:
+                usage = _spent(exc)
+                notes.append(f"{exc}; merged the step outputs instead")
+            else:
+                notes.append("LLM wrote the answer from the step outputs")
+                return IntegrateOutcome(integration, usage, tuple(notes))
+        merged = integrate(goal, plan, outputs, confidences)
+        notes.extend(merged.notes)
+        return IntegrateOutcome(merged, usage, tuple(notes))
+
+    async def validate(
+        self,
+        answer: str,
+        outputs: Mapping[str, Mapping[str, Any]],
+        acceptance_criteria: Sequence[str],
+        *,
+        plan: ExecutionPlan | None = None,
+        sinks: Collection[str] | None = None,
+    ) -> ValidateOutcome:
+        """`failing_steps` blames `sinks` if given, else the steps whose text made the answer
+        (see `answer_steps`) when `plan` is given, else every step in `outputs`."""
+        if sinks is None and plan is not None:
+            sinks = answer_steps(plan, outputs) or plan.sinks()
+        usage, notes = NO_USAGE, []
+        if self._llm_validator is not None:
+            try:
+                report, usage = await self._llm_validator.validate(
+                    answer, outputs, acceptance_criteria, sinks=sinks
+                )
+            except LLMError as exc:
+                usage = _spent(exc)
+                notes.append(f"{exc}; checked the criteria by rules only")
+            else:
+                if any(check.rule == "llm" for check in report.checks):
+                    notes.append("LLM judged the criteria no rule could check")
+                return ValidateOutcome(report, usage, tuple(notes))
+        return ValidateOutcome(
+            validate(answer, outputs, acceptance_criteria, sinks=sinks), usage, tuple(notes)
+        )

@@ -1,0 +1,300 @@
+"""The offline planner: template DAGs per domain and complexity over the canonical arm types.
+
+Simple goals get 3 steps, medium 5, complex up to 7, with fan-out where work is independent
+(two retrievals, tests next to a safety review). Steps are then fitted to the served arms (see
+`remap`); optional steps are dropped, last first, while the estimate exceeds the token budget.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .intent import Complexity, ParsedIntent
+from .lexicon import Domain
+from .plan import (
+    ArmCapability,
+    ExecutionPlan,
+    NoArmsAvailable,
+    PlanBudget,
+    PlannedStep,
+    estimate,
+    profile_of,
+    sink_ids,
+)
+from .remap import drop_steps, remap_steps
+
+
+@dataclass(frozen=True, slots=True)
+class StepTemplate:
+    """A step of a template plan."""
+
+    step_id: str
+    arm_type: str
+    task: str
+    depends_on: tuple[str, ...] = ()
+    criteria: tuple[str, ...] = ()
+    optional: bool = False
+
+
+# Step library: id -> (arm type, task, acceptance criteria separated by ";").
+_SHARED = {
+    "review": (
+        "judge",
+        "Review the result against the goal and every constraint; give a verdict with reasons",
+        "gives a pass or fail verdict; explains the reasons",
+    ),
+    "plan_changes": (
+        "planner",
+        "Plan the code changes, file by file",
+        "lists the changes in order",
+    ),
+    "safety_check": ("safety", "Check the result for secrets, PII and unsafe operations", ""),
+}
+_STEPS: dict[Domain, dict[str, tuple[str, str, str]]] = {
+    "code": {
+        "context": (
+            "retriever",
+            "Find the code, files and documentation relevant to the goal",
+            "names the relevant files",
+        ),
+        "context_docs": ("retriever", "Find documentation, issues and prior art for the goal", ""),
+        "implement": (
+            "coder",
+            "Write or change the code to achieve the goal",
+            "addresses the goal; respects every constraint",
+        ),
+        "test": ("executor", "Run the tests that cover the change", "reports the test results"),
+    },
+    "security": {
+        "context": ("retriever", "Gather the code, configuration and facts in scope", ""),
+        "advisories": ("retriever", "Find known advisories and CVEs for what is in scope", ""),
+        "plan_assessment": ("planner", "Plan the assessment: assets, threats, checks", ""),
+        "assess": (
+            "safety",
+            "Assess the security risks and list the findings",
+            "lists findings with severity",
+        ),
+        "inspect_code": ("coder", "Inspect the relevant code for vulnerabilities", ""),
+        "verify": ("executor", "Reproduce or verify the findings safely in a sandbox", ""),
+    },
+    "data": {
+        "fetch_data": ("retriever", "Locate and load the data the goal is about", ""),
+        "fetch_schema": ("retriever", "Find the schemas and data dictionaries involved", ""),
+        "plan_analysis": ("planner", "Plan the analysis: questions, methods, outputs", ""),
+        "analyze": (
+            "coder",
+            "Analyze the data to answer the goal",
+            "answers the goal with numbers",
+        ),
+        "write_analysis": ("coder", "Write the analysis or pipeline code", ""),
+        "run_analysis": (
+            "executor",
+            "Run the analysis and collect the results",
+            "answers the goal with numbers",
+        ),
+    },
+    "infrastructure": {
+        "context": ("retriever", "Find the configuration, manifests and docs in scope", ""),
+        "runbooks": ("retriever", "Find runbooks and past incidents for these systems", ""),
+        "plan_rollout": ("planner", "Plan the change, its rollout and its rollback", ""),
+        "draft_change": (
+            "coder",
+            "Draft the configuration or infrastructure change",
+            "respects every constraint",
+        ),
+        "dry_run": ("executor", "Validate the change with a dry run", "reports what would change"),
+    },
+    "general": {
+        "outline": ("planner", "Break the goal into the questions the answer must cover", ""),
+        "research": ("retriever", "Gather the facts needed to answer the goal", ""),
+        "background": ("retriever", "Gather background and context for the goal", ""),
+        "examples": ("retriever", "Find concrete examples for the goal", ""),
+        "compose": (
+            "planner",
+            "Work out and write the answer from the research",
+            "answers the goal directly",
+        ),
+    },
+}
+
+# DAG shapes: "id<dep,dep" per step, "?" marks a step dropped first when over budget.
+_SHAPES: dict[Domain, dict[Complexity, str]] = {
+    "code": {
+        "simple": "context; implement<context; review?<implement",
+        "medium": "context; plan_changes?<context; implement<plan_changes; test<implement; "
+        "review?<test",
+        "complex": "context; context_docs?; plan_changes<context,context_docs; "
+        "implement<plan_changes; test<implement; safety_check?<implement; "
+        "review?<test,safety_check",
+    },
+    "security": {
+        "simple": "context; assess<context; review?<assess",
+        "medium": "context; plan_assessment?<context; assess<plan_assessment; "
+        "inspect_code?<plan_assessment; review<assess,inspect_code",
+        "complex": "context; advisories?; plan_assessment<context,advisories; "
+        "assess<plan_assessment; inspect_code<plan_assessment; verify?<assess,inspect_code; "
+        "review<verify",
+    },
+    "data": {
+        "simple": "fetch_data; analyze<fetch_data; review?<analyze",
+        "medium": "fetch_data; plan_analysis?<fetch_data; write_analysis<plan_analysis; "
+        "run_analysis<write_analysis; review?<run_analysis",
+        "complex": "fetch_data; fetch_schema?; plan_analysis<fetch_data,fetch_schema; "
+        "write_analysis<plan_analysis; run_analysis<write_analysis; "
+        "safety_check?<write_analysis; review<run_analysis,safety_check",
+    },
+    "infrastructure": {
+        "simple": "context; draft_change<context; review?<draft_change",
+        "medium": "context; plan_rollout?<context; draft_change<plan_rollout; "
+        "dry_run<draft_change; review?<dry_run",
+        "complex": "context; runbooks?; plan_rollout<context,runbooks; "
+        "draft_change<plan_rollout; dry_run<draft_change; safety_check?<draft_change; "
+        "review<dry_run,safety_check",
+    },
+    "general": {
+        "simple": "research; compose<research; review?<compose",
+        "medium": "research; background?; compose<research,background; "
+        "safety_check?<compose; review<compose,safety_check",
+        "complex": "outline; research<outline; background?<outline; examples?<outline; "
+        "compose<research,background,examples; safety_check?<compose; "
+        "review<compose,safety_check",
+    },
+}
+
+
+def _build(domain: Domain, shape: str) -> tuple[StepTemplate, ...]:
+    steps = []
+    for item in shape.split(";"):
+        head, _, deps = item.strip().partition("<")
+        step_id = head.rstrip("?")
+        arm_type, task, criteria = {**_SHARED, **_STEPS[domain]}[step_id]
+        steps.append(
+            StepTemplate(
+                step_id=step_id,
+                arm_type=arm_type,
+                task=task,
+                depends_on=tuple(d for d in deps.split(",") if d),
+                criteria=tuple(c.strip() for c in criteria.split(";") if c.strip()),
+                optional=head.endswith("?"),
+            )
+        )
+    return tuple(steps)
+
+
+TEMPLATES: dict[Domain, dict[Complexity, tuple[StepTemplate, ...]]] = {
+    domain: {complexity: _build(domain, shape) for complexity, shape in shapes.items()}
+    for domain, shapes in _SHAPES.items()
+}
+
+_TECH_AWARE = frozenset({"coder", "executor"})
+
+
+def template_for(intent: ParsedIntent) -> tuple[StepTemplate, ...]:
+    return TEMPLATES[intent.domain][intent.complexity]
+
+
+def step_input(intent: ParsedIntent, task: str, arm_type: str) -> dict[str, object]:
+    """What a step receives: the goal, the constraints and its own task (plus useful entities)."""
+    data: dict[str, object] = {
+        "goal": intent.goal,
+        "constraints": list(intent.constraints),
+        "task": task,
+    }
+    if arm_type == "retriever" and intent.keywords:
+        data["query"] = " ".join(intent.keywords)
+    files = intent.entities.get("files") or []
+    if files and arm_type in ("retriever", "coder", "executor", "safety"):
+        data["files"] = list(files)
+    return data
+
+
+def with_task_criteria(
+    steps: Sequence[PlannedStep], criteria: Sequence[str]
+) -> tuple[PlannedStep, ...]:
+    """The task's own acceptance criteria added to every sink step (they carry the answer)."""
+    if not criteria:
+        return tuple(steps)
+    sinks = set(sink_ids(steps))
+    return tuple(
+        PlannedStep(
+            step_id=s.step_id,
+            description=s.description,
+            arm_type=s.arm_type,
+            input=s.input,
+            depends_on=s.depends_on,
+            acceptance_criteria=tuple(dict.fromkeys([*s.acceptance_criteria, *criteria])),
+            required_capabilities=s.required_capabilities,
+        )
+        if s.step_id in sinks
+        else s
+        for s in steps
+    )
+
+
+class HeuristicPlanner:
+    """Deterministic template planning; see the module docstring. Only plan_id is random."""
+
+    def plan(
+        self,
+        intent: ParsedIntent,
+        arms: Sequence[ArmCapability],
+        budget: PlanBudget | None = None,
+        *,
+        acceptance_criteria: Sequence[str] = (),
+    ) -> ExecutionPlan:
+        return self.draft(intent, arms, budget, acceptance_criteria=acceptance_criteria)[0]
+
+    def draft(
+        self,
+        intent: ParsedIntent,
+        arms: Sequence[ArmCapability],
+        budget: PlanBudget | None = None,
+        *,
+        acceptance_criteria: Sequence[str] = (),
+    ) -> tuple[ExecutionPlan, list[str]]:
+        """The plan and notes on what was re-mapped, dropped or trimmed for the budget."""
+        template = template_for(intent)
+        technologies = tuple(t.lower() for t in intent.entities.get("technologies", []))
+        steps = [
+            PlannedStep(
+                step_id=t.step_id,
+                description=t.task,
+                arm_type=t.arm_type,
+                input=step_input(intent, t.task, t.arm_type),
+                depends_on=t.depends_on,
+                acceptance_criteria=t.criteria,
+                required_capabilities=(
+                    profile_of(t.arm_type).capabilities[:1]
+                    + (technologies if t.arm_type in _TECH_AWARE else ())
+                ),
+            )
+            for t in template
+        ]
+        remapped = remap_steps(steps, arms)
+        if not remapped.steps:
+            raise NoArmsAvailable(remapped.missing_types)
+        notes = list(remapped.notes)
+        kept = list(remapped.steps)
+        limit = budget.max_tokens if budget is not None else 0
+        optional = [t.step_id for t in template if t.optional]
+        while limit > 0 and estimate(kept)[1] > limit and optional:
+            victim = optional.pop()
+            if any(s.step_id == victim for s in kept) and len(kept) > 1:
+                kept = drop_steps(kept, {victim})
+                notes.append(f"step {victim} dropped to fit the budget of {limit} tokens")
+        duration, tokens = estimate(kept)
+        final = with_task_criteria(kept, acceptance_criteria)
+        rationale = (
+            f"heuristic {intent.complexity} {intent.domain} template: "
+            f"{len(final)} step(s) over {', '.join(dict.fromkeys(s.arm_type for s in final))}"
+        )
+        plan = ExecutionPlan(
+            plan_id=str(uuid.uuid4()),
+            steps=final,
+            estimated_duration_s=duration,
+            estimated_tokens=tokens,
+            rationale=rationale,
+        )
+        return plan, notes

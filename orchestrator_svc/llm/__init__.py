@@ -1,0 +1,24 @@
+"""The LLM port: an OpenAI-compatible client returning validated pydantic models.
+
+The brain depends on `JSONCompleter` (a Protocol); `OpenAICompatibleClient` implements it over
+`openai.AsyncOpenAI`. With no client configured the brain uses its offline heuristics.
+"""
+
+from .client import RESPONSE_FORMAT_MODES, OpenAICompatibleClient, ResponseFormatMode
+from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
+from .port import JSONCompleter
+from .usage import NO_USAGE, LLMUsage
+
+__all__ = [
+    "NO_USAGE",
+    "RESPONSE_FORMAT_MODES",
+    "JSONCompleter",
+    "LLMError",
+    "LLMInvalidOutput",
+    "LLMRateLimited",
+    "LLMRejected",
+    "LLMUnavailable",
+    "LLMUsage",
+    "OpenAICompatibleClient",
+    "ResponseFormatMode",
+]

@@ -1,0 +1,932 @@
+"""PostgreSQL TaskStore: tasks and their append-only event logs, shared by several replicas.
+
+    store = await PostgresTaskStore.connect("postgresql://postgres@127.0.0.1:5432/test")
+
+Behaves like InMemoryTaskStore (the shared suite in tests/store/ runs against both), with state
+that survives the process and is shared by every store on the same schema:
+
+- create: the idempotency key is claimed with INSERT ... ON CONFLICT DO NOTHING in the same
+  transaction as the task row, so one request_id makes one task across replicas.
+- append: one transaction locks the task rows (SELECT ... FOR UPDATE), assigns seqs, inserts the
+  events, stores the new projection and sends NOTIFY; the caller gets the task only after COMMIT.
+  Group commit: appends that arrive while a commit is in flight go into the next transaction
+  together, in arrival order (so appends to one task keep their order).
+- watch: replays the log from the table by seq, then follows it. One LISTEN connection per store
+  wakes watchers, which re-read the table from their own cursor (a coalesced or missed
+  notification loses nothing), and a poll every `poll_interval_s` covers a lost listener.
+- every network await is bounded: statements by `timeout_s` (asyncpg's command_timeout), pool
+  acquisition likewise, connection attempts by `connect_timeout_s`.
+
+Errors beyond the port's: StoreUnavailable (PostgreSQL unreachable or too slow) and
+CorruptRecord (a stored row that does not decode), both StoreError subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import datetime
+import hashlib
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg  # type: ignore[import-untyped]
+import structlog
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+# NOTE: the batch rules, copies and page tokens are the in-memory store's own, so both
+# adapters refuse the same batches and hand out interchangeable tokens.
+from orchestrator_svc.store.memory import _check_batch, _copy, _decode_token, _encode_token
+from orchestrator_svc.store.ports import (
+    IdempotencyConflict,
+    StoreClosed,
+    StoreError,
+    TaskClosed,
+    TaskNotFound,
+    TaskStore,
+)
+from orchestrator_svc.store.projection import apply
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+CHANNEL_PREFIX = "octollm_task_events"
+# Failures that say "PostgreSQL is (momentarily) not there", worth a retry, never a bug.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+_MAX_IDENTIFIER_BYTES = 63
+_WATCH_PAGE = 256
+_MAX_BATCH_APPENDS = 512
+_MAX_BATCH_EVENTS = 4096
+_INT64 = range(-(2**63), 2**63)
+
+
+class StoreUnavailable(StoreError):
+    """PostgreSQL cannot be reached, refused the connection, or did not answer in time."""
+
+
+class CorruptRecord(StoreError):
+    """A stored task or event does not decode: a poisoned body, or an event of unknown kind."""
+
+    def __init__(self, task_id: str, detail: str, seq: int | None = None) -> None:
+        where = f"task {task_id!r}" if seq is None else f"event {seq} of task {task_id!r}"
+        super().__init__(f"stored {where} cannot be read: {detail}")
+        self.task_id = task_id
+        self.seq = seq
+
+
+# --- SQL (each is prepared once per connection by asyncpg's statement cache) -----------------
+
+_SCHEMA_STATE = """
+SELECT current_schema() AS schema,
+       to_regclass('task_events') IS NOT NULL AND to_regclass('idempotency_keys') IS NOT NULL
+           AS migrated
+"""
+_CLAIM_KEY = """
+INSERT INTO idempotency_keys (request_id, fingerprint, task_id) VALUES ($1, $2, $3)
+ON CONFLICT (request_id) DO NOTHING
+RETURNING true
+"""
+_KNOWN_KEY = """
+SELECT k.fingerprint, k.task_id::text AS task_id, t.body
+FROM idempotency_keys AS k JOIN tasks AS t USING (task_id)
+WHERE k.request_id = $1
+"""
+_INSERT_TASK = """
+INSERT INTO tasks (task_id, request_id, create_time, create_ns, update_time, state, body)
+VALUES ($1, NULLIF($2, ''), $3, $4, $3, $5, $6)
+ON CONFLICT (task_id) DO NOTHING
+RETURNING true
+"""
+_GET_TASK = "SELECT finished, body FROM tasks WHERE task_id = $1"
+_LOCK_TASKS = """
+SELECT task_id::text AS task_id, finished, body FROM tasks
+WHERE task_id = ANY($1::uuid[])
+ORDER BY task_id
+FOR UPDATE
+"""
+# NOTE: one statement, one round trip: the events, the projections, and one notification per
+# task (delivered by PostgreSQL only when the transaction commits).
+_WRITE_APPENDS = """
+WITH appended AS (
+    INSERT INTO task_events (task_id, seq, kind, body)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])
+), projected AS (
+    UPDATE tasks AS t
+    SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
+        update_time = p.update_time
+    FROM unnest($5::uuid[], $6::integer[], $7::bigint[], $8::boolean[], $9::bytea[],
+                $10::timestamptz[]) AS p (task_id, state, last_seq, finished, body, update_time)
+    WHERE t.task_id = p.task_id
+)
+SELECT pg_notify($11, payload) FROM unnest($12::text[]) AS payload
+"""
+_READ_EVENTS = """
+SELECT seq, body FROM task_events
+WHERE task_id = $1 AND seq > $2
+ORDER BY seq
+LIMIT $3
+"""
+_LAST_SEQS = "SELECT task_id::text AS task_id, last_seq FROM tasks WHERE task_id = ANY($1::uuid[])"
+_LIST_COLUMNS = "SELECT task_id::text AS task_id, body FROM tasks"
+_LIST_ORDER = "ORDER BY create_ns DESC, task_id DESC LIMIT $1"
+# Keyed by (has a page token, filters by state).
+_LIST_TASKS = {
+    (False, False): f"{_LIST_COLUMNS} {_LIST_ORDER}",
+    (True, False): f"{_LIST_COLUMNS} WHERE (create_ns, task_id) < ($2, $3::uuid) {_LIST_ORDER}",
+    (False, True): f"{_LIST_COLUMNS} WHERE state = ANY($2::integer[]) {_LIST_ORDER}",
+    (True, True): (
+        f"{_LIST_COLUMNS} WHERE state = ANY($2::integer[]) "
+        f"AND (create_ns, task_id) < ($3, $4::uuid) {_LIST_ORDER}"
+    ),
+}
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+
+def describe_dsn(dsn: str) -> str:
+    """user@host:port/database of a URL DSN, never its password (for error messages and logs)."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+    except ValueError:
+        return "the configured DSN"
+    if not parts.scheme.startswith("postgres"):
+        return "the configured DSN"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{user}{host}:{port}{parts.path}"
+
+
+async def retry_until_reachable(
+    connect: Callable[[float], Awaitable[_T]],
+    *,
+    dsn: str,
+    startup_wait_s: float,
+    connect_timeout_s: float,
+    retry_initial_s: float,
+    retry_max_s: float,
+) -> _T:
+    """Call `connect(attempt_timeout)` until it succeeds, backing off, for up to `startup_wait_s`.
+
+    Raises StoreUnavailable when the time is up, at once for a failure no retry can fix (bad
+    credentials, unknown database, malformed DSN).
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + startup_wait_s
+    delay = retry_initial_s
+    attempts = 0
+    while True:
+        attempts += 1
+        attempt_timeout = max(0.05, min(connect_timeout_s, deadline - loop.time()))
+        try:
+            return await connect(attempt_timeout)
+        except TRANSIENT_ERRORS as exc:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StoreUnavailable(
+                    f"PostgreSQL at {describe_dsn(dsn)} is unreachable: {attempts} attempt(s) in "
+                    f"{loop.time() - started:.1f} s, last error {type(exc).__name__}: {exc} "
+                    "(check OCTOLLM_POSTGRES_DSN and that the server is up)"
+                ) from exc
+            log.warning(
+                "postgres_unreachable_retrying",
+                target=describe_dsn(dsn),
+                attempt=attempts,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, retry_max_s)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {describe_dsn(dsn)} refused the connection: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
+async def close_quietly(connection: Any, *, timeout_s: float) -> None:
+    """Close an asyncpg connection, terminating it if a graceful close fails or takes too long."""
+    try:
+        await asyncio.wait_for(connection.close(), timeout_s)
+    except asyncio.CancelledError:
+        connection.terminate()
+        raise
+    except Exception as exc:
+        log.warning("postgres_close_failed", error=f"{type(exc).__name__}: {exc}")
+        connection.terminate()
+
+
+async def _keep_session(connection: Any) -> None:
+    """Pool reset hook: this store never changes session state, so skip asyncpg's reset query."""
+
+
+def channel_for(schema: str) -> str:
+    """The NOTIFY channel of a schema: replicas on one schema share it, other schemas do not."""
+    if schema == "public":
+        return CHANNEL_PREFIX
+    channel = f"{CHANNEL_PREFIX}.{schema}"
+    if len(channel.encode()) > _MAX_IDENTIFIER_BYTES:
+        # NOTE: PostgreSQL refuses longer channel names; a digest keeps them distinct.
+        channel = f"{CHANNEL_PREFIX}.{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
+    return channel
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Append:
+    """One append() call waiting for its transaction: stamped copies of its events."""
+
+    task_id: str
+    events: list[pb.TaskEvent]
+    done: asyncio.Future[int]
+
+
+@dataclass(eq=False)
+class _Locked:
+    """A task row held FOR UPDATE during a commit, with its projection as the batch changes it."""
+
+    task: pb.Task
+    finished: bool
+    changed: bool = False
+    subtask_index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.subtask_index.update(
+            (subtask.subtask_id, position) for position, subtask in enumerate(self.task.subtasks)
+        )
+
+
+@dataclass(eq=False)
+class _Followed:
+    """What this store knows of one watched task's log, and a wake-up for its watchers."""
+
+    latest: int = 0
+    watchers: int = 0
+    _grown: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def grown(self) -> asyncio.Event:
+        """The event set when `latest` next grows (take it BEFORE reading the table)."""
+        return self._grown
+
+    def advance(self, seq: int) -> None:
+        if seq > self.latest:
+            self.latest = seq
+            self.publish()
+
+    def publish(self) -> None:
+        grown, self._grown = self._grown, asyncio.Event()
+        grown.set()
+
+
+class PostgresTaskStore(TaskStore):
+    """TaskStore on PostgreSQL via an asyncpg pool; build it with `PostgresTaskStore.connect`.
+
+    The schema must already be migrated (`store.migrate` or `open_store`). Use it from one
+    event loop.
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        connect_listener: Callable[[float], Awaitable[Any]],
+        channel: str,
+        group_commit: bool,
+        poll_interval_s: float,
+        timeout_s: float,
+        connect_timeout_s: float,
+        retry_initial_s: float,
+        retry_max_s: float,
+    ) -> None:
+        self._pool = pool
+        self._connect_listener = connect_listener
+        self._channel = channel
+        self._group_commit = group_commit
+        self._poll_interval_s = poll_interval_s
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._closed = False
+        # group commit
+        self._queue: deque[_Append] = deque()
+        self._queued = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        # without group commit: one append per task at a time, in call order
+        self._task_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # watching
+        self._followed: dict[str, _Followed] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._listener_settled = asyncio.Event()
+        self._poll_now = asyncio.Event()
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        server_settings: dict[str, str] | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        group_commit: bool = True,
+        poll_interval_s: float = 1.0,
+        timeout_s: float = 15.0,
+        startup_wait_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 2.0,
+        channel: str | None = None,
+    ) -> PostgresTaskStore:
+        """Open a pool to `dsn` (waiting up to `startup_wait_s` for the server) and return a store.
+
+        `server_settings` go to every session (e.g. {"search_path": "tenant_a"}); the NOTIFY
+        channel defaults to one per schema (`channel_for`). Raises StoreUnavailable if the
+        server cannot be reached, StoreError if the schema is not migrated.
+        """
+        settings = dict(server_settings or {})
+
+        async def open_pool(attempt_timeout: float) -> Any:
+            return await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                server_settings=settings,
+                timeout=attempt_timeout,
+                command_timeout=timeout_s,
+                reset=_keep_session,
+            )
+
+        async def connect_listener(attempt_timeout: float) -> Any:
+            return await asyncpg.connect(
+                dsn, server_settings=settings, timeout=attempt_timeout, command_timeout=timeout_s
+            )
+
+        pool = await retry_until_reachable(
+            open_pool,
+            dsn=dsn,
+            startup_wait_s=startup_wait_s,
+            connect_timeout_s=connect_timeout_s,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+        )
+        try:
+            async with pool.acquire(timeout=timeout_s) as connection:
+                row = await connection.fetchrow(_SCHEMA_STATE)
+        except BaseException:
+            pool.terminate()
+            raise
+        schema: str | None = row["schema"]
+        if schema is None or not row["migrated"]:
+            await pool.close()
+            where = f"schema {schema!r}" if schema else "the search_path (no such schema)"
+            raise StoreError(
+                f"{where} at {describe_dsn(dsn)} has no task tables: run `octollm migrate` "
+                "(or start through open_store, which migrates)"
+            )
+        log.info("postgres_store_opened", target=describe_dsn(dsn), schema=schema)
+        return cls(
+            pool,
+            connect_listener=connect_listener,
+            channel=channel or channel_for(schema),
+            group_commit=group_commit,
+            poll_interval_s=poll_interval_s,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+        )
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel this store announces appends on and listens to."""
+        return self._channel
+
+    # --- TaskStore -----------------------------------------------------------------------------
+
+    async def create(self, task: pb.Task, fingerprint: str) -> tuple[pb.Task, bool]:
+        self._check_open()
+        stored = _copy(task)
+        if not stored.task_id:
+            stored.task_id = str(uuid.uuid4())
+        elif not _is_task_id(stored.task_id):
+            raise ValueError(f"task_id {stored.task_id!r} is not a lowercase canonical UUID")
+        if not stored.HasField("create_time"):
+            stored.create_time.FromNanoseconds(time.time_ns())
+        stored.update_time.CopyFrom(stored.create_time)
+        stored.state = pb.TASK_STATE_PENDING
+        stored.last_seq = 0
+        create_time = stored.create_time.ToDatetime(tzinfo=datetime.UTC)
+
+        with self._reported("create"):
+            async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+                if stored.request_id:
+                    claimed = await conn.fetchval(
+                        _CLAIM_KEY, stored.request_id, fingerprint, stored.task_id
+                    )
+                    if not claimed:
+                        return await self._created_before(conn, stored.request_id, fingerprint)
+                inserted = await conn.fetchval(
+                    _INSERT_TASK,
+                    stored.task_id,
+                    stored.request_id,
+                    create_time,
+                    stored.create_time.ToNanoseconds(),
+                    stored.state,
+                    stored.SerializeToString(),
+                )
+                if not inserted:
+                    # NOTE: raising rolls back the idempotency key claimed above too.
+                    raise ValueError(f"task {stored.task_id!r} already exists")
+        log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
+        return stored, True
+
+    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> int:
+        self._check_open()
+        if not _is_task_id(task_id):
+            raise TaskNotFound(task_id)
+        _check_batch(task_id, events)
+        if not events:
+            task, finished = await self._read_task(task_id)
+            if finished:
+                raise TaskClosed(task_id)
+            return task.last_seq
+
+        now = Timestamp()
+        now.FromNanoseconds(time.time_ns())
+        stamped: list[pb.TaskEvent] = []
+        for event in events:
+            stored = _copy(event)
+            if not stored.HasField("time"):
+                stored.time.CopyFrom(now)
+            stamped.append(stored)
+        request = _Append(task_id, stamped, asyncio.get_running_loop().create_future())
+
+        if self._group_commit:
+            self._queue.append(request)
+            self._queued.set()
+            if self._committer is None or self._committer.done():
+                self._committer = asyncio.create_task(
+                    self._commit_forever(), name="octollm-postgres-group-commit"
+                )
+        else:
+            async with self._one_append_per_task(task_id):
+                await self._commit([request])
+        return await request.done
+
+    async def get(self, task_id: str) -> pb.Task:
+        self._check_open()
+        task, _ = await self._read_task(task_id)
+        return task
+
+    async def list(
+        self, page_size: int, page_token: str, states: Collection[int]
+    ) -> tuple[builtins.list[pb.Task], str]:
+        self._check_open()
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1 (got {page_size})")
+        args: builtins.list[Any] = [page_size + 1]
+        wanted = sorted({int(state) for state in states})
+        if wanted:
+            args.append(wanted)
+        if page_token:
+            create_ns, last_id = _decode_token(page_token)
+            if create_ns not in _INT64 or not _is_task_id(last_id):
+                raise ValueError("malformed page token")
+            args += [create_ns, last_id]
+        sql = _LIST_TASKS[bool(page_token), bool(wanted)]
+        with self._reported("list"):
+            rows = await self._fetch(sql, *args)
+        page = [_decode_task(row["task_id"], row["body"]) for row in rows[:page_size]]
+        if len(rows) > page_size:
+            last = page[-1]
+            return page, _encode_token((last.create_time.ToNanoseconds(), last.task_id))
+        return page, ""
+
+    async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[pb.TaskEvent]:
+        self._check_open()
+        if after_seq < 0:
+            raise ValueError(f"after_seq must be at least 0 (got {after_seq})")
+        if not _is_task_id(task_id):
+            raise TaskNotFound(task_id)
+        # NOTE: follow BEFORE the first read, so an append committed in between wakes us.
+        followed = self._follow(task_id)
+        try:
+            await self._await_listener()
+            found = await self._fetch_patiently(
+                "SELECT last_seq, finished FROM tasks WHERE task_id = $1", task_id
+            )
+            if not found:
+                raise TaskNotFound(task_id)
+            row = found[0]
+            if row["finished"] and row["last_seq"] <= after_seq:
+                return
+            followed.advance(row["last_seq"])
+            cursor = after_seq
+            while True:
+                self._check_open()
+                grown = followed.grown()
+                if followed.latest > cursor:
+                    rows = await self._fetch_patiently(_READ_EVENTS, task_id, cursor, _WATCH_PAGE)
+                    for event_row in rows:
+                        event = _decode_event(task_id, event_row["seq"], event_row["body"])
+                        cursor = event.seq
+                        yield event
+                        if event.HasField("finished"):
+                            return
+                    if rows:
+                        continue
+                await grown.wait()
+        finally:
+            self._unfollow(task_id, followed)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for followed in self._followed.values():
+            followed.publish()
+        self._listener_settled.set()
+        self._queued.set()
+        if self._committer is not None:
+            # NOTE: accepted appends are committed (or fail) before the pool goes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._committer), self._timeout_s)
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        while self._queue:
+            _settle(self._queue.popleft(), StoreClosed())
+        for background in (self._listener, self._poller):
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._pool.close(), self._timeout_s)
+        except (Exception, asyncio.CancelledError):
+            self._pool.terminate()
+            raise
+        log.info("postgres_store_closed", channel=self._channel)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def _read_task(self, task_id: str) -> tuple[pb.Task, bool]:
+        if not _is_task_id(task_id):
+            raise TaskNotFound(task_id)
+        with self._reported("get"):
+            row = await self._fetchrow(_GET_TASK, task_id)
+        if row is None:
+            raise TaskNotFound(task_id)
+        return _decode_task(task_id, row["body"]), bool(row["finished"])
+
+    async def _created_before(
+        self, conn: Any, request_id: str, fingerprint: str
+    ) -> tuple[pb.Task, bool]:
+        row = await conn.fetchrow(_KNOWN_KEY, request_id)
+        if row is None:
+            raise StoreError(f"request_id {request_id!r} is claimed but names no task")
+        task_id: str = row["task_id"]
+        if row["fingerprint"] != fingerprint:
+            log.info("idempotency_conflict", request_id=request_id, task_id=task_id)
+            raise IdempotencyConflict(request_id, task_id)
+        return _decode_task(task_id, row["body"]), False
+
+    async def _fetch(self, sql: str, *args: Any) -> builtins.list[Any]:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            rows: builtins.list[Any] = await conn.fetch(sql, *args)
+            return rows
+
+    async def _fetch_patiently(self, sql: str, *args: Any) -> builtins.list[Any]:
+        """_fetch for long-lived watchers: rides out a dropped session or a server restart.
+
+        Retries StoreUnavailable with backoff for up to timeout_s, then lets it through (the
+        client resumes with after_seq). Reads only, so a retry never duplicates anything.
+        """
+        loop = asyncio.get_running_loop()
+        delay = self._retry_initial_s
+        give_up: float | None = None
+        while True:
+            try:
+                with self._reported("watch"):
+                    return await self._fetch(sql, *args)
+            except StoreUnavailable as exc:
+                give_up = give_up or loop.time() + self._timeout_s
+                if loop.time() >= give_up:
+                    raise
+                log.warning("watch_read_retrying", error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max_s)
+            self._check_open()
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            return await conn.fetchrow(sql, *args)
+
+    # --- appending -----------------------------------------------------------------------------
+
+    async def _commit_forever(self) -> None:
+        """Commit queued appends, each transaction taking all that queued up meanwhile."""
+        while self._queue or not self._closed:
+            if not self._queue:
+                await self._queued.wait()
+                self._queued.clear()
+                continue
+            batch: builtins.list[_Append] = []
+            events = 0
+            while self._queue and len(batch) < _MAX_BATCH_APPENDS:
+                if batch and events + len(self._queue[0].events) > _MAX_BATCH_EVENTS:
+                    break
+                request = self._queue.popleft()
+                batch.append(request)
+                events += len(request.events)
+            await self._commit(batch)
+
+    async def _commit(self, batch: builtins.list[_Append]) -> None:
+        """Commit `batch` in one transaction and settle each caller's future; never raises."""
+        try:
+            results, changed = await self._write(batch)
+        except asyncio.CancelledError:
+            for request in batch:
+                _settle(request, StoreClosed())
+            raise
+        except Exception as exc:
+            if (
+                len(batch) > 1
+                and isinstance(exc, asyncpg.PostgresError)
+                and not isinstance(exc, TRANSIENT_ERRORS)
+                and not self._closed
+            ):
+                # NOTE: one bad append must not fail its neighbours: retry them one by one.
+                log.warning("group_commit_split", size=len(batch), error=str(exc))
+                for request in batch:
+                    await self._commit([request])
+                return
+            error = self._store_error(exc, "append")
+            for request in batch:
+                _settle(request, error)
+            return
+        for task_id, last_seq in changed.items():
+            followed = self._followed.get(task_id)
+            if followed is not None:
+                followed.advance(last_seq)
+        for request, result in zip(batch, results, strict=True):
+            _settle(request, result)
+
+    async def _write(
+        self, batch: builtins.list[_Append]
+    ) -> tuple[builtins.list[int | StoreError], dict[str, int]]:
+        """One transaction: lock the rows, project, insert events, update rows, notify."""
+        task_ids = list(dict.fromkeys(request.task_id for request in batch))
+        results: builtins.list[int | StoreError] = []
+        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+            locked: dict[str, _Locked | CorruptRecord] = {}
+            for row in await conn.fetch(_LOCK_TASKS, task_ids):
+                try:
+                    locked[row["task_id"]] = _Locked(
+                        _decode_task(row["task_id"], row["body"]), row["finished"]
+                    )
+                except CorruptRecord as exc:
+                    log.error("corrupt_task_row", task_id=row["task_id"], error=str(exc))
+                    locked[row["task_id"]] = exc
+
+            event_columns: tuple[builtins.list[Any], ...] = ([], [], [], [])
+            for request in batch:
+                held = locked.get(request.task_id)
+                if held is None:
+                    results.append(TaskNotFound(request.task_id))
+                    continue
+                if isinstance(held, CorruptRecord):
+                    results.append(held)
+                    continue
+                if held.finished:
+                    results.append(TaskClosed(request.task_id))
+                    continue
+                for event in request.events:
+                    event.seq = held.task.last_seq + 1
+                    event.task_id = request.task_id
+                    apply(held.task, event, held.subtask_index)
+                    for column, value in zip(
+                        event_columns,
+                        (
+                            request.task_id,
+                            event.seq,
+                            event.WhichOneof("kind"),
+                            event.SerializeToString(),
+                        ),
+                        strict=True,
+                    ):
+                        column.append(value)
+                held.finished = request.events[-1].HasField("finished")
+                held.changed = True
+                results.append(held.task.last_seq)
+
+            changed = {
+                task_id: held
+                for task_id, held in locked.items()
+                if isinstance(held, _Locked) and held.changed
+            }
+            if changed:
+                tasks = [held.task for held in changed.values()]
+                await conn.execute(
+                    _WRITE_APPENDS,
+                    *event_columns,
+                    list(changed),
+                    [task.state for task in tasks],
+                    [task.last_seq for task in tasks],
+                    [held.finished for held in changed.values()],
+                    [task.SerializeToString() for task in tasks],
+                    [task.update_time.ToDatetime(tzinfo=datetime.UTC) for task in tasks],
+                    self._channel,
+                    [f"{task.task_id}:{task.last_seq}" for task in tasks],
+                )
+        return results, {task_id: held.task.last_seq for task_id, held in changed.items()}
+
+    @contextlib.asynccontextmanager
+    async def _one_append_per_task(self, task_id: str) -> AsyncIterator[None]:
+        lock, users = self._task_locks.get(task_id, (asyncio.Lock(), 0))
+        self._task_locks[task_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._task_locks[task_id]
+            if users == 1:
+                del self._task_locks[task_id]
+            else:
+                self._task_locks[task_id] = (lock, users - 1)
+
+    # --- following the log ---------------------------------------------------------------------
+
+    def _follow(self, task_id: str) -> _Followed:
+        followed = self._followed.get(task_id)
+        if followed is None:
+            followed = self._followed[task_id] = _Followed()
+        followed.watchers += 1
+        return followed
+
+    def _unfollow(self, task_id: str, followed: _Followed) -> None:
+        followed.watchers -= 1
+        if followed.watchers == 0 and self._followed.get(task_id) is followed:
+            del self._followed[task_id]
+
+    async def _await_listener(self) -> None:
+        """Start the listener and poller once; give the LISTEN a moment to take effect."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(
+                self._listen_forever(), name="octollm-postgres-listener"
+            )
+            self._poller = asyncio.create_task(self._poll_forever(), name="octollm-postgres-poll")
+        if not self._listener_settled.is_set():
+            # NOTE: not fatal if it takes longer: the poll finds new events meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listener_settled.wait(), self._connect_timeout_s)
+
+    async def _listen_forever(self) -> None:
+        """Hold one LISTEN connection, reconnecting with backoff whenever it is lost."""
+        delay = self._retry_initial_s
+        while True:
+            try:
+                connection = await self._connect_listener(self._connect_timeout_s)
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("task_event_listener_connect_failed", error=f"{type(exc).__name__}")
+                self._listener_settled.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            lost = asyncio.Event()
+            connection.add_termination_listener(_setter(lost))
+            try:
+                await connection.add_listener(self._channel, self._on_notification)
+                delay = self._retry_initial_s
+                self._listener_settled.set()
+                # NOTE: appends committed before LISTEN took effect sent no wake-up we heard.
+                self._poll_now.set()
+                await lost.wait()
+                log.warning("task_event_listener_lost", channel=self._channel)
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("task_event_listener_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+            finally:
+                await close_quietly(connection, timeout_s=self._connect_timeout_s)
+
+    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        task_id, _, seq = payload.rpartition(":")
+        followed = self._followed.get(task_id)
+        if followed is None:
+            return
+        try:
+            followed.advance(int(seq))
+        except ValueError:
+            log.warning("task_event_notification_malformed", payload=payload[:200])
+
+    async def _poll_forever(self) -> None:
+        """Every poll_interval_s, wake watchers whose task grew without a notification."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), self._poll_interval_s)
+            self._poll_now.clear()
+            if not self._followed:
+                continue
+            try:
+                rows = await self._fetch(_LAST_SEQS, list(self._followed))
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("task_event_poll_failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            for row in rows:
+                followed = self._followed.get(row["task_id"])
+                if followed is not None:
+                    followed.advance(row["last_seq"])
+
+    # --- errors --------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed()
+
+    @contextlib.contextmanager
+    def _reported(self, operation: str) -> Iterator[None]:
+        """Map driver failures to StoreClosed / StoreUnavailable; let everything else through."""
+        try:
+            yield
+        except (*TRANSIENT_ERRORS, asyncpg.InterfaceError) as exc:
+            mapped = self._store_error(exc, operation)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _store_error(self, exc: Exception, operation: str) -> Exception:
+        if isinstance(exc, StoreError):
+            return exc
+        if self._closed:
+            return StoreClosed()
+        if isinstance(exc, TRANSIENT_ERRORS):
+            return StoreUnavailable(
+                f"PostgreSQL failed during {operation}: {type(exc).__name__}: {exc}"
+            )
+        return exc
+
+
+def _setter(event: asyncio.Event) -> Callable[[Any], None]:
+    """A termination-listener callback that sets `event`."""
+    return lambda _connection: event.set()
+
+
+def _settle(request: _Append, outcome: int | BaseException) -> None:
+    if request.done.done():
+        return  # the caller gave up (cancelled); the outcome stands in the database regardless
+    if isinstance(outcome, BaseException):
+        request.done.set_exception(outcome)
+    else:
+        request.done.set_result(outcome)
+
+
+def _is_task_id(task_id: str) -> bool:
+    """Task ids are canonical UUID strings, so the uuid column and the string agree."""
+    try:
+        return str(uuid.UUID(task_id)) == task_id
+    except ValueError:
+        return False
+
+
+def _decode_task(task_id: str, body: bytes) -> pb.Task:
+    task = pb.Task()
+    try:
+        task.ParseFromString(body)
+    except DecodeError as exc:
+        raise CorruptRecord(task_id, f"undecodable body ({exc})") from None
+    if task.task_id != task_id:
+        raise CorruptRecord(task_id, f"body names task {task.task_id!r}")
+    return task
+
+
+def _decode_event(task_id: str, seq: int, body: bytes) -> pb.TaskEvent:
+    event = pb.TaskEvent()
+    try:
+        event.ParseFromString(body)
+    except DecodeError as exc:
+        raise CorruptRecord(task_id, f"undecodable body ({exc})", seq) from None
+    if event.seq != seq or event.task_id != task_id:
+        raise CorruptRecord(task_id, f"body is event {event.seq} of {event.task_id!r}", seq)
+    if event.WhichOneof("kind") is None:
+        raise CorruptRecord(task_id, "unknown event kind (written by a newer version?)", seq)
+    return event
