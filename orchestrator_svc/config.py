@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -31,6 +31,24 @@ class Settings(BaseSettings):
     )
     max_parallel_subtasks: int = Field(16, gt=0, description="ready subtasks run at once per task")
     max_retries: int = Field(3, ge=0, description="retries of a subtask after a transient failure")
+    llm_base_url: str = Field(
+        "", description="OpenAI-compatible endpoint (…/v1); empty runs the offline heuristic brain"
+    )
+    llm_api_key: SecretStr = Field(SecretStr(""), description="API key for the LLM endpoint")
+    llm_model: str = Field("gpt-4o-mini", description="model name (or alias) at the endpoint")
+    llm_timeout_s: float = Field(30.0, gt=0, description="per-request LLM timeout")
+    llm_max_retries: int = Field(2, ge=0, description="retries of a failed LLM request")
+    llm_output_retries: int = Field(
+        2, ge=0, description="re-asks after output that fails its JSON schema"
+    )
+    llm_temperature: float = Field(0.2, ge=0, le=2, description="sampling temperature")
+    llm_price_per_1k_prompt: float = Field(0.0, ge=0, description="USD per 1k prompt tokens")
+    llm_price_per_1k_completion: float = Field(
+        0.0, ge=0, description="USD per 1k completion tokens"
+    )
+    llm_cooldown_s: float = Field(
+        15.0, ge=0, description="after the LLM fails, use the heuristics this long"
+    )
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
     metrics_port: int = Field(
         9464, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 turns it off"

@@ -14,8 +14,10 @@ from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from arm_sdk.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 
 from .api.servicer import OrchestratorServicer
+from .brain import Brain
 from .config import Settings
 from .engine import TaskRunner
+from .llm import OpenAICompatibleClient
 from .mesh import Discovery, Mesh
 from .store.memory import InMemoryTaskStore
 from .store.ports import TaskStore
@@ -39,7 +41,8 @@ class Orchestrator:
         self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
         self.metrics = Metrics()
         self.metrics.watch_mesh(self.mesh)
-        self.runner = TaskRunner(self.store, self.mesh, settings, self.metrics)
+        self.llm = _llm_client(settings)
+        self.runner = TaskRunner(self.store, self.mesh, settings, self.metrics, Brain(self.llm))
         self.servicer = OrchestratorServicer(self.store, self.runner, self.mesh, self.metrics)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -109,4 +112,24 @@ class Orchestrator:
         await self.mesh.close()
         await self.store.close()
         await self.metrics.close()
+        if self.llm is not None:
+            await self.llm.aclose()
         log.info("orchestrator_stopped")
+
+
+def _llm_client(settings: Settings) -> OpenAICompatibleClient | None:
+    """The configured LLM endpoint, or None for the offline brain."""
+    if not settings.llm_base_url:
+        return None
+    return OpenAICompatibleClient(
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key.get_secret_value() or "unused",
+        model=settings.llm_model,
+        timeout_s=settings.llm_timeout_s,
+        max_retries=settings.llm_max_retries,
+        price_per_1k_prompt=settings.llm_price_per_1k_prompt,
+        price_per_1k_completion=settings.llm_price_per_1k_completion,
+        temperature=settings.llm_temperature,
+        output_retries=settings.llm_output_retries,
+        cooldown_s=settings.llm_cooldown_s,
+    )

@@ -1,18 +1,18 @@
-"""The task runner: plan, run the DAG on the mesh, integrate, record every transition.
+"""The task runner: parse, plan, run the DAG on the mesh, integrate, validate, repair.
 
-Each accepted task runs as one asyncio task. Ready steps run in parallel (bounded per task);
-a step's input carries its dependencies' outputs under `dependencies`; retryable failures are
-retried with jittered backoff; the task's time budget bounds everything; cancellation stops the
-running subtasks at their arms and skips the rest.
+Each accepted task runs as one asyncio task (`TaskRun`). Ready steps run in parallel (bounded
+per task); a step's input carries its dependencies' outputs under `dependencies`; failures follow
+the recovery table (recovery.py); the task's time, token and cost budgets bound everything;
+cancellation stops the running subtasks at their arms and skips the rest. Every transition is an
+event in the task's log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from graphlib import TopologicalSorter
 
 import grpc
@@ -22,18 +22,20 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from ..brain import plan_single_step
+from ..brain import Brain, NoArmsAvailable, PlanBudget, ValidationReport
 from ..config import Settings
+from ..llm import LLMUsage
 from ..mesh import Mesh, MeshEvent, Outcome, mesh_failure
 from ..store.ports import TaskStore
 from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
 from ..telemetry.metrics import Metrics
-from . import events
+from . import convert, events
 from .events import TaskEventLog
 from .recovery import RecoveryBudget
 
 log = structlog.get_logger(__name__)
 
+MAX_REPAIRS = 3
 
 _SUBTASK_STATE_OF = {
     "queued": pb.SUBTASK_STATE_READY,
@@ -45,22 +47,34 @@ _SUBTASK_STATE_OF = {
 class TaskStopped(Exception):
     """Ends a task early with a terminal state (deadline, failure) and a Failure."""
 
-    def __init__(self, state: pb.TaskState.ValueType, failure: common_pb2.Failure) -> None:
+    def __init__(
+        self,
+        state: pb.TaskState.ValueType,
+        failure: common_pb2.Failure,
+        result: pb.TaskResult | None = None,
+    ) -> None:
         super().__init__(failure.message)
         self.state = state
         self.failure = failure
+        self.result = result
 
 
 class TaskRunner:
     """Runs accepted tasks to a terminal state; see the module docstring."""
 
     def __init__(
-        self, store: TaskStore, mesh: Mesh, settings: Settings, metrics: Metrics | None = None
+        self,
+        store: TaskStore,
+        mesh: Mesh,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        brain: Brain | None = None,
     ) -> None:
-        self._metrics = metrics or Metrics()
-        self._store = store
-        self._mesh = mesh
-        self._settings = settings
+        self.store = store
+        self.mesh = mesh
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.brain = brain or Brain()
         self._running: dict[str, asyncio.Task[None]] = {}
         # NOTE: accepted tasks beyond the limit wait here in PENDING; none is dropped.
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
@@ -94,52 +108,64 @@ class TaskRunner:
         for task_id in list(self._running):
             await self.cancel(task_id, "orchestrator shutting down")
 
-    # -- one task ------------------------------------------------------------------------------
-
     async def _run(self, task: pb.Task) -> None:
+        run = TaskRun(self, task)
         try:
             async with self._slots:
-                await self._run_admitted(task)
+                await run.run()
         except asyncio.CancelledError:
             if task.task_id not in self._cancel_reasons:
                 raise
             # Cancelled while waiting for a slot: nothing ran, so only the end is recorded.
-            reason = self._cancel_reasons.pop(task.task_id)
-            failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
-            event = events.finished(pb.TASK_STATE_CANCELLED, failure=failure)
-            self._metrics.observe(event, task.create_time.ToNanoseconds())
-            await self._store.append(task.task_id, [event])
+            await run.cancelled(self._cancel_reasons.pop(task.task_id))
+        else:
+            self._cancel_reasons.pop(task.task_id, None)
 
-    async def _run_admitted(self, task: pb.Task) -> None:
-        task_log = log.bind(task_id=task.task_id)
+    def cancel_reason(self, task_id: str) -> str:
+        return self._cancel_reasons.get(task_id, "cancelled")
+
+
+class TaskRun:
+    """One task's execution state, from admission to its terminal event."""
+
+    def __init__(self, runner: TaskRunner, task: pb.Task) -> None:
+        self.r = runner
+        self.task = task
+        self.log = log.bind(task_id=task.task_id)
         created_ns = task.create_time.ToNanoseconds()
-        events_log = TaskEventLog(
-            self._store,
+        self.events = TaskEventLog(
+            runner.store,
             task.task_id,
             common_pb2.Usage(),
-            observe=lambda event: self._metrics.observe(event, created_ns),
+            observe=lambda event: runner.metrics.observe(event, created_ns),
         )
-        state = [task.state]
+        self.state = task.state
+        self.outputs: dict[str, struct_pb2.Struct] = {}
+        self.confidences: dict[str, float] = {}
+        self.attempts: dict[str, int] = {}
+        self.deadline = 0.0
 
-        def move(to: pb.TaskState.ValueType, reason: str) -> None:
-            events_log.emit(events.state_changed(state[0], to, reason))
-            state[0] = to
+    # -- lifecycle ------------------------------------------------------------------------------
 
-        outputs: dict[str, struct_pb2.Struct] = {}
-        confidences: list[float] = []
-        timeout = self._task_timeout(task)
+    def move(self, to: pb.TaskState.ValueType, reason: str, notes: Iterable[str] = ()) -> None:
+        detail = "; ".join(n for n in notes if n)
+        self.events.emit(
+            events.state_changed(self.state, to, f"{reason} ({detail})" if detail else reason)
+        )
+        self.state = to
+
+    async def run(self) -> None:
+        timeout = self._task_timeout()
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            async with asyncio.timeout_at(deadline):
-                plan = self._plan(task, move)
-                events_log.emit(pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan)))
-                move(pb.TASK_STATE_EXECUTING, f"running {len(plan.steps)} step(s)")
-                await self._run_dag(task, plan, events_log, outputs, confidences, deadline)
-                move(pb.TASK_STATE_INTEGRATING, "combining step outputs")
-                result = self._integrate(plan, outputs, confidences, events_log.usage)
-                move(pb.TASK_STATE_VALIDATING, "checking every step succeeded")
-                events_log.emit(events.finished(pb.TASK_STATE_SUCCEEDED, result=result))
-            task_log.info("task_succeeded")
+            self.deadline = asyncio.get_running_loop().time() + timeout
+            async with asyncio.timeout_at(self.deadline):
+                plan, notes = await self._plan()
+                self.events.emit(pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan)))
+                self.move(pb.TASK_STATE_EXECUTING, f"running {len(plan.steps)} step(s)", notes)
+                await self._run_dag(plan)
+                result = await self._integrate_and_validate(plan)
+                self.events.emit(events.finished(pb.TASK_STATE_SUCCEEDED, result=result))
+            self.log.info("task_succeeded")
         except TimeoutError:
             failure = mesh_failure(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -147,89 +173,176 @@ class TaskRunner:
                 f"task did not finish within {timeout:.3f}s",
                 retryable=False,
             )
-            self._stop(events_log, pb.TASK_STATE_DEADLINE_EXCEEDED, failure, outputs)
-            task_log.info("task_deadline_exceeded")
+            self._stop(pb.TASK_STATE_DEADLINE_EXCEEDED, failure)
+            self.log.info("task_deadline_exceeded")
         except TaskStopped as stop:
-            self._stop(events_log, stop.state, stop.failure, outputs)
-            task_log.info(
+            self._stop(stop.state, stop.failure, stop.result)
+            self.log.info(
                 "task_stopped", state=pb.TaskState.Name(stop.state), reason=stop.failure.reason
             )
         except asyncio.CancelledError:
-            reason = self._cancel_reasons.pop(task.task_id, "cancelled")
+            reason = self.r.cancel_reason(self.task.task_id)
             failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
-            self._stop(events_log, pb.TASK_STATE_CANCELLED, failure, outputs)
-            task_log.info("task_cancelled", reason=reason)
+            self._stop(pb.TASK_STATE_CANCELLED, failure)
+            self.log.info("task_cancelled", reason=reason)
         except Exception as exc:
-            task_log.exception("task_crashed")
+            self.log.exception("task_crashed")
             failure = mesh_failure(
                 grpc.StatusCode.INTERNAL, "INTERNAL", f"{type(exc).__name__}: {exc}", False
             )
-            self._stop(events_log, pb.TASK_STATE_FAILED, failure, outputs)
-        await events_log.flush()
+            self._stop(pb.TASK_STATE_FAILED, failure)
+        await self.events.flush()
+
+    async def cancelled(self, reason: str) -> None:
+        """Record the end of a task cancelled before it was admitted."""
+        failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
+        self.events.emit(events.finished(pb.TASK_STATE_CANCELLED, failure=failure))
+        await self.events.flush()
 
     def _stop(
         self,
-        events_log: TaskEventLog,
         state: pb.TaskState.ValueType,
         failure: common_pb2.Failure,
-        outputs: dict[str, struct_pb2.Struct],
+        result: pb.TaskResult | None = None,
     ) -> None:
-        partial = pb.TaskResult(usage=events_log.usage)
-        _put_outputs(partial.outputs, outputs)
-        events_log.emit(events.finished(state, result=partial, failure=failure))
+        if result is None:
+            result = pb.TaskResult(usage=self.events.usage)
+            _put_outputs(result.outputs, self.outputs)
+        self.events.emit(events.finished(state, result=result, failure=failure))
 
-    def _task_timeout(self, task: pb.Task) -> float:
+    def _task_timeout(self) -> float:
+        task = self.task
         budget = task.budget.max_time.ToNanoseconds() / 1e9 if task.HasField("budget") else 0.0
-        return budget if budget > 0 else self._settings.task_timeout_s
+        return budget if budget > 0 else self.r.settings.task_timeout_s
 
-    def _plan(self, task: pb.Task, move: Callable[[pb.TaskState.ValueType, str], None]) -> pb.Plan:
+    def _spend(self, usage: LLMUsage) -> None:
+        """Add what a brain call spent to the task's usage."""
+        self.events.usage.tokens += usage.total_tokens
+        self.events.usage.cost_usd += usage.cost_usd
+
+    # -- brain ----------------------------------------------------------------------------------
+
+    async def _plan(self) -> tuple[pb.Plan, tuple[str, ...]]:
+        task, brain = self.task, self.r.brain
         if task.HasField("plan") and task.plan.steps:
-            move(pb.TASK_STATE_PLANNING, "using the plan given with the task")
+            self.move(pb.TASK_STATE_PLANNING, "using the plan given with the task")
             plan = pb.Plan()
             plan.CopyFrom(task.plan)
-        else:
-            move(pb.TASK_STATE_PARSING, "reading the goal")
-            move(pb.TASK_STATE_PLANNING, "planning")
-            steps = plan_single_step(
-                task.goal, task.constraints, task.acceptance_criteria, self._mesh.arm_types()
+            if not plan.plan_id:
+                plan.plan_id = str(uuid.uuid4())
+            return plan, ()
+        self.move(pb.TASK_STATE_PARSING, "reading the goal")
+        parsed = await brain.parse(
+            task.goal, list(task.constraints), json_format.MessageToDict(task.context)
+        )
+        self._spend(parsed.usage)
+        intent = parsed.intent
+        self.move(
+            pb.TASK_STATE_PLANNING,
+            f"planning a {intent.complexity} {intent.domain} task",
+            parsed.notes,
+        )
+        budget = task.budget
+        try:
+            outcome = await brain.plan(
+                intent,
+                convert.arm_capabilities(self.r.mesh.arms()),
+                PlanBudget(
+                    max_tokens=budget.max_tokens,
+                    max_cost_usd=budget.max_cost_usd,
+                    max_time_s=self._task_timeout(),
+                ),
+                acceptance_criteria=list(task.acceptance_criteria),
             )
-            if not steps:
-                raise TaskStopped(
-                    pb.TASK_STATE_FAILED,
-                    mesh_failure(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "NO_ARMS",
-                        "no arm is connected, so the task cannot be planned",
-                        retryable=True,
-                    ),
-                )
-            plan = pb.Plan()
-            for s in steps:
-                step = plan.steps.add(
-                    step_id=s.step_id,
-                    description=s.description,
-                    arm_type=s.arm_type,
-                    depends_on=s.depends_on,
-                    acceptance_criteria=s.acceptance_criteria,
-                )
-                step.input.update(s.input)
-        if not plan.plan_id:
-            plan.plan_id = str(uuid.uuid4())
-        return plan
+        except NoArmsAvailable as exc:
+            raise TaskStopped(
+                pb.TASK_STATE_FAILED,
+                mesh_failure(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "NO_ARM_FOR_TYPE",
+                    str(exc),
+                    retryable=True,
+                    metadata={"missing_arm_types": ",".join(exc.missing_types)},
+                ),
+            ) from None
+        self._spend(outcome.usage)
+        return convert.plan_to_proto(outcome.plan), outcome.notes
+
+    async def _integrate_and_validate(self, plan: pb.Plan) -> pb.TaskResult:
+        """Integrate, validate; on failure re-run the failing steps (with the issues as
+        feedback) and try again, up to MAX_REPAIRS times."""
+        brain, task = self.r.brain, self.task
+        criteria = list(task.acceptance_criteria)
+        execution_plan = convert.plan_from_proto(plan)
+        repairs = 0
+        while True:
+            outputs = convert.outputs_as_dicts(self.outputs)
+            self.move(pb.TASK_STATE_INTEGRATING, "combining step outputs")
+            integrated = await brain.integrate(
+                task.goal, execution_plan, outputs, self.confidences, acceptance_criteria=criteria
+            )
+            self._spend(integrated.usage)
+            answer = integrated.integration.answer
+            self.move(
+                pb.TASK_STATE_VALIDATING,
+                f"checking the answer against {len(criteria)} acceptance criteria",
+                integrated.notes,
+            )
+            checked = await brain.validate(answer, outputs, criteria, plan=execution_plan)
+            self._spend(checked.usage)
+            report = checked.report
+            if report.passed or repairs == MAX_REPAIRS or not report.failing_steps:
+                break
+            repairs += 1
+            rerun = convert.dependants_closure(plan, report.failing_steps)
+            self.move(
+                pb.TASK_STATE_REPAIRING,
+                f"repair {repairs} of {MAX_REPAIRS}: re-running {', '.join(sorted(rerun))}",
+                (*report.issues[:3], *checked.notes),
+            )
+            for step_id in rerun:
+                self.outputs.pop(step_id, None)
+                self.confidences.pop(step_id, None)
+            await self._run_dag(plan, only=rerun, feedback=report)
+        result = pb.TaskResult(
+            answer=answer,
+            confidence=integrated.integration.confidence,
+            usage=self.events.usage,
+            validation=pb.ValidationReport(
+                passed=report.passed,
+                score=report.score,
+                issues=report.issues,
+                failing_steps=report.failing_steps,
+                repairs=repairs,
+            ),
+        )
+        _put_outputs(result.outputs, self.outputs)
+        if not report.passed:
+            failure = mesh_failure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "VALIDATION_FAILED",
+                f"the answer still fails its acceptance criteria after {repairs} repair(s): "
+                + "; ".join(report.issues[:3]),
+                retryable=False,
+            )
+            raise TaskStopped(pb.TASK_STATE_FAILED, failure, result)
+        return result
+
+    # -- the DAG -------------------------------------------------------------------------------
 
     async def _run_dag(
         self,
-        task: pb.Task,
         plan: pb.Plan,
-        events_log: TaskEventLog,
-        outputs: dict[str, struct_pb2.Struct],
-        confidences: list[float],
-        deadline: float,
+        only: set[str] | None = None,
+        feedback: ValidationReport | None = None,
     ) -> None:
-        steps = {s.step_id: s for s in plan.steps}
-        graph = TopologicalSorter({s.step_id: set(s.depends_on) for s in plan.steps})
+        """Run the plan's steps (or just `only`, whose other dependencies are done)."""
+        steps = {s.step_id: s for s in plan.steps if only is None or s.step_id in only}
+        graph = TopologicalSorter(
+            {sid: set(s.depends_on) & steps.keys() for sid, s in steps.items()}
+        )
         graph.prepare()
-        limit = asyncio.Semaphore(self._settings.max_parallel_subtasks)
+        limit = asyncio.Semaphore(self.r.settings.max_parallel_subtasks)
         running: dict[str, asyncio.Task[Outcome]] = {}
         # NOTE: completions arrive on a queue, so each costs O(1); asyncio.wait over every
         # running step would make a wide DAG quadratic.
@@ -240,7 +353,7 @@ class TaskRunner:
 
         async def run_step(step: pb.PlanStep) -> Outcome:
             async with limit:
-                return await self._run_step(task, step, outputs, events_log, deadline)
+                return await self._run_step(step, feedback)
 
         try:
             while graph.is_active() and failed is None:
@@ -254,10 +367,10 @@ class TaskRunner:
                 step_id = await finished.get()
                 outcome = running.pop(step_id).result()
                 if outcome.result is not None:
-                    outputs[step_id] = outcome.result.output
-                    confidences.append(outcome.result.confidence)
+                    self.outputs[step_id] = outcome.result.output
+                    self.confidences[step_id] = outcome.result.confidence
                     graph.done(step_id)
-                    over = self._over_budget(task, events_log.usage)
+                    over = self._over_budget()
                     if over is not None:
                         stopped = TaskStopped(pb.TASK_STATE_BUDGET_EXCEEDED, over)
                         break
@@ -269,9 +382,9 @@ class TaskRunner:
             if running:
                 await asyncio.wait(running.values())
             # Steps that started record their own terminal state; the others are skipped.
-            for step in plan.steps:
-                if step.step_id not in started:
-                    sub = self._subtask(task, step, pb.SUBTASK_STATE_SKIPPED)
+            for step_id, step in steps.items():
+                if step_id not in started:
+                    sub = self._subtask(step, pb.SUBTASK_STATE_SKIPPED)
                     sub.failure.CopyFrom(
                         mesh_failure(
                             grpc.StatusCode.ABORTED,
@@ -280,16 +393,15 @@ class TaskRunner:
                             False,
                         )
                     )
-                    events_log.emit(events.subtask_changed(sub))
+                    self.events.emit(events.subtask_changed(sub))
         if stopped is not None:
             raise stopped
         if failed is not None and failed.failure is not None:
             raise TaskStopped(pb.TASK_STATE_FAILED, failed.failure)
 
-    @staticmethod
-    def _over_budget(task: pb.Task, usage: common_pb2.Usage) -> common_pb2.Failure | None:
+    def _over_budget(self) -> common_pb2.Failure | None:
         """A Failure when the task has spent more tokens or money than its budget allows."""
-        budget = task.budget
+        budget, usage = self.task.budget, self.events.usage
         spent = None
         if budget.max_tokens and usage.tokens > budget.max_tokens:
             spent = f"{usage.tokens} tokens of a {budget.max_tokens}-token budget"
@@ -304,49 +416,51 @@ class TaskRunner:
             retryable=False,
         )
 
-    @staticmethod
-    def _subtask(task: pb.Task, step: pb.PlanStep, state: pb.SubtaskState.ValueType) -> pb.Subtask:
+    def _subtask(self, step: pb.PlanStep, state: pb.SubtaskState.ValueType) -> pb.Subtask:
         return pb.Subtask(
-            subtask_id=subtask_id_for(task.task_id, step.step_id),
+            subtask_id=subtask_id_for(self.task.task_id, step.step_id),
             step_id=step.step_id,
             arm_type=step.arm_type,
             state=state,
         )
 
-    async def _run_step(
-        self,
-        task: pb.Task,
-        step: pb.PlanStep,
-        outputs: dict[str, struct_pb2.Struct],
-        events_log: TaskEventLog,
-        deadline: float,
-    ) -> Outcome:
-        step_log = log.bind(task_id=task.task_id, step_id=step.step_id)
-        # NOTE: READY means "waiting for an arm with credit": it is recorded only when the mesh
-        # reports the subtask queued, not for one dispatched at once.
-        sub = self._subtask(task, step, pb.SUBTASK_STATE_READY)
+    def _dispatch(self, step: pb.PlanStep, feedback: ValidationReport | None) -> arm_pb.Dispatch:
+        task = self.task
         dispatch = arm_pb.Dispatch(
-            subtask_id=sub.subtask_id,
+            subtask_id=subtask_id_for(task.task_id, step.step_id),
             task_id=task.task_id,
             step_id=step.step_id,
             description=step.description,
             acceptance_criteria=step.acceptance_criteria,
+            # The mesh raises attempt itself on failover, so count on from where it left off.
+            attempt=self.attempts.get(step.step_id, 0),
         )
         dispatch.input.CopyFrom(step.input)
         if step.depends_on:
             # Struct to Struct copies stay in C; a round trip through dicts costs far more.
             _put_outputs(
                 dispatch.input.fields["dependencies"].struct_value,
-                {d: outputs[d] for d in step.depends_on},
+                {d: self.outputs[d] for d in step.depends_on},
             )
+        if feedback is not None:
+            dispatch.input.update({"repair": {"issues": list(feedback.issues)}})
         dispatch.context.CopyFrom(task.context)
         if task.HasField("budget"):
             dispatch.budget.max_tokens = task.budget.max_tokens
             dispatch.budget.max_cost_usd = task.budget.max_cost_usd
+        return dispatch
+
+    async def _run_step(self, step: pb.PlanStep, feedback: ValidationReport | None) -> Outcome:
+        step_log = self.log.bind(step_id=step.step_id)
+        settings, mesh = self.r.settings, self.r.mesh
+        # NOTE: READY means "waiting for an arm with credit": it is recorded only when the mesh
+        # reports the subtask queued, not for one dispatched at once.
+        sub = self._subtask(step, pb.SUBTASK_STATE_READY)
+        dispatch = self._dispatch(step, feedback)
 
         def on_event(event: MeshEvent) -> None:
             if event.kind == "progress":
-                events_log.emit(
+                self.events.emit(
                     pb.TaskEvent(
                         subtask_progress=pb.SubtaskProgress(
                             subtask_id=sub.subtask_id,
@@ -359,20 +473,19 @@ class TaskRunner:
                 return
             sub.state = _SUBTASK_STATE_OF[event.kind]
             sub.arm_id, sub.attempt = event.arm_id, event.attempt
-            events_log.emit(events.subtask_changed(sub))
+            self.events.emit(events.subtask_changed(sub))
 
-        recovery = RecoveryBudget(transient_retries=self._settings.max_retries)
-        timeout_s = self._settings.subtask_timeout_s
+        recovery = RecoveryBudget(transient_retries=settings.max_retries)
+        timeout_s = settings.subtask_timeout_s
         avoid = ""
         try:
             while True:
-                # The mesh raises attempt itself on failover, so count on from where it left off.
                 dispatch.attempt += 1
-                outcome = await self._mesh.execute(
+                outcome = await mesh.execute(
                     step.arm_type,
                     dispatch,
                     # The arm learns the real limit: never more than the task has left.
-                    timeout_s=min(timeout_s, deadline - asyncio.get_running_loop().time()),
+                    timeout_s=min(timeout_s, self.deadline - asyncio.get_running_loop().time()),
                     on_event=on_event,
                     avoid_arm=avoid,
                 )
@@ -388,7 +501,7 @@ class TaskRunner:
                     reason=outcome.failure.reason,
                     arm_id=outcome.arm_id,
                 )
-                self._metrics.retries.labels(retry.kind).inc()
+                self.r.metrics.retries.labels(retry.kind).inc()
                 timeout_s *= retry.timeout_factor
                 avoid = retry.avoid_arm
                 if retry.delay_s:
@@ -398,53 +511,32 @@ class TaskRunner:
             sub.failure.CopyFrom(
                 mesh_failure(grpc.StatusCode.CANCELLED, "CANCELLED", "the task was stopped", False)
             )
-            events_log.emit(events.subtask_changed(sub))
+            self.events.emit(events.subtask_changed(sub))
             raise
+        finally:
+            self.attempts[step.step_id] = dispatch.attempt
         sub.arm_id, sub.attempt = outcome.arm_id or sub.arm_id, outcome.attempt
         if outcome.result is not None:
             sub.state = pb.SUBTASK_STATE_SUCCEEDED
             sub.output.CopyFrom(outcome.result.output)
             sub.confidence = outcome.result.confidence
             sub.provenance.CopyFrom(outcome.result.provenance)
-            usage = events_log.usage
+            usage = self.events.usage
             usage.tokens += outcome.result.provenance.usage.tokens
             usage.cost_usd += outcome.result.provenance.usage.cost_usd
         else:
             sub.state = pb.SUBTASK_STATE_FAILED
             if outcome.failure is not None:
                 sub.failure.CopyFrom(outcome.failure)
-        events_log.emit(events.subtask_changed(sub))
+        self.events.emit(events.subtask_changed(sub))
         return outcome
-
-    @staticmethod
-    def _integrate(
-        plan: pb.Plan,
-        outputs: dict[str, struct_pb2.Struct],
-        confidences: list[float],
-        usage: common_pb2.Usage,
-    ) -> pb.TaskResult:
-        """Deterministic merge: the outputs of the plan's sink steps, as text."""
-        depended_on = {d for s in plan.steps for d in s.depends_on}
-        sinks = [s.step_id for s in plan.steps if s.step_id not in depended_on]
-        texts = []
-        for step_id in sinks:
-            out = json_format.MessageToDict(outputs[step_id]) if step_id in outputs else {}
-            text = next((out[k] for k in ("answer", "text") if isinstance(out.get(k), str)), None)
-            texts.append(str(text) if text is not None else json.dumps(out, sort_keys=True))
-        result = pb.TaskResult(
-            answer="\n\n".join(texts),
-            confidence=min(confidences) if confidences else 0.0,
-            usage=usage,
-        )
-        _put_outputs(result.outputs, outputs)
-        return result
 
 
 def _report_done(finished: asyncio.Queue[str], step_id: str, _: asyncio.Task[Outcome]) -> None:
     finished.put_nowait(step_id)
 
 
-def _put_outputs(target: struct_pb2.Struct, outputs: dict[str, struct_pb2.Struct]) -> None:
+def _put_outputs(target: struct_pb2.Struct, outputs: Mapping[str, struct_pb2.Struct]) -> None:
     """target[step_id] = output for every step, as nested Structs."""
     for step_id, output in outputs.items():
         target.fields[step_id].struct_value.CopyFrom(output)

@@ -24,11 +24,15 @@ log = structlog.get_logger(__name__)
 
 
 def mesh_failure(
-    code: grpc.StatusCode, reason: str, message: str, retryable: bool
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    retryable: bool,
+    metadata: dict[str, str] | None = None,
 ) -> common_pb2.Failure:
-    """A Failure produced by the mesh itself (not by an arm)."""
+    """A Failure produced by the orchestrator itself (not by an arm)."""
     return common_pb2.Failure(
-        code=code.value[0], reason=reason, message=message, retryable=retryable
+        code=code.value[0], reason=reason, message=message, retryable=retryable, metadata=metadata
     )
 
 

@@ -69,6 +69,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # NOTE: what asyncpg raises on a session the server ended while it sat idle in the pool
+    # (MagicStack/asyncpg#784): the connection is broken, not the caller's request.
+    asyncpg.InternalClientError,
 )
 _MAX_IDENTIFIER_BYTES = 63
 _WATCH_PAGE = 256
@@ -439,7 +442,7 @@ class PostgresTaskStore(TaskStore):
         create_time = stored.create_time.ToDatetime(tzinfo=datetime.UTC)
 
         with self._reported("create"):
-            async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+            async with self._session() as conn, conn.transaction():
                 if stored.request_id:
                     claimed = await conn.fetchval(
                         _CLAIM_KEY, stored.request_id, fingerprint, stored.task_id
@@ -610,8 +613,18 @@ class PostgresTaskStore(TaskStore):
             raise IdempotencyConflict(request_id, task_id)
         return _decode_task(task_id, row["body"]), False
 
-    async def _fetch(self, sql: str, *args: Any) -> builtins.list[Any]:
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[Any]:
+        """A pooled connection; one that failed mid-use is terminated, never handed out again."""
         async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            try:
+                yield conn
+            except (*TRANSIENT_ERRORS, asyncpg.InterfaceError):
+                conn.terminate()
+                raise
+
+    async def _fetch(self, sql: str, *args: Any) -> builtins.list[Any]:
+        async with self._session() as conn:
             rows: builtins.list[Any] = await conn.fetch(sql, *args)
             return rows
 
@@ -638,7 +651,7 @@ class PostgresTaskStore(TaskStore):
             self._check_open()
 
     async def _fetchrow(self, sql: str, *args: Any) -> Any:
-        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+        async with self._session() as conn:
             return await conn.fetchrow(sql, *args)
 
     # --- appending -----------------------------------------------------------------------------
@@ -697,7 +710,7 @@ class PostgresTaskStore(TaskStore):
         """One transaction: lock the rows, project, insert events, update rows, notify."""
         task_ids = list(dict.fromkeys(request.task_id for request in batch))
         results: builtins.list[int | StoreError] = []
-        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+        async with self._session() as conn, conn.transaction():
             locked: dict[str, _Locked | CorruptRecord] = {}
             for row in await conn.fetch(_LOCK_TASKS, task_ids):
                 try:

@@ -55,8 +55,8 @@ def dag_plan() -> pb.Plan:
     return plan
 
 
-async def test_submit_runs_a_one_step_brain_plan_to_success(mesh: Any) -> None:
-    """A goal without a plan is planned by the brain and answered by an arm."""
+async def test_submit_runs_a_brain_plan_to_success(mesh: Any) -> None:
+    """A goal without a plan is parsed and planned by the (offline) brain and answered by arms."""
     _, stub = mesh
     task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
     assert task.state == pb.TASK_STATE_PENDING
@@ -64,9 +64,13 @@ async def test_submit_runs_a_one_step_brain_plan_to_success(mesh: Any) -> None:
     assert events[-1].finished.state == pb.TASK_STATE_SUCCEEDED
     got = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
     assert got.state == pb.TASK_STATE_SUCCEEDED
-    assert [s.state for s in got.subtasks] == [pb.SUBTASK_STATE_SUCCEEDED]
+    assert 3 <= len(got.subtasks) <= 7
+    assert {s.state for s in got.subtasks} == {pb.SUBTASK_STATE_SUCCEEDED}
     assert GOAL in got.result.answer
-    assert got.subtasks[0].provenance.arm_id.startswith("echo-")
+    assert got.result.validation.passed
+    assert all(s.provenance.arm_id.startswith("echo-") for s in got.subtasks)
+    states = [e.state_changed.to_state for e in events if e.HasField("state_changed")]
+    assert states[:3] == [pb.TASK_STATE_PARSING, pb.TASK_STATE_PLANNING, pb.TASK_STATE_EXECUTING]
 
 
 async def test_explicit_dag_passes_dependency_outputs(mesh: Any) -> None:
@@ -152,7 +156,9 @@ async def test_cancel_reaches_the_arm_handler(start_arm, start_orchestrator, con
     server = await start_arm(arm)
     orch = await start_orchestrator([server.address], wait_for=("slow",))
     stub = connect(orch.address)
-    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
+    plan = pb.Plan()
+    plan.steps.add(step_id="wait", arm_type="slow")
+    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=plan))).task
     await asyncio.wait_for(started.wait(), 10)
     resp = await stub.CancelTask(
         pb.CancelTaskRequest(task_id=task.task_id, reason="user changed mind")

@@ -352,6 +352,7 @@ class TaskResult(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     """The answer, as text."""
     confidence: _builtins.float
@@ -364,6 +365,10 @@ class TaskResult(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """Total resources spent."""
 
+    @_builtins.property
+    def validation(self) -> Global___ValidationReport:
+        """How the answer fared against the task's acceptance criteria."""
+
     def __init__(
         self,
         *,
@@ -371,14 +376,57 @@ class TaskResult(_message.Message):
         outputs: _struct_pb2.Struct | None = ...,
         confidence: _builtins.float = ...,
         usage: _common_pb2.Usage | None = ...,
+        validation: Global___ValidationReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs", "usage", b"usage", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "confidence", b"confidence", "outputs", b"outputs", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "confidence", b"confidence", "outputs", b"outputs", "usage", b"usage", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskResult: _TypeAlias = TaskResult  # noqa: Y015
+
+@_typing.final
+class ValidationReport(_message.Message):
+    """ValidationReport is the outcome of checking an answer against acceptance criteria."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    ISSUES_FIELD_NUMBER: _builtins.int
+    FAILING_STEPS_FIELD_NUMBER: _builtins.int
+    REPAIRS_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    """Whether every criterion is met."""
+    score: _builtins.float
+    """Fraction of the criteria met, 0.0 to 1.0."""
+    repairs: _builtins.int
+    """Repair rounds it took (0 when the first answer passed)."""
+    @_builtins.property
+    def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What is wrong, one readable sentence per problem."""
+
+    @_builtins.property
+    def failing_steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Steps whose output failed a criterion (re-run by the repair loop)."""
+
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        score: _builtins.float = ...,
+        issues: _abc.Iterable[_builtins.str] | None = ...,
+        failing_steps: _abc.Iterable[_builtins.str] | None = ...,
+        repairs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing_steps", b"failing_steps", "issues", b"issues", "passed", b"passed", "repairs", b"repairs", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidationReport: _TypeAlias = ValidationReport  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):

@@ -1,0 +1,79 @@
+"""Conversions between the wire messages and the brain's plain models (the engine's boundary)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from ..brain import ArmCapability, ExecutionPlan, PlannedStep
+from ..mesh import ArmConnection
+
+
+def plan_to_proto(plan: ExecutionPlan) -> pb.Plan:
+    message = pb.Plan(plan_id=plan.plan_id)
+    for s in plan.steps:
+        step = message.steps.add(
+            step_id=s.step_id,
+            description=s.description,
+            arm_type=s.arm_type,
+            depends_on=s.depends_on,
+            acceptance_criteria=s.acceptance_criteria,
+        )
+        step.input.update(s.input)
+    return message
+
+
+def plan_from_proto(plan: pb.Plan) -> ExecutionPlan:
+    return ExecutionPlan(
+        plan_id=plan.plan_id,
+        steps=tuple(
+            PlannedStep(
+                step_id=s.step_id,
+                description=s.description,
+                arm_type=s.arm_type,
+                input=json_format.MessageToDict(s.input),
+                depends_on=tuple(s.depends_on),
+                acceptance_criteria=tuple(s.acceptance_criteria),
+            )
+            for s in plan.steps
+        ),
+    )
+
+
+def arm_capabilities(arms: Iterable[ArmConnection]) -> list[ArmCapability]:
+    """One entry per arm type the mesh knows, merging what its replicas declare."""
+    by_type: dict[str, tuple[set[str], str, int]] = {}
+    for conn in arms:
+        if conn.descriptor is None:
+            continue
+        d = conn.descriptor
+        caps, description, tier = by_type.get(d.arm_type, (set(), d.description, d.cost_tier))
+        caps.update(d.capabilities)
+        by_type[d.arm_type] = (caps, description or d.description, max(tier, d.cost_tier))
+    return [
+        ArmCapability(arm_type, tuple(sorted(caps)), description, tier)
+        for arm_type, (caps, description, tier) in sorted(by_type.items())
+    ]
+
+
+def outputs_as_dicts(outputs: Mapping[str, struct_pb2.Struct]) -> dict[str, dict[str, Any]]:
+    return {step_id: json_format.MessageToDict(out) for step_id, out in outputs.items()}
+
+
+def dependants_closure(plan: pb.Plan, roots: Iterable[str]) -> set[str]:
+    """`roots` and every step that depends on one of them, directly or not."""
+    children: dict[str, list[str]] = {}
+    for step in plan.steps:
+        for dep in step.depends_on:
+            children.setdefault(dep, []).append(step.step_id)
+    seen: set[str] = set()
+    stack = [r for r in roots if any(s.step_id == r for s in plan.steps)]
+    while stack:
+        step_id = stack.pop()
+        if step_id not in seen:
+            seen.add(step_id)
+            stack.extend(children.get(step_id, ()))
+    return seen

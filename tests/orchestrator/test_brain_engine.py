@@ -1,0 +1,127 @@
+"""The brain inside the engine: planning, validation and the repair loop, LLM fallbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from octollm.v1 import orchestrator_service_pb2 as pb
+from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from arm_sdk import Arm, SubtaskInput
+from arm_sdk.arms import REFERENCE_ARMS
+from tests.llm.fake_openai import FakeOpenAI, completion
+
+GOAL = "Write a short note about credit-based flow control"
+
+
+async def finish(
+    stub: pb_grpc.OrchestratorServiceStub, request: pb.SubmitTaskRequest
+) -> tuple[pb.Task, list[pb.TaskEvent]]:
+    task = (await stub.SubmitTask(request)).task
+    call = stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=60)
+    events = [r.event async for r in call]
+    return (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task, events
+
+
+def writer_arm(fixed_after: int | None) -> Arm:
+    """Answers 'a draft' until it has seen `fixed_after` repair requests, then mentions credits."""
+    arm = Arm(arm_type="writer", capabilities=("general", "writing"))
+    repairs = 0
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        nonlocal repairs
+        repairs += "repair" in inp.input
+        if fixed_after is not None and repairs >= fixed_after:
+            return {"answer": "Credits bound what is in flight on each stream."}
+        return {"answer": "a draft"}
+
+    return arm
+
+
+def one_step(arm_type: str) -> pb.Plan:
+    plan = pb.Plan()
+    plan.steps.add(step_id="write", arm_type=arm_type, description="write the note")
+    return plan
+
+
+async def test_failed_validation_repairs_the_step_with_feedback(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """An answer missing a criterion sends the step back (with the issues) until it passes."""
+    server = await start_arm(writer_arm(fixed_after=1))
+    orch = await start_orchestrator([server.address], wait_for=("writer",))
+    request = pb.SubmitTaskRequest(
+        goal=GOAL, plan=one_step("writer"), acceptance_criteria=["mentions credits"]
+    )
+    task, events = await finish(connect(orch.address), request)
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+    assert "Credits" in task.result.answer
+    assert task.result.validation.passed
+    assert task.result.validation.repairs == 1
+    assert task.subtasks[0].attempt == 2
+    states = [e.state_changed.to_state for e in events if e.HasField("state_changed")]
+    assert pb.TASK_STATE_REPAIRING in states
+    assert states.index(pb.TASK_STATE_REPAIRING) < len(states) - 1
+
+
+async def test_validation_that_never_passes_fails_after_three_repairs(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """Three repairs, then FAILED with VALIDATION_FAILED; the last answer and report are kept."""
+    server = await start_arm(writer_arm(fixed_after=None))
+    orch = await start_orchestrator([server.address], wait_for=("writer",))
+    request = pb.SubmitTaskRequest(
+        goal=GOAL, plan=one_step("writer"), acceptance_criteria=["mentions credits"]
+    )
+    task, events = await finish(connect(orch.address), request)
+    assert task.state == pb.TASK_STATE_FAILED
+    assert task.failure.reason == "VALIDATION_FAILED"
+    assert task.result.answer == "a draft"
+    assert not task.result.validation.passed
+    assert task.result.validation.repairs == 3
+    assert task.result.validation.issues
+    repairs = [e for e in events if e.state_changed.to_state == pb.TASK_STATE_REPAIRING]
+    assert len(repairs) == 3
+
+
+async def test_brain_plan_with_no_usable_arm_fails_naming_the_types(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """With only an unrelated arm, planning fails FAILED_PRECONDITION naming the missing types."""
+    odd = Arm(arm_type="oddity", capabilities=("nothing-useful",))
+
+    @odd.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        return {}
+
+    server = await start_arm(odd)
+    orch = await start_orchestrator([server.address], wait_for=("oddity",))
+    task, _ = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=GOAL))
+    assert task.state == pb.TASK_STATE_FAILED
+    assert task.failure.reason == "NO_ARM_FOR_TYPE"
+    assert task.failure.metadata["missing_arm_types"]
+
+
+async def test_llm_talking_nonsense_falls_back_to_the_offline_brain(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """An LLM endpoint that returns non-JSON: the task still succeeds; the events say why."""
+    fake = await FakeOpenAI([completion("this is not json {")]).start()
+    try:
+        echo = await start_arm(REFERENCE_ARMS["echo"]())
+        orch = await start_orchestrator(
+            [echo.address],
+            wait_for=("echo",),
+            llm_base_url=fake.base_url,
+            llm_max_retries=0,
+            llm_output_retries=1,
+        )
+        task, events = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=GOAL))
+    finally:
+        await fake.close()
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+    assert fake.requests, "the orchestrator never asked the LLM"
+    reasons = " ".join(e.state_changed.reason for e in events if e.HasField("state_changed"))
+    assert "heuristic" in reasons
+    assert task.usage.tokens > 0  # the failed LLM attempts were still counted
