@@ -16,7 +16,7 @@ from arm_sdk.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 from .api.servicer import OrchestratorServicer
 from .brain import Brain
 from .config import Settings
-from .engine import TaskRunner
+from .engine import TaskRunner, routing
 from .llm import OpenAICompatibleClient
 from .mesh import Discovery, Mesh
 from .store.memory import InMemoryTaskStore
@@ -37,6 +37,7 @@ class Orchestrator:
         self.mesh = Mesh(
             channel_options=list(CHANNEL_OPTIONS),
             default_timeout_s=settings.subtask_timeout_s,
+            picker=routing.pick,
         )
         self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
         self.metrics = Metrics()

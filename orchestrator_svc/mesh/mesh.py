@@ -46,11 +46,13 @@ class Mesh:
         credentials: grpc.ChannelCredentials | None = None,
         default_timeout_s: float = 60.0,
         max_failovers: int = 3,
+        picker: Callable[[list[ArmConnection], str], ArmConnection] | None = None,
     ) -> None:
         self._channel_options = channel_options
         self._credentials = credentials
         self._default_timeout_s = default_timeout_s
         self._max_failovers = max_failovers
+        self._pick = picker or least_loaded
         self._by_address: dict[str, ArmConnection] = {}
         self._by_arm_id: dict[str, ArmConnection] = {}
         self._by_type: dict[str, list[ArmConnection]] = defaultdict(list)
@@ -200,16 +202,6 @@ class Mesh:
             if conn.credits <= 0:
                 ready.remove(conn)
 
-    @staticmethod
-    def _pick(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:
-        """The ready arm with the fewest subtasks in flight, preferring not `avoid_arm`."""
-        if len(ready) == 1:
-            return ready[0]
-        if avoid_arm:
-            others = [c for c in ready if c.arm_id != avoid_arm]
-            ready = others or ready
-        return min(ready, key=lambda c: len(c.in_flight))
-
     # -- ConnectionOwner ---------------------------------------------------------------------
 
     def claim_arm_id(self, conn: ArmConnection, arm_id: str) -> bool:
@@ -284,6 +276,14 @@ class Mesh:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def least_loaded(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:
+    """The default picker: the ready arm with the fewest subtasks in flight, not `avoid_arm`
+    when another is ready."""
+    if avoid_arm:
+        ready = [c for c in ready if c.arm_id != avoid_arm] or ready
+    return ready[0] if len(ready) == 1 else min(ready, key=lambda c: len(c.in_flight))
 
 
 def _report_queued(pendings: list[Pending]) -> None:

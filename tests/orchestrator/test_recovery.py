@@ -10,7 +10,7 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk import Arm, SubtaskInput
+from arm_sdk import Arm, ArmError, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
 from orchestrator_svc.engine.recovery import RecoveryBudget
 
@@ -110,3 +110,37 @@ async def test_reroute_prefers_another_arm(start_arm, start_orchestrator) -> Non
         d = arm_pb.Dispatch(subtask_id=f"r{i}", attempt=1)
         outcome = await orch.mesh.execute("echo", d, timeout_s=10, avoid_arm=first.arm_id)
         assert outcome.arm_id == second.arm_id
+
+
+async def test_router_moves_traffic_away_from_a_failing_replica(
+    start_arm, start_orchestrator
+) -> None:  # type: ignore[no-untyped-def]
+    """Of two replicas of a type, the one whose results fail loses the traffic."""
+
+    def replica(fails: bool) -> Arm:
+        arm = Arm(arm_type="mixed")
+
+        @arm.handler
+        async def run(inp: SubtaskInput) -> dict[str, Any]:
+            if fails:
+                raise ArmError("broken replica", reason="BROKEN")
+            return {"ok": True}
+
+        return arm
+
+    bad = await start_arm(replica(fails=True))
+    good = await start_arm(replica(fails=False))
+    orch = await start_orchestrator([bad.address, good.address], wait_for=("mixed",))
+    await asyncio.wait_for(
+        orch.mesh.wait_until(lambda: len([c for c in orch.mesh.arms() if c.routable]) == 2), 10
+    )
+    for i in range(3):  # give the broken replica a history
+        d = arm_pb.Dispatch(subtask_id=f"forced{i}", attempt=1)
+        outcome = await orch.mesh.execute("mixed", d, timeout_s=10, avoid_arm=good.arm_id)
+        assert outcome.arm_id == bad.arm_id
+        assert outcome.failure is not None
+    chosen = set()
+    for i in range(10):
+        d = arm_pb.Dispatch(subtask_id=f"m{i}", attempt=1)
+        chosen.add((await orch.mesh.execute("mixed", d, timeout_s=10)).arm_id)
+    assert chosen == {good.arm_id}
