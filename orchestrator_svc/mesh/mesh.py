@@ -161,22 +161,29 @@ class Mesh:
         self._queues[arm_type].append(pending)
         self._pump(arm_type)
         _report_queued([pending])
+        # NOTE: a plain timer, not asyncio.timeout(): it is on every dispatch, and expiry only
+        # has to settle the future.
+        timer = loop.call_at(deadline, self._expire, pending, timeout)
         try:
-            async with asyncio.timeout_at(deadline):
-                return await pending.future
-        except TimeoutError:
-            self._withdraw(pending, "deadline exceeded")
-            failure = mesh_failure(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "SUBTASK_TIMEOUT",
-                f"subtask did not finish within {timeout:.3f}s",
-                retryable=True,
-            )
-            arm_id = pending.connection.arm_id if pending.connection else ""
-            return Outcome(arm_id, pending.dispatch.attempt, failure=failure)
+            return await pending.future
         except asyncio.CancelledError:
             self._withdraw(pending, "cancelled")
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, pending: Pending, timeout: float) -> None:
+        if pending.future.done():
+            return
+        arm_id = pending.connection.arm_id if pending.connection else ""
+        self._withdraw(pending, "deadline exceeded")
+        failure = mesh_failure(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "SUBTASK_TIMEOUT",
+            f"subtask did not finish within {timeout:.3f}s",
+            retryable=True,
+        )
+        pending.future.set_result(Outcome(arm_id, pending.dispatch.attempt, failure=failure))
 
     def _withdraw(self, pending: Pending, reason: str) -> None:
         if pending.connection is not None:
