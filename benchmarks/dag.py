@@ -9,7 +9,7 @@
    Targets: p50 <= 10 round trips (the critical path needs about 4), p95 <= 20.
 3. Scheduling cost: one orchestrator in this process runs a root -> (N-2 parallel) -> sink
    plan of N nodes (2N-4 edges) on the same echo arm; time per node should stay flat as N grows
-   (work linear in nodes + edges). Plans this large bypass the API's 50-step limit on purpose:
+   (work linear in nodes + edges). Plans this large bypass the API's 1000-step limit on purpose:
    they are handed to the runner directly.
 """
 

@@ -31,6 +31,7 @@ from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
 from ..telemetry.metrics import Metrics
 from . import convert, events
 from .events import TaskEventLog
+from .output_check import OutputChecker
 from .recovery import RecoveryBudget
 
 log = structlog.get_logger(__name__)
@@ -75,6 +76,7 @@ class TaskRunner:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.brain = brain or Brain()
+        self.output_checker = OutputChecker()
         self._running: dict[str, asyncio.Task[None]] = {}
         # NOTE: accepted tasks beyond the limit wait here in PENDING; none is dropped.
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
@@ -489,6 +491,13 @@ class TaskRun:
                     on_event=on_event,
                     avoid_arm=avoid,
                 )
+                if outcome.result is not None:
+                    conn = mesh.arm(outcome.arm_id)
+                    invalid = self.r.output_checker.check(
+                        conn.descriptor if conn is not None else None, outcome.result.output
+                    )
+                    if invalid is not None:
+                        outcome = Outcome(outcome.arm_id, outcome.attempt, failure=invalid)
                 if outcome.failure is None:
                     break
                 retry = recovery.next(outcome.failure, outcome.arm_id)

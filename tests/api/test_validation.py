@@ -222,12 +222,12 @@ def test_empty_plan() -> None:
 
 
 def test_plan_too_large() -> None:
-    """More than 50 steps is PLAN_TOO_LARGE; exactly 50 is fine."""
-    fifty = _steps(*((f"s{i}", "coder", []) for i in range(50)))
-    validate_submit(_submit(plan=fifty), ARMS)
-    fifty.steps.add(step_id="s50", arm_type="coder")
-    message = _invalid_submit(_submit(plan=fifty), "PLAN_TOO_LARGE", "plan.steps")
-    assert "at most 50 steps (got 51)" in message
+    """More than 1000 steps is PLAN_TOO_LARGE; exactly 1000 is fine."""
+    most = _steps(*((f"s{i}", "coder", []) for i in range(1000)))
+    validate_submit(_submit(plan=most), ARMS)
+    most.steps.add(step_id="s1000", arm_type="coder")
+    message = _invalid_submit(_submit(plan=most), "PLAN_TOO_LARGE", "plan.steps")
+    assert "at most 1000 steps (got 1001)" in message
 
 
 @pytest.mark.parametrize("step_id", ["", "has space", "colon:no", "s" * 65, "ü"])

@@ -196,3 +196,47 @@ async def test_tasks_beyond_the_concurrency_limit_wait_then_run(
             pass
         done = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
         assert done.state == pb.TASK_STATE_SUCCEEDED
+
+
+async def test_output_breaking_the_declared_schema_is_retried_then_fails(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """A Result that breaks the arm's output_schema counts as a retryable INVALID_OUTPUT."""
+    calls = 0
+    arm = Arm(
+        arm_type="sloppy",
+        output_schema={
+            "type": "object",
+            "required": ["count"],
+            "properties": {"count": {"type": "integer"}},
+        },
+    )
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {"count": "many"} if calls < 3 else {"count": 3}
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator([server.address], wait_for=("sloppy",))
+    task = await run_task(
+        connect(orch.address),
+        pb.SubmitTaskRequest(goal=GOAL, plan=plan(("count", "sloppy", {}, ()))),
+    )
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+    assert task.subtasks[0].attempt == 3
+    assert task.subtasks[0].output["count"] == 3
+
+
+async def test_fan_out_of_a_hundred_steps(stub: Any) -> None:
+    """root -> 100 parallel steps -> sink: every step runs once and the sink sees all 100."""
+    steps = [("root", "echo", {}, ())]
+    steps += [(f"m{i}", "echo", {"i": i}, ("root",)) for i in range(100)]
+    steps.append(("sink", "echo", {}, tuple(f"m{i}" for i in range(100))))
+    task = await run_task(stub, pb.SubmitTaskRequest(goal=GOAL, plan=plan(*steps)))
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+    assert len(task.subtasks) == 102
+    assert {s.attempt for s in task.subtasks} == {1}
+    sink = next(s for s in task.subtasks if s.step_id == "sink")
+    assert len(sink.output["echo"]["dependencies"]) == 100

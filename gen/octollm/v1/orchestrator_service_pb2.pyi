@@ -262,7 +262,7 @@ class Plan(_message.Message):
     """Id of the plan; assigned by the server when empty."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]:
-        """The steps, in any order; at most 50."""
+        """The steps, in any order; at most 1000."""
 
     def __init__(
         self,

@@ -1,0 +1,336 @@
+"""PostgresTaskStore beyond the shared suite: replicas, migrations, poisoned rows, start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from orchestrator_svc.config import Settings
+from orchestrator_svc.store import (
+    CorruptRecord,
+    InMemoryTaskStore,
+    PostgresTaskStore,
+    StoreClosed,
+    StoreError,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskStore,
+    migrate,
+    open_store,
+)
+from orchestrator_svc.store.migrate import bundled_migrations
+from tests.store.postgres_schema import PgSchema
+
+NewTask = Callable[..., pb.Task]
+HANG_GUARD = 10
+
+
+def _progress(message: str) -> pb.TaskEvent:
+    return pb.TaskEvent(subtask_progress=pb.SubtaskProgress(subtask_id="s", message=message))
+
+
+def _finished() -> pb.TaskEvent:
+    return pb.TaskEvent(
+        finished=pb.TaskFinished(state=pb.TASK_STATE_SUCCEEDED, result=pb.TaskResult(answer="42"))
+    )
+
+
+async def _collect(events: AsyncIterator[pb.TaskEvent]) -> list[pb.TaskEvent]:
+    async def drain() -> list[pb.TaskEvent]:
+        return [event async for event in events]
+
+    return await asyncio.wait_for(drain(), HANG_GUARD)
+
+
+@pytest.fixture
+async def replicas(pg_schema: PgSchema) -> tuple[PostgresTaskStore, PostgresTaskStore]:
+    """Two stores on one migrated schema, as two orchestrator replicas would hold them."""
+    await pg_schema.migrate()
+    return await pg_schema.open_store(), await pg_schema.open_store()
+
+
+async def test_replica_reads_what_another_created(
+    replicas: tuple[PostgresTaskStore, PostgresTaskStore], new_task: NewTask
+) -> None:
+    """A task created and advanced on replica A is read, listed and replayed on replica B."""
+    a, b = replicas
+    created, _ = await a.create(new_task(), "fp")
+    await a.append(created.task_id, [_progress("one"), _progress("two")])
+
+    assert await b.get(created.task_id) == await a.get(created.task_id)
+    page, _ = await b.list(10, "", ())
+    assert [task.task_id for task in page] == [created.task_id]
+    await a.append(created.task_id, [_finished()])
+    replayed = await _collect(b.watch(created.task_id, 0))
+    assert [event.seq for event in replayed] == [1, 2, 3]
+    assert replayed == await _collect(a.watch(created.task_id, 0))
+
+
+async def test_live_events_reach_a_watcher_on_another_replica(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """Events appended on A reach a watcher on B by NOTIFY, in order, ending at finished."""
+    await pg_schema.migrate()
+    a = await pg_schema.open_store()
+    b = await pg_schema.open_store(poll_interval_s=3600)  # NOTE: so only NOTIFY can wake it
+    created, _ = await a.create(new_task(), "fp")
+    watcher = asyncio.create_task(_collect(b.watch(created.task_id, 0)))
+    for step in range(20):
+        await a.append(created.task_id, [_progress(str(step))])
+    await a.append(created.task_id, [_finished()])
+    events = await watcher
+    assert [event.seq for event in events] == list(range(1, 22))
+    assert [event.subtask_progress.message for event in events[:-1]] == [
+        str(step) for step in range(20)
+    ]
+
+
+async def test_poll_finds_events_when_notifications_are_lost(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """A watcher whose store never hears a NOTIFY still gets every event, by polling."""
+    await pg_schema.migrate()
+    writer = await pg_schema.open_store()
+    deaf = await pg_schema.open_store(channel="octollm_nobody_notifies_here", poll_interval_s=0.05)
+    created, _ = await writer.create(new_task(), "fp")
+    watcher = asyncio.create_task(_collect(deaf.watch(created.task_id, 0)))
+    for step in range(5):
+        await writer.append(created.task_id, [_progress(str(step))])
+        await asyncio.sleep(0.02)
+    await writer.append(created.task_id, [_finished()])
+    assert [event.seq for event in await watcher] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_idempotency_holds_across_replicas(
+    replicas: tuple[PostgresTaskStore, PostgresTaskStore], new_task: NewTask
+) -> None:
+    """The same request_id created concurrently on A and B makes exactly one task."""
+    a, b = replicas
+    attempts = [
+        replica.create(new_task(request_id="same-key"), "fp")
+        for _ in range(20)
+        for replica in (a, b)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*attempts), HANG_GUARD)
+    assert sum(is_new for _, is_new in results) == 1
+    assert len({task.task_id for task, _ in results}) == 1
+    page, _ = await b.list(100, "", ())
+    assert len(page) == 1
+
+
+async def test_concurrent_migrations_apply_once(pg_schema: PgSchema) -> None:
+    """Three migrations racing on separate connections apply each version exactly once."""
+    runs = await asyncio.wait_for(
+        asyncio.gather(*(pg_schema.migrate() for _ in range(3))), HANG_GUARD
+    )
+    versions = [migration.label for migration in bundled_migrations()]
+    assert sorted(runs) == [[], [], versions]
+    connection = await pg_schema.connect()
+    rows = await connection.fetch("SELECT version FROM octollm_schema_migrations ORDER BY 1")
+    assert [f"{row['version']:04d}" for row in rows] == versions
+    assert await pg_schema.migrate() == []
+
+
+async def test_corrupt_event_row_is_reported(pg_schema: PgSchema, new_task: NewTask) -> None:
+    """watch() yields the good events, then raises CorruptRecord naming the task and seq."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store()
+    created, _ = await store.create(new_task(), "fp")
+    await store.append(created.task_id, [_progress("a"), _progress("b"), _finished()])
+    connection = await pg_schema.connect()
+    await connection.execute(
+        "UPDATE task_events SET body = '\\xdeadbeef'::bytea WHERE task_id = $1 AND seq = 2",
+        created.task_id,
+    )
+
+    events = store.watch(created.task_id, 0)
+    first = await asyncio.wait_for(anext(events), HANG_GUARD)
+    with pytest.raises(CorruptRecord) as caught:
+        await asyncio.wait_for(anext(events), HANG_GUARD)
+    assert first.seq == 1
+    assert caught.value.task_id == created.task_id
+    assert caught.value.seq == 2
+    assert created.task_id in str(caught.value)
+
+
+async def test_corrupt_task_row_fails_only_that_task(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """A poisoned task row raises CorruptRecord for it; appends to other tasks still commit."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store()
+    poisoned, _ = await store.create(new_task(), "fp")
+    healthy, _ = await store.create(new_task(), "fp")
+    connection = await pg_schema.connect()
+    await connection.execute(
+        "UPDATE tasks SET body = '\\xffffffff'::bytea WHERE task_id = $1", poisoned.task_id
+    )
+
+    with pytest.raises(CorruptRecord) as caught:
+        await store.get(poisoned.task_id)
+    assert caught.value.task_id == poisoned.task_id
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            store.append(poisoned.task_id, [_progress("x")]),
+            store.append(healthy.task_id, [_progress("y")]),
+            return_exceptions=True,
+        ),
+        HANG_GUARD,
+    )
+    assert isinstance(outcomes[0], CorruptRecord)
+    assert outcomes[1] == 1
+    assert (await store.get(healthy.task_id)).last_seq == 1
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "one-by-one"])
+async def test_concurrent_appends_keep_order_per_task(
+    pg_schema: PgSchema, new_task: NewTask, group_commit: bool
+) -> None:
+    """Appends issued concurrently to many tasks land in each task's log in call order."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store(group_commit=group_commit)
+    task_ids = [(await store.create(new_task(), "fp"))[0].task_id for _ in range(8)]
+    calls = [
+        store.append(task_id, [_progress(f"{step}")] * (1 + step % 3))
+        for step in range(30)
+        for task_id in task_ids
+    ]
+    await asyncio.wait_for(asyncio.gather(*calls), HANG_GUARD)
+
+    expected = [f"{step}" for step in range(30) for _ in range(1 + step % 3)]
+    for task_id in task_ids:
+        await store.append(task_id, [_finished()])
+        events = await _collect(store.watch(task_id, 0))
+        assert [event.seq for event in events] == list(range(1, len(expected) + 2))
+        assert [event.subtask_progress.message for event in events[:-1]] == expected
+
+
+async def test_close_releases_every_connection(pg_schema: PgSchema, new_task: NewTask) -> None:
+    """close() returns the pool's and the listener's connections; later calls raise."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store()
+    observer = await pg_schema.connect()
+    created, _ = await store.create(new_task(), "fp")
+    watcher = asyncio.create_task(_collect(store.watch(created.task_id, 0)))
+    await store.append(created.task_id, [_progress("a")])
+
+    async def sessions() -> int:
+        count: int = await observer.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND pid <> "
+            "pg_backend_pid()",
+            pg_schema.name,
+        )
+        return count
+
+    assert await sessions() >= 2  # the pool, and the LISTEN connection
+    await store.close()
+    with pytest.raises(StoreClosed):
+        await watcher
+
+    async def drained() -> None:
+        while await sessions():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(drained(), HANG_GUARD)
+
+
+async def test_unknown_or_malformed_task_ids(pg_schema: PgSchema, new_task: NewTask) -> None:
+    """Ids that are not canonical UUIDs are never found, and create() refuses them."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store()
+    for task_id in ("not-a-uuid", str(uuid.uuid4()).upper(), str(uuid.uuid4())):
+        with pytest.raises(TaskNotFound):
+            await store.get(task_id)
+        with pytest.raises(TaskNotFound):
+            await store.append(task_id, [_progress("x")])
+    with pytest.raises(ValueError, match="UUID"):
+        await store.create(new_task(task_id="task-1"), "fp")
+
+
+async def test_store_refuses_an_unmigrated_schema(pg_schema: PgSchema) -> None:
+    """Connecting to a schema without the task tables says to run the migrations."""
+    with pytest.raises(StoreError, match="octollm migrate"):
+        await pg_schema.open_store()
+
+
+async def test_open_store_chooses_the_adapter(pg_schema: PgSchema, new_task: NewTask) -> None:
+    """Without a DSN open_store gives the in-memory store; with one, a migrated Postgres store."""
+    in_memory = await open_store(Settings())
+    assert isinstance(in_memory, InMemoryTaskStore)
+    await in_memory.close()
+
+    durable: TaskStore = await open_store(
+        Settings(postgres_dsn=pg_schema.dsn), server_settings=pg_schema.server_settings
+    )
+    try:
+        assert isinstance(durable, PostgresTaskStore)
+        created, _ = await durable.create(new_task(), "fp")
+        assert (await durable.get(created.task_id)).task_id == created.task_id
+    finally:
+        await durable.close()
+    assert await pg_schema.migrate() == []
+
+
+async def test_open_store_fails_clearly_when_postgres_is_unreachable() -> None:
+    """open_store with a DSN to a closed port raises StoreUnavailable after its bounded wait."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(postgres_dsn=f"postgresql://postgres:secret@127.0.0.1:{port}/test")
+
+    with pytest.raises(StoreUnavailable) as caught:
+        await asyncio.wait_for(
+            open_store(settings, startup_wait_s=0.3, retry_initial_s=0.05), HANG_GUARD
+        )
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "unreachable" in message
+    assert "secret" not in message
+
+
+async def test_migrate_reports_unreachable_postgres() -> None:
+    """migrate() against a closed port raises StoreUnavailable instead of hanging."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/test"
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await asyncio.wait_for(migrate(dsn, startup_wait_s=0.2), HANG_GUARD)
+
+
+async def test_store_recovers_when_postgres_drops_its_sessions(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """After the server kills a store's sessions, appends resume and a watcher misses nothing."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store(poll_interval_s=0.1, retry_initial_s=0.05)
+    observer = await pg_schema.connect()
+    created, _ = await store.create(new_task(), "fp")
+    watcher = asyncio.create_task(_collect(store.watch(created.task_id, 0)))
+    await store.append(created.task_id, [_progress("before")])
+
+    killed = await observer.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        pg_schema.name,
+    )
+    assert killed >= 2  # a pool session and the LISTEN session
+
+    async def append_until_accepted(event: pb.TaskEvent) -> None:
+        while True:
+            try:
+                await store.append(created.task_id, [event])
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(append_until_accepted(_progress("after")), HANG_GUARD)
+    await asyncio.wait_for(append_until_accepted(_finished()), HANG_GUARD)
+    events = await watcher
+    assert [event.seq for event in events] == [1, 2, 3]
+    assert [event.subtask_progress.message for event in events[:2]] == ["before", "after"]
