@@ -231,6 +231,15 @@ class ExecuteSession:
     async def _run(self, inp: SubtaskInput) -> None:
         subtask_id = inp.subtask_id
         current_subtask.set((self, subtask_id))
+        # NOTE: this runs in the subtask's own asyncio task (its own context), so whatever the
+        # handler logs carries the ids, including the W3C trace id sent by the orchestrator.
+        structlog.contextvars.bind_contextvars(
+            arm_id=self._arm_id,
+            task_id=inp.task_id,
+            subtask_id=subtask_id,
+            attempt=inp.attempt,
+            trace_id=_trace_id(inp.traceparent),
+        )
         started = time.monotonic_ns()
         deadline: asyncio.Timeout | None = None
         message: arm_pb.ExecuteResponse
@@ -395,3 +404,9 @@ def _failure(
     if started is not None:
         failure.duration.FromNanoseconds(time.monotonic_ns() - started)
     return response
+
+
+def _trace_id(traceparent: str) -> str:
+    """The trace id of a W3C traceparent ("00-<trace id>-<span id>-<flags>"), or ""."""
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""

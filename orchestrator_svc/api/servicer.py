@@ -16,6 +16,7 @@ from ..engine import events as task_events
 from ..mesh import Mesh, mesh_failure
 from ..store.ports import StoreError, TaskClosed, TaskStore
 from ..store.projection import TERMINAL_TASK_STATES
+from ..telemetry import trace
 from ..telemetry.metrics import Metrics
 from . import validation
 from .errors import ApiError, abort, failed_precondition, from_store_error, not_found
@@ -62,6 +63,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             for name in ("context", "budget", "plan"):
                 if request.HasField(name):
                     getattr(task, name).CopyFrom(getattr(request, name))
+            metadata = dict(context.invocation_metadata() or ())
+            task.traceparent = trace.continue_or_start(str(metadata.get("traceparent", "")))
             task.create_time.GetCurrentTime()
             task.update_time.CopyFrom(task.create_time)
             stored, created = await self._store.create(task, validation.fingerprint(request))

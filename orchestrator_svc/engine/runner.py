@@ -28,6 +28,7 @@ from ..llm import LLMUsage
 from ..mesh import Mesh, MeshEvent, Outcome, mesh_failure
 from ..store.ports import TaskStore
 from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
+from ..telemetry import trace
 from ..telemetry.metrics import Metrics
 from . import convert, events
 from .events import TaskEventLog
@@ -133,7 +134,7 @@ class TaskRun:
     def __init__(self, runner: TaskRunner, task: pb.Task) -> None:
         self.r = runner
         self.task = task
-        self.log = log.bind(task_id=task.task_id)
+        self.log = log.bind(task_id=task.task_id, trace_id=trace.trace_id(task.traceparent))
         created_ns = task.create_time.ToNanoseconds()
         self.events = TaskEventLog(
             runner.store,
@@ -447,6 +448,7 @@ class TaskRun:
         if feedback is not None:
             dispatch.input.update({"repair": {"issues": list(feedback.issues)}})
         dispatch.context.CopyFrom(task.context)
+        dispatch.traceparent = trace.child(task.traceparent)
         if task.HasField("budget"):
             dispatch.budget.max_tokens = task.budget.max_tokens
             dispatch.budget.max_cost_usd = task.budget.max_cost_usd

@@ -451,6 +451,7 @@ class Task(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Server-assigned id (UUID)."""
     request_id: _builtins.str
@@ -463,6 +464,10 @@ class Task(_message.Message):
     """Current lifecycle state."""
     last_seq: _builtins.int
     """Seq of the last event in the task's event log."""
+    traceparent: _builtins.str
+    """W3C trace context of the task: from the SubmitTask call's `traceparent` metadata, or
+    started by the server. Every Dispatch carries a child of it.
+    """
     @_builtins.property
     def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Hard constraints on the work."""
@@ -527,10 +532,11 @@ class Task(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         last_seq: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "context", b"context", "create_time", b"create_time", "failure", b"failure", "plan", b"plan", "result", b"result", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "budget", b"budget", "constraints", b"constraints", "context", b"context", "create_time", b"create_time", "failure", b"failure", "goal", b"goal", "last_seq", b"last_seq", "plan", b"plan", "priority", b"priority", "request_id", b"request_id", "result", b"result", "state", b"state", "subtasks", b"subtasks", "task_id", b"task_id", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "budget", b"budget", "constraints", b"constraints", "context", b"context", "create_time", b"create_time", "failure", b"failure", "goal", b"goal", "last_seq", b"last_seq", "plan", b"plan", "priority", b"priority", "request_id", b"request_id", "result", b"result", "state", b"state", "subtasks", b"subtasks", "task_id", b"task_id", "traceparent", b"traceparent", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
