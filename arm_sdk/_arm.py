@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import secrets
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -63,7 +63,11 @@ class Arm:
         input_schema: Mapping[str, Any] | None = None,
         output_schema: Mapping[str, Any] | None = None,
         arm_id: str | None = None,
+        available: Callable[[], bool] | None = None,
     ) -> None:
+        """`available`, when given, says whether the arm can do its work at all (e.g. an LLM is
+        configured); when it returns False at start the arm serves NOT_SERVING, so routers leave
+        it alone, and says why in its log."""
         if not arm_type:
             raise ValueError("arm_type must not be empty")
         if not 1 <= max_concurrency <= _INT32_MAX:
@@ -78,6 +82,7 @@ class Arm:
         self.input_schema = dict(input_schema) if input_schema is not None else None
         self.output_schema = dict(output_schema) if output_schema is not None else None
         self._handler: Handler | None = None
+        self._available = available
 
     def handler(self, fn: Handler) -> Handler:
         """Register the arm's one async handler (use as a decorator); returns it unchanged."""
@@ -121,10 +126,12 @@ class Arm:
         )
         port = server.add_insecure_port(address)
         await server.start()
-        for service in ("", ARM_SERVICE_NAME):
-            await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         host = address.rpartition(":")[0]
         arm_server = ArmServer(server, runtime, health, host, port)
+        serving = self._available is None or self._available()
+        await arm_server.set_serving(serving)
+        if not serving:
+            log.warning("arm_unavailable", arm_id=self.arm_id, description=self.description)
         log.info(
             "arm_serving", arm_id=self.arm_id, arm_type=self.arm_type, address=arm_server.address
         )

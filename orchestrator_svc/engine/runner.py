@@ -249,7 +249,8 @@ class TaskRun:
         try:
             outcome = await brain.plan(
                 intent,
-                convert.arm_capabilities(self.r.mesh.arms()),
+                # Only arms that can take work now: a NOT_SERVING arm must not shape the plan.
+                convert.arm_capabilities(c for c in self.r.mesh.arms() if c.routable),
                 PlanBudget(
                     max_tokens=budget.max_tokens,
                     max_cost_usd=budget.max_cost_usd,

@@ -312,3 +312,26 @@ async def test_deadline_already_past_is_not_dispatched(start_arm, start_orchestr
     assert outcome.failure.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     (conn,) = orch.mesh.arms()
     assert conn.stats.succeeded == 0
+
+
+async def test_unavailable_arm_is_known_but_never_routed(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """An arm whose `available` check fails serves NOT_SERVING: listed, never routed to."""
+    lame = Arm(arm_type="lame", available=lambda: False)
+
+    @lame.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        raise AssertionError("an unavailable arm got work")
+
+    server = await start_arm(lame)
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([server.address, echo.address], wait_for=("echo",))
+    await asyncio.wait_for(
+        orch.mesh.wait_until(lambda: orch.mesh.arm(server.arm_id) is not None), 10
+    )
+    arm = orch.mesh.arm(server.arm_id)
+    assert arm is not None
+    assert arm.health == pb.ARM_HEALTH_NOT_SERVING
+    assert "lame" not in orch.mesh.routable_types()
+    outcome = await orch.mesh.execute("lame", dispatch("nope"), timeout_s=0.3)
+    assert outcome.failure is not None
+    assert outcome.failure.reason == "SUBTASK_TIMEOUT"
