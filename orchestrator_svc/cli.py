@@ -1,8 +1,10 @@
-"""`octollm`: serve | arm | submit | watch | dev.
+"""`octollm`: dev | serve | arm | ingest | submit | watch.
 
 octollm dev [--once]             orchestrator + local arms in one process, runs a sample task
 octollm serve                    the orchestrator alone (arms from OCTOLLM_ARM_ENDPOINTS)
 octollm arm echo --listen ...    one reference arm
+octollm ingest docs/             index .md/.txt files for the retriever arm
+octollm migrate                  apply database migrations (OCTOLLM_POSTGRES_DSN)
 octollm submit "goal" --watch    submit a task and follow it
 octollm watch TASK_ID            follow a task's events
 """
@@ -27,6 +29,7 @@ from pydantic import ValidationError
 
 from .client import follow
 from .config import Settings, describe_errors
+from .store import StoreError
 from .telemetry import configure_logging
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -123,6 +126,29 @@ async def _arm(name: str, listen: str) -> int:
     return 0
 
 
+async def _migrate(settings: Settings) -> int:
+    from .store import migrate
+
+    if not settings.postgres_dsn:
+        print("octollm: set OCTOLLM_POSTGRES_DSN to the database to migrate", file=sys.stderr)
+        return 2
+    applied = await migrate(settings.postgres_dsn)
+    _print(f"applied migrations: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+async def _ingest(path: str) -> int:
+    from arm_sdk.arms.retriever import DimensionMismatch, StoreBusy, ingest
+
+    try:
+        report = await ingest(path)
+    except (FileNotFoundError, DimensionMismatch, StoreBusy, ValueError) as exc:
+        print(f"octollm: cannot ingest {path}: {exc}", file=sys.stderr)
+        return 1
+    _print(report.summary())
+    return 0
+
+
 async def _submit(args: argparse.Namespace) -> int:
     request = pb.SubmitTaskRequest(
         goal=args.goal, constraints=args.constraint, request_id=args.request_id or ""
@@ -158,6 +184,11 @@ def _parser() -> argparse.ArgumentParser:
     arm = sub.add_parser("arm", help="run a reference arm")
     arm.add_argument("name", choices=sorted(_arm_names()))
     arm.add_argument("--listen", default="127.0.0.1:50061")
+    sub.add_parser("migrate", help="apply database migrations (OCTOLLM_POSTGRES_DSN)")
+    ingest = sub.add_parser(
+        "ingest", help="index text/markdown files for the retriever arm (OCTOLLM_RETRIEVER_PATH)"
+    )
+    ingest.add_argument("path", help="a folder (walked for .md/.txt) or one file")
     submit = sub.add_parser("submit", help="submit a task")
     submit.add_argument("goal")
     submit.add_argument("--constraint", action="append", default=[])
@@ -193,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         updates["arm_endpoints"] = settings.arm_endpoints + args.arm
     settings = settings.model_copy(update=updates)
     # Commands that print progress for a human keep logs to warnings unless asked otherwise.
-    quiet = args.command in {"dev", "submit", "watch"} and "OCTOLLM_LOG_LEVEL" not in os.environ
+    quiet = (
+        args.command in {"dev", "submit", "watch", "ingest"}
+        and "OCTOLLM_LOG_LEVEL" not in os.environ
+    )
     configure_logging(settings.log_format, "warning" if quiet else settings.log_level)
     if args.command == "submit":
         try:
@@ -205,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dev": lambda: _dev(settings, args.once),
         "serve": lambda: _serve(settings),
         "arm": lambda: _arm(args.name, args.listen),
+        "ingest": lambda: _ingest(args.path),
+        "migrate": lambda: _migrate(settings),
         "submit": lambda: _submit(args),
         "watch": lambda: _watch(args),
     }
@@ -212,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(commands[args.command]())
     except grpc.aio.AioRpcError as exc:
         print(f"octollm: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"octollm: {exc}", file=sys.stderr)
         return 1
     except (OSError, ValueError, json_format.ParseError) as exc:
         print(f"octollm: {exc}", file=sys.stderr)

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     postgres_dsn: str = Field(
         "", description="PostgreSQL DSN for durable state; empty keeps state in process memory"
     )
+    postgres_startup_wait_s: float = Field(
+        10.0, ge=0, description="how long start-up waits (with backoff) for PostgreSQL"
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 

@@ -19,7 +19,7 @@ from .config import Settings
 from .engine import TaskRunner, routing
 from .llm import OpenAICompatibleClient
 from .mesh import Discovery, Mesh
-from .store.memory import InMemoryTaskStore
+from .store import open_store
 from .store.ports import TaskStore
 from .telemetry.metrics import Metrics
 
@@ -32,8 +32,9 @@ class Orchestrator:
     """One orchestrator: `await Orchestrator(settings).start()`, later `await .stop()`."""
 
     def __init__(self, settings: Settings, store: TaskStore | None = None) -> None:
+        """`store` overrides the one the settings choose (opened in start())."""
         self.settings = settings
-        self.store: TaskStore = store or InMemoryTaskStore()
+        self._given_store = store
         self.mesh = Mesh(
             channel_options=list(CHANNEL_OPTIONS),
             default_timeout_s=settings.subtask_timeout_s,
@@ -43,8 +44,10 @@ class Orchestrator:
         self.metrics = Metrics()
         self.metrics.watch_mesh(self.mesh)
         self.llm = _llm_client(settings)
-        self.runner = TaskRunner(self.store, self.mesh, settings, self.metrics, Brain(self.llm))
-        self.servicer = OrchestratorServicer(self.store, self.runner, self.mesh, self.metrics)
+        # Set by start(), once the store is open.
+        self.store: TaskStore
+        self.runner: TaskRunner
+        self.servicer: OrchestratorServicer
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=list(SERVER_OPTIONS), interceptors=[self.metrics.interceptor()]
@@ -59,6 +62,15 @@ class Orchestrator:
         return f"{host}:{self.port}"
 
     async def start(self) -> Orchestrator:
+        """Open the store, serve, and start dialling arms. Raises StoreError (store down or
+        unmigratable) and OSError (cannot listen) with readable messages."""
+        self.store = self._given_store or await open_store(
+            self.settings, startup_wait_s=self.settings.postgres_startup_wait_s
+        )
+        self.runner = TaskRunner(
+            self.store, self.mesh, self.settings, self.metrics, Brain(self.llm)
+        )
+        self.servicer = OrchestratorServicer(self.store, self.runner, self.mesh, self.metrics)
         pb_grpc.add_OrchestratorServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

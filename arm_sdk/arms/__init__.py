@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from arm_sdk._arm import Arm
-from arm_sdk.arms import echo, sleep
+from arm_sdk.arms import coder, echo, judge, planner, retriever, sleep
 
 REFERENCE_ARMS: dict[str, Callable[[], Arm]] = {
+    "coder": coder.build,
     "echo": echo.build,
+    "judge": judge.build,
+    "planner": planner.build,
+    "retriever": retriever.build,
     "sleep": sleep.build,
 }
 

@@ -58,14 +58,19 @@ def truncate(text: str, limit: int) -> str:
 
 
 def answer_steps(plan: ExecutionPlan, outputs: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Steps whose text makes the answer: sinks, or for a sink without text its nearest
-    ancestors with text; in plan order."""
+    """Steps whose text makes the answer: sinks, or for a sink without text (or whose output is
+    a verdict on other steps, like a judge's) its nearest ancestors with text; in plan order."""
     by_id = {s.step_id: s for s in plan.steps}
     chosen: set[str] = set()
     for sink in plan.sinks():
         frontier, seen = [sink], {sink}
         while frontier:
-            with_text = [s for s in frontier if render_output(outputs.get(s, {})) is not None]
+            with_text = [
+                s
+                for s in frontier
+                if not is_verdict(outputs.get(s, {}))
+                and render_output(outputs.get(s, {})) is not None
+            ]
             if with_text:
                 chosen.update(with_text)
                 break
@@ -73,6 +78,11 @@ def answer_steps(plan: ExecutionPlan, outputs: Mapping[str, Mapping[str, Any]]) 
             frontier = [d for d in dict.fromkeys(parents) if d not in seen]
             seen.update(frontier)
     return [s.step_id for s in plan.steps if s.step_id in chosen]
+
+
+def is_verdict(output: Mapping[str, Any]) -> bool:
+    """An output that judges other steps (pass/fail with checks) rather than answering."""
+    return isinstance(output.get("passed"), bool) and "checks" in output
 
 
 def _heading(step: PlannedStep | None, step_id: str) -> str:

@@ -8,7 +8,7 @@ that survives the process and is shared by every store on the same schema:
 - create: the idempotency key is claimed with INSERT ... ON CONFLICT DO NOTHING in the same
   transaction as the task row, so one request_id makes one task across replicas.
 - append: one transaction locks the task rows (SELECT ... FOR UPDATE), assigns seqs, inserts the
-  events, stores the new projection and sends NOTIFY; the caller gets the task only after COMMIT.
+  events, stores the new projection and sends NOTIFY; append() returns only after COMMIT.
   Group commit: appends that arrive while a commit is in flight go into the next transaction
   together, in arrival order (so appends to one task keep their order).
 - watch: replays the log from the table by seq, then follows it. One LISTEN connection per store
@@ -305,7 +305,8 @@ class PostgresTaskStore(TaskStore):
     """TaskStore on PostgreSQL via an asyncpg pool; build it with `PostgresTaskStore.connect`.
 
     The schema must already be migrated (`store.migrate` or `open_store`). Use it from one
-    event loop.
+    event loop. An append whose caller is cancelled while it waits for its commit may still be
+    committed (as with any database write); watchers and get() tell the truth either way.
     """
 
     def __init__(
@@ -396,6 +397,12 @@ class PostgresTaskStore(TaskStore):
         try:
             async with pool.acquire(timeout=timeout_s) as connection:
                 row = await connection.fetchrow(_SCHEMA_STATE)
+        except TRANSIENT_ERRORS as exc:
+            pool.terminate()
+            raise StoreUnavailable(
+                f"PostgreSQL at {describe_dsn(dsn)} failed while opening the store: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         except BaseException:
             pool.terminate()
             raise
@@ -585,9 +592,12 @@ class PostgresTaskStore(TaskStore):
                 await asyncio.gather(background, return_exceptions=True)
         try:
             await asyncio.wait_for(self._pool.close(), self._timeout_s)
-        except (Exception, asyncio.CancelledError):
+        except asyncio.CancelledError:
             self._pool.terminate()
             raise
+        except Exception as exc:
+            log.warning("postgres_pool_close_failed", error=f"{type(exc).__name__}: {exc}")
+            self._pool.terminate()
         log.info("postgres_store_closed", channel=self._channel)
 
     # --- reading -------------------------------------------------------------------------------
@@ -620,7 +630,9 @@ class PostgresTaskStore(TaskStore):
             try:
                 yield conn
             except (*TRANSIENT_ERRORS, asyncpg.InterfaceError):
-                conn.terminate()
+                # NOTE: InterfaceError here means asyncpg already dropped the connection.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
                 raise
 
     async def _fetch(self, sql: str, *args: Any) -> builtins.list[Any]:
@@ -721,7 +733,7 @@ class PostgresTaskStore(TaskStore):
                     log.error("corrupt_task_row", task_id=row["task_id"], error=str(exc))
                     locked[row["task_id"]] = exc
 
-            event_columns: tuple[builtins.list[Any], ...] = ([], [], [], [])
+            appended: builtins.list[pb.TaskEvent] = []
             for request in batch:
                 held = locked.get(request.task_id)
                 if held is None:
@@ -737,17 +749,7 @@ class PostgresTaskStore(TaskStore):
                     event.seq = held.task.last_seq + 1
                     event.task_id = request.task_id
                     apply(held.task, event, held.subtask_index)
-                    for column, value in zip(
-                        event_columns,
-                        (
-                            request.task_id,
-                            event.seq,
-                            event.WhichOneof("kind"),
-                            event.SerializeToString(),
-                        ),
-                        strict=True,
-                    ):
-                        column.append(value)
+                    appended.append(event)
                 held.finished = request.events[-1].HasField("finished")
                 held.changed = True
                 results.append(held.task.last_seq)
@@ -761,7 +763,10 @@ class PostgresTaskStore(TaskStore):
                 tasks = [held.task for held in changed.values()]
                 await conn.execute(
                     _WRITE_APPENDS,
-                    *event_columns,
+                    [event.task_id for event in appended],
+                    [event.seq for event in appended],
+                    [event.WhichOneof("kind") for event in appended],
+                    [event.SerializeToString() for event in appended],
                     list(changed),
                     [task.state for task in tasks],
                     [task.last_seq for task in tasks],

@@ -107,3 +107,20 @@ def test_no_outputs_is_an_empty_answer() -> None:
     result = integrate("g", FAN, {}, {})
     assert (result.answer, result.confidence) == ("", 0.0)
     assert result.notes == ("no step produced output",)
+
+
+def test_a_judge_verdict_at_the_end_does_not_become_the_answer() -> None:
+    """A sink that only judges (passed + checks) hands the answer to the step it judged."""
+    plan = ExecutionPlan(
+        plan_id="p",
+        steps=(
+            PlannedStep(step_id="write", description="write", arm_type="writer"),
+            PlannedStep(step_id="review", description="review", arm_type="judge", depends_on=("write",)),
+        ),
+    )
+    outputs = {
+        "write": {"answer": "Credits bound the work in flight."},
+        "review": {"passed": True, "checks": [], "answer": "PASS: 0 of 0 checks"},
+    }
+    assert answer_steps(plan, outputs) == ["write"]
+    assert "Credits bound" in integrate("goal", plan, outputs, {}).answer

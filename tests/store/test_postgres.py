@@ -24,6 +24,7 @@ from orchestrator_svc.store import (
     open_store,
 )
 from orchestrator_svc.store.migrate import bundled_migrations
+from orchestrator_svc.store.postgres import channel_for
 from tests.store.postgres_schema import PgSchema
 
 NewTask = Callable[..., pb.Task]
@@ -334,3 +335,12 @@ async def test_store_recovers_when_postgres_drops_its_sessions(
     events = await watcher
     assert [event.seq for event in events] == [1, 2, 3]
     assert [event.subtask_progress.message for event in events[:2]] == ["before", "after"]
+
+
+def test_notify_channel_is_per_schema_and_valid() -> None:
+    """Each schema gets its own NOTIFY channel, never longer than PostgreSQL's 63-byte limit."""
+    long_a, long_b = "a" * 60 + "_one", "a" * 60 + "_two"
+    channels = {channel_for(schema) for schema in ("public", "tenant", long_a, long_b)}
+    assert channel_for("public") == "octollm_task_events"
+    assert len(channels) == 4
+    assert all(len(channel.encode()) <= 63 for channel in channels)

@@ -1,0 +1,92 @@
+"""Orchestrators on the real PostgreSQL: durable tasks, and replicas sharing one database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from octollm.v1 import orchestrator_service_pb2 as pb
+
+from arm_sdk.arms import REFERENCE_ARMS
+from tests.store.postgres_schema import POSTGRES_DSN, require_postgres
+
+GOAL = "Summarise how replicas share the task log"
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    """A DSN whose sessions live in a fresh schema (dropped afterwards)."""
+    await require_postgres()
+    schema = f"orch_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in POSTGRES_DSN else "?"
+    try:
+        yield f"{POSTGRES_DSN}{sep}search_path={schema}"
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def test_task_runs_on_postgres_and_its_log_is_in_the_database(
+    pg_dsn: str, start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """With OCTOLLM_POSTGRES_DSN the task and every one of its events are rows in PostgreSQL."""
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
+    stub = connect(orch.address)
+    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
+    events = [
+        r.event async for r in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30)
+    ]
+    assert events[-1].finished.state == pb.TASK_STATE_SUCCEEDED
+    db = await asyncpg.connect(pg_dsn, timeout=5)
+    try:
+        stored = await db.fetchval(
+            "SELECT count(*) FROM task_events WHERE task_id = $1", uuid.UUID(task.task_id)
+        )
+    finally:
+        await db.close()
+    assert stored == len(events) == events[-1].seq
+
+
+async def test_replicas_share_tasks_watches_and_idempotency(
+    pg_dsn: str, start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """Submit on one replica, watch and read it on the other; one request_id, one task."""
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    a = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
+    b = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
+    stub_a, stub_b = connect(a.address), connect(b.address)
+
+    task = (await stub_a.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
+    seen_on_b = [
+        r.event
+        async for r in stub_b.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30)
+    ]
+    assert [e.seq for e in seen_on_b] == list(range(1, len(seen_on_b) + 1))
+    assert seen_on_b[-1].finished.state == pb.TASK_STATE_SUCCEEDED
+    on_b = (await stub_b.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+    assert on_b.state == pb.TASK_STATE_SUCCEEDED
+    listed = (await stub_b.ListTasks(pb.ListTasksRequest())).tasks
+    assert task.task_id in [t.task_id for t in listed]
+
+    request = pb.SubmitTaskRequest(goal=GOAL, request_id="same-key-both-replicas")
+    first, second = await asyncio.gather(stub_a.SubmitTask(request), stub_b.SubmitTask(request))
+    assert first.task.task_id == second.task.task_id
+
+
+async def test_unreachable_postgres_fails_start_with_a_clear_error(start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """A DSN nobody answers: start-up fails with StoreUnavailable naming the server, no hang."""
+    from orchestrator_svc.store import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable) as err:
+        await start_orchestrator(
+            [],
+            postgres_dsn="postgresql://postgres@127.0.0.1:1/test",
+            postgres_startup_wait_s=0.5,
+        )
+    assert "127.0.0.1:1" in str(err.value)
