@@ -10,10 +10,13 @@ event in the task's log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from graphlib import TopologicalSorter
+from typing import Any
 
 import grpc
 import structlog
@@ -22,7 +25,14 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from ..brain import Brain, NoArmsAvailable, PlanBudget, ValidationReport
+from ..brain import (
+    Brain,
+    ExecutionPlan,
+    NoArmsAvailable,
+    PlanBudget,
+    ValidationReport,
+    answer_steps,
+)
 from ..config import Settings
 from ..llm import LLMUsage
 from ..mesh import Mesh, MeshEvent, Outcome, mesh_failure
@@ -38,6 +48,7 @@ from .recovery import RecoveryBudget
 log = structlog.get_logger(__name__)
 
 MAX_REPAIRS = 3
+JUDGE_CONTEXT_CHARS = 20_000
 
 _SUBTASK_STATE_OF = {
     "queued": pb.SUBTASK_STATE_READY,
@@ -147,6 +158,7 @@ class TaskRun:
         self.confidences: dict[str, float] = {}
         self.attempts: dict[str, int] = {}
         self.deadline = 0.0
+        self.judgements = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -292,9 +304,7 @@ class TaskRun:
                 f"checking the answer against {len(criteria)} acceptance criteria",
                 integrated.notes,
             )
-            checked = await brain.validate(answer, outputs, criteria, plan=execution_plan)
-            self._spend(checked.usage)
-            report = checked.report
+            report, notes = await self._validate(answer, outputs, criteria, execution_plan)
             if report.passed or repairs == MAX_REPAIRS or not report.failing_steps:
                 break
             repairs += 1
@@ -302,7 +312,7 @@ class TaskRun:
             self.move(
                 pb.TASK_STATE_REPAIRING,
                 f"repair {repairs} of {MAX_REPAIRS}: re-running {', '.join(sorted(rerun))}",
-                (*report.issues[:3], *checked.notes),
+                (*report.issues[:3], *notes),
             )
             for step_id in rerun:
                 self.outputs.pop(step_id, None)
@@ -331,6 +341,72 @@ class TaskRun:
             )
             raise TaskStopped(pb.TASK_STATE_FAILED, failure, result)
         return result
+
+    async def _validate(
+        self,
+        answer: str,
+        outputs: dict[str, dict[str, Any]],
+        criteria: list[str],
+        plan: ExecutionPlan,
+    ) -> tuple[ValidationReport, tuple[str, ...]]:
+        """The brain's rule (or LLM) check, overruled by a judge arm when one is routable and
+        the task has criteria; the brain still names the steps to re-run."""
+        checked = await self.r.brain.validate(answer, outputs, criteria, plan=plan)
+        self._spend(checked.usage)
+        if not criteria or "judge" not in self.r.mesh.routable_types():
+            return checked.report, checked.notes
+        verdict = await self._ask_judge(answer, outputs, criteria)
+        if verdict is None:
+            return checked.report, (*checked.notes, "the judge arm did not answer; rules decided")
+        passed, score, issues, judge_id = verdict
+        failing = () if passed else tuple(answer_steps(plan, outputs) or plan.sinks())
+        report = dataclasses.replace(
+            checked.report,
+            passed=passed,
+            score=score,
+            issues=tuple(issues),
+            failing_steps=failing,
+        )
+        return report, (*checked.notes, f"judged by {judge_id}")
+
+    async def _ask_judge(
+        self, answer: str, outputs: dict[str, dict[str, Any]], criteria: list[str]
+    ) -> tuple[bool, float, list[str], str] | None:
+        task = self.task
+        self.judgements += 1
+        context = "\n".join(
+            [
+                task.goal,
+                *task.constraints,
+                *(json.dumps(o, sort_keys=True) for o in outputs.values()),
+            ]
+        )[:JUDGE_CONTEXT_CHARS]
+        dispatch = arm_pb.Dispatch(
+            subtask_id=f"{task.task_id}:judge-{self.judgements}",
+            task_id=task.task_id,
+            step_id=f"judge-{self.judgements}",
+            description="validate the task's answer against its acceptance criteria",
+            traceparent=trace.child(task.traceparent),
+            attempt=1,
+        )
+        dispatch.input.update({"output": answer, "criteria": criteria, "context": context})
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        outcome = await self.r.mesh.execute(
+            "judge", dispatch, timeout_s=min(self.r.settings.subtask_timeout_s, remaining)
+        )
+        if outcome.result is None:
+            self.log.warning(
+                "judge_failed", reason=outcome.failure.reason if outcome.failure else ""
+            )
+            return None
+        self._spend_arm(outcome.result.provenance.usage)
+        verdict = json_format.MessageToDict(outcome.result.output)
+        issues = [str(i) for i in verdict.get("issues", [])]
+        return bool(verdict.get("passed")), float(verdict.get("score", 0.0)), issues, outcome.arm_id
+
+    def _spend_arm(self, usage: common_pb2.Usage) -> None:
+        self.events.usage.tokens += usage.tokens
+        self.events.usage.cost_usd += usage.cost_usd
 
     # -- the DAG -------------------------------------------------------------------------------
 
@@ -533,9 +609,7 @@ class TaskRun:
             sub.output.CopyFrom(outcome.result.output)
             sub.confidence = outcome.result.confidence
             sub.provenance.CopyFrom(outcome.result.provenance)
-            usage = self.events.usage
-            usage.tokens += outcome.result.provenance.usage.tokens
-            usage.cost_usd += outcome.result.provenance.usage.cost_usd
+            self._spend_arm(outcome.result.provenance.usage)
         else:
             sub.state = pb.SUBTASK_STATE_FAILED
             if outcome.failure is not None:

@@ -125,3 +125,21 @@ async def test_llm_talking_nonsense_falls_back_to_the_offline_brain(
     reasons = " ".join(e.state_changed.reason for e in events if e.HasField("state_changed"))
     assert "heuristic" in reasons
     assert task.usage.tokens > 0  # the failed LLM attempts were still counted
+
+
+async def test_a_judge_arm_decides_validation_when_present(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """With a judge arm routable, its verdict drives the repair loop and is named in events."""
+    writer = await start_arm(writer_arm(fixed_after=1))
+    judge = await start_arm(REFERENCE_ARMS["judge"]())
+    orch = await start_orchestrator([writer.address, judge.address], wait_for=("writer", "judge"))
+    request = pb.SubmitTaskRequest(
+        goal=GOAL, plan=one_step("writer"), acceptance_criteria=["mentions credits"]
+    )
+    task, events = await finish(connect(orch.address), request)
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+    assert task.result.validation.passed
+    assert task.result.validation.repairs == 1
+    reasons = [e.state_changed.reason for e in events if e.HasField("state_changed")]
+    assert any(judge.arm_id in reason for reason in reasons)
