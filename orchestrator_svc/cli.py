@@ -15,11 +15,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -29,45 +27,15 @@ from pydantic import ValidationError
 
 from .client import follow
 from .config import Settings, describe_errors
+from .signals import wait_for_signal
 from .store import StoreError
 from .telemetry import configure_logging
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-DEV_ARMS = ("echo", "sleep")
-SAMPLE_GOAL = "Explain how the mesh runs a fan-out/fan-in plan across specialist arms"
-
-
-def sample_plan() -> pb.Plan:
-    """The plan `octollm dev` runs: one step fans out to two parallel steps that fan back in."""
-    plan = pb.Plan()
-    steps: tuple[tuple[str, str, str, dict[str, Any], tuple[str, ...]], ...] = (
-        ("outline", "echo", "Outline the answer", {"topic": "fan-out/fan-in"}, ()),
-        ("research", "sleep", "Gather material", {"seconds": 0.6}, ("outline",)),
-        ("examples", "sleep", "Find examples", {"seconds": 0.4}, ("outline",)),
-        ("combine", "echo", "Combine the findings", {}, ("research", "examples")),
-    )
-    for step_id, arm_type, description, inputs, deps in steps:
-        step = plan.steps.add(
-            step_id=step_id, arm_type=arm_type, description=description, depends_on=deps
-        )
-        step.input.update(inputs)
-    return plan
 
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 async def _serve(settings: Settings) -> int:
@@ -75,43 +43,16 @@ async def _serve(settings: Settings) -> int:
 
     orchestrator = await Orchestrator(settings).start()
     try:
-        await _wait_for_signal()
+        await wait_for_signal()
     finally:
         await orchestrator.stop()
     return 0
 
 
 async def _dev(settings: Settings, once: bool) -> int:
-    from arm_sdk.arms import REFERENCE_ARMS
+    from .dev import run
 
-    from .server import Orchestrator
-
-    arm_servers = [await REFERENCE_ARMS[name]().start("127.0.0.1:0") for name in DEV_ARMS]
-    settings = settings.model_copy(update={"arm_endpoints": [s.address for s in arm_servers]})
-    orchestrator = await Orchestrator(settings).start()
-    try:
-        await orchestrator.wait_for_arms(set(DEV_ARMS), timeout_s=15)
-        arms = ", ".join(f"{c.arm_type} ({c.address})" for c in orchestrator.mesh.arms())
-        _print(f"OctoLLM mesh listening on {orchestrator.address}; arms: {arms}")
-        async with grpc.aio.insecure_channel(orchestrator.address) as channel:
-            stub = pb_grpc.OrchestratorServiceStub(channel)
-            request = pb.SubmitTaskRequest(goal=SAMPLE_GOAL, plan=sample_plan())
-            task = (await stub.SubmitTask(request, timeout=10)).task
-            _print(f"sample task {task.task_id}")
-            state = await follow(stub, task.task_id, _print)
-        if once:
-            return 0 if state == pb.TASK_STATE_SUCCEEDED else 1
-        _print(
-            f"\nServing on {orchestrator.address} until Ctrl-C. Try:\n"
-            f"  grpcurl -plaintext {orchestrator.address} list\n"
-            f"  grpcurl -plaintext {orchestrator.address} octollm.v1.OrchestratorService/ListArms"
-        )
-        await _wait_for_signal()
-        return 0
-    finally:
-        await orchestrator.stop()
-        for server in arm_servers:
-            await server.drain(grace=settings.shutdown_grace_s)
+    return await run(settings, once, _print)
 
 
 async def _arm(name: str, listen: str) -> int:
@@ -120,7 +61,7 @@ async def _arm(name: str, listen: str) -> int:
     server = await REFERENCE_ARMS[name]().start(listen)
     _print(f"arm {name} listening on {server.address}")
     try:
-        await _wait_for_signal()
+        await wait_for_signal()
     finally:
         await server.drain(grace=10.0)
     return 0

@@ -28,15 +28,20 @@ async def octollm(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
 
 
 async def test_dev_once_runs_the_sample_task() -> None:
-    """`octollm dev --once` serves, runs the sample DAG with live progress, exits 0."""
+    """`octollm dev --once` serves every reference arm and answers the sample task from the
+    bundled documents, checked by the judge; exits 0."""
     code, out, err = await octollm(
         "dev", "--once", "--listen", "127.0.0.1:0", env={"OCTOLLM_METRICS_PORT": "0"}
     )
     assert code == 0, err
     assert "OctoLLM mesh listening on 127.0.0.1:" in out
-    assert "plan 4 step(s)" in out
-    assert "%" in out  # progress lines from the sleep arm
-    assert out.rstrip().splitlines()[-2].endswith("task SUCCEEDED")
+    assert "ingested 3 file(s)" in out
+    assert "plan 3 step(s): search(retriever)" in out
+    assert "step review     SUCCEEDED on judge-" in out
+    lines = out.rstrip().splitlines()
+    done = next(i for i, line in enumerate(lines) if line.endswith("task SUCCEEDED"))
+    assert "From the indexed documents" in "\n".join(lines[done:])
+    assert "flow-control.md" in "\n".join(lines[done:])
 
 
 async def test_submit_watch_and_watch_replay(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
