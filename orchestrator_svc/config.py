@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     llm_cooldown_s: float = Field(
         15.0, ge=0, description="after the LLM fails, use the heuristics this long"
     )
+    safety: bool = Field(
+        False,
+        description="run the safety arm on task input and the final answer (on/off; fails closed)",
+    )
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
     metrics_port: int = Field(
         9464, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 turns it off"

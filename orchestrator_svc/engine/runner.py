@@ -158,7 +158,10 @@ class TaskRun:
         self.confidences: dict[str, float] = {}
         self.attempts: dict[str, int] = {}
         self.deadline = 0.0
-        self.judgements = 0
+        self.side_calls = 0  # judge and safety calls made outside the plan, for their ids
+        # What planning and integration see: the safety arm's redaction when OCTOLLM_SAFETY=on.
+        self.goal = task.goal
+        self.constraints = list(task.constraints)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -174,7 +177,8 @@ class TaskRun:
         try:
             self.deadline = asyncio.get_running_loop().time() + timeout
             async with asyncio.timeout_at(self.deadline):
-                plan, notes = await self._plan()
+                guarded = await self._guard_input() if self.r.settings.safety else ()
+                plan, notes = await self._plan(guarded)
                 self.events.emit(pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan)))
                 self.move(pb.TASK_STATE_EXECUTING, f"running {len(plan.steps)} step(s)", notes)
                 await self._run_dag(plan)
@@ -237,18 +241,18 @@ class TaskRun:
 
     # -- brain ----------------------------------------------------------------------------------
 
-    async def _plan(self) -> tuple[pb.Plan, tuple[str, ...]]:
+    async def _plan(self, guarded: tuple[str, ...] = ()) -> tuple[pb.Plan, tuple[str, ...]]:
         task, brain = self.task, self.r.brain
         if task.HasField("plan") and task.plan.steps:
-            self.move(pb.TASK_STATE_PLANNING, "using the plan given with the task")
+            self.move(pb.TASK_STATE_PLANNING, "using the plan given with the task", guarded)
             plan = pb.Plan()
             plan.CopyFrom(task.plan)
             if not plan.plan_id:
                 plan.plan_id = str(uuid.uuid4())
             return plan, ()
-        self.move(pb.TASK_STATE_PARSING, "reading the goal")
+        self.move(pb.TASK_STATE_PARSING, "reading the goal", guarded)
         parsed = await brain.parse(
-            task.goal, list(task.constraints), json_format.MessageToDict(task.context)
+            self.goal, self.constraints, json_format.MessageToDict(task.context)
         )
         self._spend(parsed.usage)
         intent = parsed.intent
@@ -295,14 +299,17 @@ class TaskRun:
             outputs = convert.outputs_as_dicts(self.outputs)
             self.move(pb.TASK_STATE_INTEGRATING, "combining step outputs")
             integrated = await brain.integrate(
-                task.goal, execution_plan, outputs, self.confidences, acceptance_criteria=criteria
+                self.goal, execution_plan, outputs, self.confidences, acceptance_criteria=criteria
             )
             self._spend(integrated.usage)
             answer = integrated.integration.answer
+            guarded: tuple[str, ...] = ()
+            if self.r.settings.safety:
+                answer, guarded = await self._safety(answer, "answer")
             self.move(
                 pb.TASK_STATE_VALIDATING,
                 f"checking the answer against {len(criteria)} acceptance criteria",
-                integrated.notes,
+                (*integrated.notes, *guarded),
             )
             report, notes = await self._validate(answer, outputs, criteria, execution_plan)
             if report.passed or repairs == MAX_REPAIRS or not report.failing_steps:
@@ -342,6 +349,64 @@ class TaskRun:
             raise TaskStopped(pb.TASK_STATE_FAILED, failure, result)
         return result
 
+    async def _guard_input(self) -> tuple[str, ...]:
+        """Redact the goal and constraints with the safety arm before anything plans on them."""
+        self.goal, goal_notes = await self._safety(self.goal, "goal")
+        notes = list(goal_notes)
+        if self.constraints:
+            joined, constraint_notes = await self._safety(
+                "\n".join(self.constraints), "constraints"
+            )
+            self.constraints = joined.split("\n")
+            notes += constraint_notes
+        return tuple(notes)
+
+    async def _safety(self, text: str, what: str) -> tuple[str, tuple[str, ...]]:
+        """(redacted text, notes naming the kinds found, never the secrets). Fails closed."""
+        task = self.task
+        self.side_calls += 1
+        dispatch = arm_pb.Dispatch(
+            subtask_id=f"{task.task_id}:safety-{self.side_calls}",
+            task_id=task.task_id,
+            step_id=f"safety-{self.side_calls}",
+            description=f"scan the task's {what} for secrets, PII and prompt injection",
+            traceparent=trace.child(task.traceparent),
+            attempt=1,
+        )
+        dispatch.input.update({"text": text})
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        outcome = None
+        if "safety" in self.r.mesh.routable_types():
+            outcome = await self.r.mesh.execute(
+                "safety", dispatch, timeout_s=min(self.r.settings.subtask_timeout_s, remaining)
+            )
+        if outcome is None or outcome.result is None:
+            raise TaskStopped(
+                pb.TASK_STATE_FAILED,
+                mesh_failure(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "SAFETY_UNAVAILABLE",
+                    f"OCTOLLM_SAFETY is on but no safety arm could check the {what}",
+                    retryable=True,
+                ),
+            )
+        scan = json_format.MessageToDict(outcome.result.output)
+        kinds = sorted({str(f.get("kind", "?")) for f in scan.get("findings", [])})
+        injection = scan.get("injection", [])
+        notes = []
+        if kinds:
+            notes.append(
+                f"safety redacted {len(scan['findings'])} finding(s) in the {what}: "
+                + ", ".join(kinds)
+            )
+        if injection:
+            notes.append(
+                f"safety flagged {len(injection)} prompt-injection pattern(s) in the {what}"
+            )
+        if not notes:
+            notes.append(f"safety found nothing in the {what}")
+        return str(scan.get("redacted", text)), tuple(notes)
+
     async def _validate(
         self,
         answer: str,
@@ -373,7 +438,7 @@ class TaskRun:
         self, answer: str, outputs: dict[str, dict[str, Any]], criteria: list[str]
     ) -> tuple[bool, float, list[str], str] | None:
         task = self.task
-        self.judgements += 1
+        self.side_calls += 1
         context = "\n".join(
             [
                 task.goal,
@@ -382,9 +447,9 @@ class TaskRun:
             ]
         )[:JUDGE_CONTEXT_CHARS]
         dispatch = arm_pb.Dispatch(
-            subtask_id=f"{task.task_id}:judge-{self.judgements}",
+            subtask_id=f"{task.task_id}:judge-{self.side_calls}",
             task_id=task.task_id,
-            step_id=f"judge-{self.judgements}",
+            step_id=f"judge-{self.side_calls}",
             description="validate the task's answer against its acceptance criteria",
             traceparent=trace.child(task.traceparent),
             attempt=1,
