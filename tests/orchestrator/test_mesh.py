@@ -128,8 +128,9 @@ async def test_arm_killed_mid_subtask_fails_over_to_a_replica(
     orch: Orchestrator = await start_orchestrator(
         [doomed_address, survivor.address], wait_for=("sleep",)
     )
-    both_routable = lambda: len([c for c in orch.mesh.arms() if c.routable]) == 2  # noqa: E731
-    await asyncio.wait_for(orch.mesh.wait_until(both_routable), 10)
+    async with asyncio.timeout(10):  # routable and holding credit (Credit follows Hello)
+        while len([c for c in orch.mesh.arms() if c.routable and c.credits > 0]) < 2:
+            await asyncio.sleep(0.01)
     doomed_id = next(c.arm_id for c in orch.mesh.arms() if c.address == doomed_address)
     plan = pb.Plan()
     for step_id in ("left", "right"):

@@ -103,9 +103,7 @@ async def test_reroute_prefers_another_arm(start_arm, start_orchestrator) -> Non
     first = await start_arm(REFERENCE_ARMS["echo"]())
     second = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([first.address, second.address], wait_for=("echo",))
-    await asyncio.wait_for(
-        orch.mesh.wait_until(lambda: len([c for c in orch.mesh.arms() if c.routable]) == 2), 10
-    )
+    await ready_with_credit(orch, 2)
     for i in range(6):
         d = arm_pb.Dispatch(subtask_id=f"r{i}", attempt=1)
         outcome = await orch.mesh.execute("echo", d, timeout_s=10, avoid_arm=first.arm_id)
@@ -131,9 +129,7 @@ async def test_router_moves_traffic_away_from_a_failing_replica(
     bad = await start_arm(replica(fails=True))
     good = await start_arm(replica(fails=False))
     orch = await start_orchestrator([bad.address, good.address], wait_for=("mixed",))
-    await asyncio.wait_for(
-        orch.mesh.wait_until(lambda: len([c for c in orch.mesh.arms() if c.routable]) == 2), 10
-    )
+    await ready_with_credit(orch, 2)
     for i in range(3):  # give the broken replica a history
         d = arm_pb.Dispatch(subtask_id=f"forced{i}", attempt=1)
         outcome = await orch.mesh.execute("mixed", d, timeout_s=10, avoid_arm=good.arm_id)
@@ -144,3 +140,10 @@ async def test_router_moves_traffic_away_from_a_failing_replica(
         d = arm_pb.Dispatch(subtask_id=f"m{i}", attempt=1)
         chosen.add((await orch.mesh.execute("mixed", d, timeout_s=10)).arm_id)
     assert chosen == {good.arm_id}
+
+
+async def ready_with_credit(orch: Any, n: int) -> None:
+    """Wait until `n` arms are routable and hold credit (Credit follows Hello on the stream)."""
+    async with asyncio.timeout(10):
+        while len([c for c in orch.mesh.arms() if c.routable and c.credits > 0]) < n:
+            await asyncio.sleep(0.01)
