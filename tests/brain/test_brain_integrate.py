@@ -115,7 +115,9 @@ def test_a_judge_verdict_at_the_end_does_not_become_the_answer() -> None:
         plan_id="p",
         steps=(
             PlannedStep(step_id="write", description="write", arm_type="writer"),
-            PlannedStep(step_id="review", description="review", arm_type="judge", depends_on=("write",)),
+            PlannedStep(
+                step_id="review", description="review", arm_type="judge", depends_on=("write",)
+            ),
         ),
     )
     outputs = {
