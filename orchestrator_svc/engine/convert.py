@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -59,8 +59,26 @@ def arm_capabilities(arms: Iterable[ArmConnection]) -> list[ArmCapability]:
     ]
 
 
-def outputs_as_dicts(outputs: Mapping[str, struct_pb2.Struct]) -> dict[str, dict[str, Any]]:
-    return {step_id: json_format.MessageToDict(out) for step_id, out in outputs.items()}
+class OutputsView(Mapping[str, dict[str, Any]]):
+    """Step outputs as dicts, converted on first access: integration and validation usually read
+    only the final steps, and converting every Struct of a large DAG would dominate them."""
+
+    def __init__(self, outputs: Mapping[str, struct_pb2.Struct]) -> None:
+        self._outputs = outputs
+        self._converted: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, step_id: str) -> dict[str, Any]:
+        converted = self._converted.get(step_id)
+        if converted is None:
+            converted = json_format.MessageToDict(self._outputs[step_id])
+            self._converted[step_id] = converted
+        return converted
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
 
 
 def dependants_closure(plan: pb.Plan, roots: Iterable[str]) -> set[str]:

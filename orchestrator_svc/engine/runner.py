@@ -296,7 +296,7 @@ class TaskRun:
         execution_plan = convert.plan_from_proto(plan)
         repairs = 0
         while True:
-            outputs = convert.outputs_as_dicts(self.outputs)
+            outputs = convert.OutputsView(self.outputs)
             self.move(pb.TASK_STATE_INTEGRATING, "combining step outputs")
             integrated = await brain.integrate(
                 self.goal, execution_plan, outputs, self.confidences, acceptance_criteria=criteria
@@ -410,7 +410,7 @@ class TaskRun:
     async def _validate(
         self,
         answer: str,
-        outputs: dict[str, dict[str, Any]],
+        outputs: Mapping[str, dict[str, Any]],
         criteria: list[str],
         plan: ExecutionPlan,
     ) -> tuple[ValidationReport, tuple[str, ...]]:
@@ -435,7 +435,7 @@ class TaskRun:
         return report, (*checked.notes, f"judged by {judge_id}")
 
     async def _ask_judge(
-        self, answer: str, outputs: dict[str, dict[str, Any]], criteria: list[str]
+        self, answer: str, outputs: Mapping[str, dict[str, Any]], criteria: list[str]
     ) -> tuple[bool, float, list[str], str] | None:
         task = self.task
         self.side_calls += 1
