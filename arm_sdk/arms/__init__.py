@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from arm_sdk._arm import Arm
-from arm_sdk.arms import coder, echo, judge, planner, retriever, sleep
+from arm_sdk.arms import coder, echo, executor, judge, planner, retriever, safety, sleep
 
 REFERENCE_ARMS: dict[str, Callable[[], Arm]] = {
     "coder": coder.build,
     "echo": echo.build,
+    "executor": executor.build,
     "judge": judge.build,
     "planner": planner.build,
     "retriever": retriever.build,
+    "safety": safety.build,
     "sleep": sleep.build,
 }
 
