@@ -42,6 +42,7 @@ async def test_dev_once_runs_the_sample_task() -> None:
     done = next(i for i, line in enumerate(lines) if line.endswith("task SUCCEEDED"))
     assert "From the indexed documents" in "\n".join(lines[done:])
     assert "flow-control.md" in "\n".join(lines[done:])
+    assert "exit 0: 1024" in "\n".join(lines[done:])  # the executor ran the snippet
 
 
 async def test_submit_watch_and_watch_replay(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]

@@ -111,6 +111,7 @@ OUTPUT_SCHEMA = {
     "type": "object",
     "required": ["stdout", "stderr", "exit_code", "duration_s", "truncated", "limits"],
     "properties": {
+        "answer": {"type": "string"},
         "stdout": {"type": "string"},
         "stderr": {"type": "string"},
         "exit_code": {"type": "integer"},

@@ -84,11 +84,17 @@ def limit_failure(
     return None
 
 
+ANSWER_CHARS = 500
+
+
 def output(outcome: RunOutcome, settings: ExecutorSettings, wall_s: float) -> dict[str, Any]:
     """The arm's output for a run that ended on its own or was cut at the output limit."""
     iso = outcome.isolation
+    stdout = _text(outcome.stdout)
     return {
-        "stdout": _text(outcome.stdout),
+        # A one-line summary the orchestrator's integrator can show as this step's answer.
+        "answer": f"exit {outcome.exit_code}: {stdout.strip()[:ANSWER_CHARS]}".rstrip(": "),
+        "stdout": stdout,
         "stderr": _text(outcome.stderr),
         "exit_code": outcome.exit_code,
         "duration_s": round(outcome.duration_s, 6),
