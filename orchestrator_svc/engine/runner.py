@@ -420,7 +420,7 @@ class TaskRun:
         self._spend(checked.usage)
         if not criteria or "judge" not in self.r.mesh.routable_types():
             return checked.report, checked.notes
-        verdict = await self._ask_judge(answer, outputs, criteria)
+        verdict = await self._ask_judge(answer, outputs, criteria, plan)
         if verdict is None:
             return checked.report, (*checked.notes, "the judge arm did not answer; rules decided")
         passed, score, issues, judge_id = verdict
@@ -435,14 +435,21 @@ class TaskRun:
         return report, (*checked.notes, f"judged by {judge_id}")
 
     async def _ask_judge(
-        self, answer: str, outputs: Mapping[str, dict[str, Any]], criteria: list[str]
+        self,
+        answer: str,
+        outputs: Mapping[str, dict[str, Any]],
+        criteria: list[str],
+        plan: ExecutionPlan,
     ) -> tuple[bool, float, list[str], str] | None:
         task = self.task
         self.side_calls += 1
+        # Everything the answer may legitimately draw on: the goal, the step descriptions (the
+        # answer's headings) and the step outputs; the judge flags facts found in none of them.
         context = "\n".join(
             [
-                task.goal,
-                *task.constraints,
+                self.goal,
+                *self.constraints,
+                *(step.description for step in plan.steps),
                 *(json.dumps(o, sort_keys=True) for o in outputs.values()),
             ]
         )[:JUDGE_CONTEXT_CHARS]
