@@ -136,7 +136,8 @@ class _AnswerDraft(BaseModel):
 INTEGRATOR_SYSTEM_PROMPT = """You write the final answer of a task from the outputs of its steps.
 Use only the information in the step outputs; do not invent facts. Answer the goal directly,
 respect the constraints and satisfy every listed criterion.
-Return JSON: {"answer": "the final answer as plain text or markdown"}"""
+Return a JSON object with one key, "answer", whose value is your final answer to the goal
+(plain text or markdown), written from the step outputs."""
 
 
 class LLMIntegrator:
