@@ -24,6 +24,7 @@ from arm_sdk._errors import ArmError
 from arm_sdk._progress import report_progress
 from arm_sdk._server import ArmServer
 from arm_sdk._subtask import Budget, Handler, SubtaskInput, SubtaskOutput
+from arm_sdk._tls import ServerTLS
 
 __all__ = [
     "Arm",
@@ -31,6 +32,7 @@ __all__ = [
     "ArmServer",
     "Budget",
     "Handler",
+    "ServerTLS",
     "SubtaskInput",
     "SubtaskOutput",
     "grpc_options",

@@ -23,6 +23,7 @@ from arm_sdk._server import ArmServer
 from arm_sdk._servicer import ArmServicer
 from arm_sdk._session import ArmRuntime
 from arm_sdk._subtask import Handler
+from arm_sdk._tls import ServerTLS, listen
 
 log = structlog.get_logger(__name__)
 
@@ -110,8 +111,12 @@ class Arm:
             descriptor.output_schema.CopyFrom(_struct(self.output_schema))
         return descriptor
 
-    async def start(self, address: str = "127.0.0.1:0") -> ArmServer:
-        """Start serving on ``address`` (``host:port``; port 0 picks one); return once listening."""
+    async def start(
+        self, address: str = "127.0.0.1:0", *, tls: ServerTLS | None = None
+    ) -> ArmServer:
+        """Start serving on ``address`` (``host:port``; port 0 picks one); return once listening.
+
+        With ``tls`` the arm serves TLS only (mTLS when it names a client CA)."""
         if self._handler is None:
             raise RuntimeError(
                 f"arm {self.arm_type!r} has no handler; decorate one with @arm.handler"
@@ -124,7 +129,9 @@ class Arm:
         reflection.enable_server_reflection(
             (ARM_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(address)
+        port = listen(server, address, tls, what="arm")
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
         await server.start()
         host = address.rpartition(":")[0]
         arm_server = ArmServer(server, runtime, health, host, port)
@@ -137,12 +144,14 @@ class Arm:
         )
         return arm_server
 
-    def run(self, address: str, *, grace: float = 10.0) -> None:
+    def run(self, address: str, *, grace: float = 10.0, tls: ServerTLS | None = None) -> None:
         """Serve until SIGINT or SIGTERM, then drain within ``grace`` seconds (blocking)."""
-        asyncio.run(self._serve_until_signalled(address, grace))
+        asyncio.run(self._serve_until_signalled(address, grace, tls))
 
-    async def _serve_until_signalled(self, address: str, grace: float) -> None:
-        server = await self.start(address)
+    async def _serve_until_signalled(
+        self, address: str, grace: float, tls: ServerTLS | None
+    ) -> None:
+        server = await self.start(address, tls=tls)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)

@@ -25,7 +25,7 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from pydantic import ValidationError
 
-from .client import follow
+from .client import follow, open_channel
 from .config import Settings, describe_errors
 from .signals import wait_for_signal
 from .store import StoreError
@@ -56,9 +56,10 @@ async def _dev(settings: Settings, once: bool) -> int:
 
 
 async def _arm(name: str, listen: str) -> int:
+    from arm_sdk import ServerTLS
     from arm_sdk.arms import REFERENCE_ARMS
 
-    server = await REFERENCE_ARMS[name]().start(listen)
+    server = await REFERENCE_ARMS[name]().start(listen, tls=ServerTLS.from_env())
     _print(f"arm {name} listening on {server.address}")
     try:
         await wait_for_signal()
@@ -96,7 +97,7 @@ async def _submit(args: argparse.Namespace) -> int:
     )
     if args.plan_json:
         json_format.Parse(args.plan_json, request.plan)
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with open_channel(args.address) as channel:
         stub = pb_grpc.OrchestratorServiceStub(channel)
         task = (await stub.SubmitTask(request, timeout=10)).task
         _print(task.task_id)
@@ -107,7 +108,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with open_channel(args.address) as channel:
         stub = pb_grpc.OrchestratorServiceStub(channel)
         state = await follow(stub, args.task_id, _print, after_seq=args.after_seq)
     return 0 if state == pb.TASK_STATE_SUCCEEDED else 1

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -79,3 +82,42 @@ async def follow(
             await asyncio.sleep(min(0.2 * 2**attempt, 3.0))
     reply: pb.GetTaskResponse = await stub.GetTask(pb.GetTaskRequest(task_id=task_id))
     return reply.task.state
+
+
+def _with_token(details: Any, header: tuple[str, str]) -> Any:
+    return details._replace(metadata=[*(details.metadata or ()), header])
+
+
+class _UnaryToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to unary calls."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self.header), request)
+
+
+class _StreamToken(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to server-streaming calls (WatchTask).
+
+    NOTE: grpc.aio files an interceptor under the first kind it matches, so each kind needs
+    its own object."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self.header), request)
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """A channel to an orchestrator, as the environment says: OCTOLLM_CLIENT_TOKEN (bearer token)
+    and OCTOLLM_CLIENT_TLS_CA (PEM of the CA to trust; TLS when set)."""
+    token = os.environ.get("OCTOLLM_CLIENT_TOKEN", "")
+    interceptors: list[Any] | None = [_UnaryToken(token), _StreamToken(token)] if token else None
+    ca = os.environ.get("OCTOLLM_CLIENT_TLS_CA", "")
+    if ca:
+        credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes())
+        return grpc.aio.secure_channel(address, credentials, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, interceptors=interceptors)

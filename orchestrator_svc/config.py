@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -63,8 +63,55 @@ class Settings(BaseSettings):
     postgres_startup_wait_s: float = Field(
         10.0, ge=0, description="how long start-up waits (with backoff) for PostgreSQL"
     )
+    # -- security (issue 7, item 4) ---------------------------------------------------------
+    auth_tokens: SecretStr = Field(
+        SecretStr(""),
+        description="client bearer tokens: comma-separated `token` or `name:token`; empty = off",
+    )
+    rate_limit_rps: float = Field(
+        0.0, ge=0, description="requests per second per client (token name or peer); 0 = off"
+    )
+    max_tasks_per_client: int = Field(
+        0, ge=0, description="unfinished tasks one client may have; 0 = off"
+    )
+    tls_cert: str = Field("", description="PEM file: the server certificate chain (enables TLS)")
+    tls_key: str = Field("", validate_default=True, description="PEM file: the server private key")
+    tls_client_ca: str = Field(
+        "",
+        validate_default=True,
+        description="PEM file: CA for client certificates; set = clients need one (mTLS)",
+    )
+    arm_tls_ca: str = Field(
+        "", description="PEM file: CA that signs arm certificates; set = dial arms over TLS"
+    )
+    arm_tls_cert: str = Field("", description="PEM file: client certificate for arms (mTLS)")
+    arm_tls_key: str = Field(
+        "", validate_default=True, description="PEM file: client key for arms (mTLS)"
+    )
+    arm_tls_server_name: str = Field(
+        "", description="name arm certificates are checked against instead of the dialled host"
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+
+    # NOTE: field validators, not a model validator: a model validator's error carries every
+    # setting as its input, and describe_errors would print secrets such as the auth tokens.
+    @field_validator("tls_key", "tls_client_ca", "arm_tls_key")
+    @classmethod
+    def _tls_pairs(cls, value: str, info: ValidationInfo) -> str:
+        data = info.data
+        if info.field_name == "tls_key" and bool(value) != bool(data.get("tls_cert")):
+            raise ValueError("OCTOLLM_TLS_CERT and OCTOLLM_TLS_KEY must be set together")
+        if info.field_name == "tls_client_ca" and value and not data.get("tls_cert"):
+            raise ValueError("OCTOLLM_TLS_CLIENT_CA needs OCTOLLM_TLS_CERT and OCTOLLM_TLS_KEY")
+        if info.field_name == "arm_tls_key":
+            if bool(value) != bool(data.get("arm_tls_cert")):
+                raise ValueError(
+                    "OCTOLLM_ARM_TLS_CERT and OCTOLLM_ARM_TLS_KEY must be set together"
+                )
+            if value and not data.get("arm_tls_ca"):
+                raise ValueError("OCTOLLM_ARM_TLS_CERT needs OCTOLLM_ARM_TLS_CA")
+        return value
 
     @field_validator("arm_endpoints", mode="before")
     @classmethod

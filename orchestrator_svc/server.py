@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
+from arm_sdk._tls import listen
 from arm_sdk.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 
 from .api.servicer import OrchestratorServicer
@@ -19,6 +20,7 @@ from .config import Settings
 from .engine import TaskRunner, routing
 from .llm import OpenAICompatibleClient
 from .mesh import Discovery, Mesh
+from .security import arm_channel_credentials, arm_channel_options, edge_guard, server_tls
 from .store import open_store
 from .store.ports import TaskStore
 from .telemetry.metrics import Metrics
@@ -36,9 +38,10 @@ class Orchestrator:
         self.settings = settings
         self._given_store = store
         self.mesh = Mesh(
-            channel_options=list(CHANNEL_OPTIONS),
+            channel_options=[*CHANNEL_OPTIONS, *arm_channel_options(settings)],
             default_timeout_s=settings.subtask_timeout_s,
             picker=routing.pick,
+            credentials=arm_channel_credentials(settings),
         )
         self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
         self.metrics = Metrics()
@@ -49,9 +52,12 @@ class Orchestrator:
         self.runner: TaskRunner
         self.servicer: OrchestratorServicer
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(
-            options=list(SERVER_OPTIONS), interceptors=[self.metrics.interceptor()]
-        )
+        # NOTE: the guard sits after metrics, so rejected calls are counted with their code.
+        interceptors = [self.metrics.interceptor()]
+        self.guard = edge_guard(settings, SERVICE_NAME, self._task_unfinished)
+        if self.guard.active:
+            interceptors.append(self.guard)
+        self.server = grpc.aio.server(options=list(SERVER_OPTIONS), interceptors=interceptors)
         self.port = 0
         self.metrics_port = -1
         self._stopping: asyncio.Task[None] | None = None
@@ -76,7 +82,9 @@ class Orchestrator:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        self.port = listen(
+            self.server, self.settings.listen, server_tls(self.settings), what="orchestrator"
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         self.discovery.start()
@@ -94,6 +102,10 @@ class Orchestrator:
             arms=self.settings.arm_endpoints,
         )
         return self
+
+    def _task_unfinished(self, task_id: str) -> bool:
+        # NOTE: the runner keeps a task until its terminal state is recorded (PENDING included).
+        return self.runner.is_running(task_id)
 
     async def wait_for_arms(self, arm_types: set[str], timeout_s: float) -> None:
         """Wait until an arm of every type in `arm_types` is routable."""

@@ -98,6 +98,10 @@ class TaskRunner:
     def running(self) -> int:
         return len(self._running)
 
+    def is_running(self, task_id: str) -> bool:
+        """True from start() until the task's terminal state is recorded (waiting included)."""
+        return task_id in self._running
+
     def start(self, task: pb.Task) -> None:
         """Begin running an accepted task in the background."""
         if task.task_id in self._running or task.state in TERMINAL_TASK_STATES:

@@ -23,6 +23,7 @@ def test_public_surface_is_exactly_this() -> None:
         "ArmServer",
         "Budget",
         "Handler",
+        "ServerTLS",
         "SubtaskInput",
         "SubtaskOutput",
         "grpc_options",

@@ -78,3 +78,19 @@ async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) 
     assert "OCTOLLM_MAX_RETRIES=" in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+async def test_submit_sends_the_client_token(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+    """With OCTOLLM_CLIENT_TOKEN the CLI authenticates; without it the refusal is one line."""
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator(
+        [echo.address], wait_for=("echo",), auth_tokens="ci:s3cret-token"
+    )
+    args = ("submit", "Say hello with a token please", "--watch", "--address", orch.address)
+    code, out, err = await octollm(*args, env={"OCTOLLM_CLIENT_TOKEN": "s3cret-token"})
+    assert code == 0, err
+    assert "task SUCCEEDED" in out
+    code, _, err = await octollm(*args, env={"OCTOLLM_CLIENT_TOKEN": ""})
+    assert code == 1
+    assert "UNAUTHENTICATED" in err
+    assert "Traceback" not in err
