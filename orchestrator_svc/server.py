@@ -18,7 +18,7 @@ from .api.servicer import OrchestratorServicer
 from .brain import Brain
 from .config import Settings
 from .engine import TaskRunner, routing
-from .llm import OpenAICompatibleClient
+from .llm.configured import client_from_settings
 from .mesh import Discovery, Mesh
 from .security import arm_channel_credentials, arm_channel_options, edge_guard, server_tls
 from .store import open_store
@@ -46,7 +46,7 @@ class Orchestrator:
         self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
         self.metrics = Metrics()
         self.metrics.watch_mesh(self.mesh)
-        self.llm = _llm_client(settings)
+        self.llm = client_from_settings(settings)
         # Set by start(), once the store is open.
         self.store: TaskStore
         self.runner: TaskRunner
@@ -140,21 +140,3 @@ class Orchestrator:
         if self.llm is not None:
             await self.llm.aclose()
         log.info("orchestrator_stopped")
-
-
-def _llm_client(settings: Settings) -> OpenAICompatibleClient | None:
-    """The configured LLM endpoint, or None for the offline brain."""
-    if not settings.llm_base_url:
-        return None
-    return OpenAICompatibleClient(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key.get_secret_value() or "unused",
-        model=settings.llm_model,
-        timeout_s=settings.llm_timeout_s,
-        max_retries=settings.llm_max_retries,
-        price_per_1k_prompt=settings.llm_price_per_1k_prompt,
-        price_per_1k_completion=settings.llm_price_per_1k_completion,
-        temperature=settings.llm_temperature,
-        output_retries=settings.llm_output_retries,
-        cooldown_s=settings.llm_cooldown_s,
-    )

@@ -23,6 +23,7 @@ from orchestrator_svc.llm import (
     LLMUsage,
     OpenAICompatibleClient,
 )
+from orchestrator_svc.llm.configured import client_from_settings
 
 HOW_TO_CONFIGURE = (
     "set OCTOLLM_LLM_BASE_URL to an OpenAI-compatible endpoint (e.g. https://api.openai.com/v1 "
@@ -33,21 +34,7 @@ HOW_TO_CONFIGURE = (
 
 def llm_client_from_env(settings: Settings | None = None) -> OpenAICompatibleClient | None:
     """The LLM configured by ``OCTOLLM_LLM_*`` (or ``settings``), or None when there is none."""
-    settings = settings if settings is not None else Settings()
-    if not settings.llm_base_url:
-        return None
-    return OpenAICompatibleClient(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key.get_secret_value(),
-        model=settings.llm_model,
-        timeout_s=settings.llm_timeout_s,
-        max_retries=settings.llm_max_retries,
-        price_per_1k_prompt=settings.llm_price_per_1k_prompt,
-        price_per_1k_completion=settings.llm_price_per_1k_completion,
-        temperature=settings.llm_temperature,
-        output_retries=settings.llm_output_retries,
-        cooldown_s=settings.llm_cooldown_s,
-    )
+    return client_from_settings(settings if settings is not None else Settings())
 
 
 def output_with_usage(
