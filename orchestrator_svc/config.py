@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         False,
         description="run the safety arm on task input and the final answer (on/off; fails closed)",
     )
+    max_concurrent_streams: int = Field(
+        1000, gt=0, description="HTTP/2 streams one client connection may have open at once"
+    )
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
     metrics_port: int = Field(
         9464, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 turns it off"

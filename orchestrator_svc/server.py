@@ -57,7 +57,13 @@ class Orchestrator:
         self.guard = edge_guard(settings, SERVICE_NAME, self._task_unfinished)
         if self.guard.active:
             interceptors.append(self.guard)
-        self.server = grpc.aio.server(options=list(SERVER_OPTIONS), interceptors=interceptors)
+        self.server = grpc.aio.server(
+            options=[
+                *SERVER_OPTIONS,
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            ],
+            interceptors=interceptors,
+        )
         self.port = 0
         self.metrics_port = -1
         self._stopping: asyncio.Task[None] | None = None

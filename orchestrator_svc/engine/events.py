@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 
 from octollm.v1 import common_pb2
@@ -45,8 +46,10 @@ class TaskEventLog:
         task_id: str,
         usage: common_pb2.Usage,
         observe: Callable[[pb.TaskEvent], None] | None = None,
+        record_append: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
+        self._record_append = record_append
         self._observe = observe
         self._task_id = task_id
         self.usage = usage
@@ -71,4 +74,7 @@ class TaskEventLog:
         while self._buffer:
             batch: Sequence[pb.TaskEvent] = self._buffer
             self._buffer = []
+            started = time.perf_counter()
             await self._store.append(self._task_id, batch)
+            if self._record_append is not None:
+                self._record_append(time.perf_counter() - started)

@@ -156,6 +156,7 @@ class TaskRun:
             task.task_id,
             common_pb2.Usage(),
             observe=lambda event: runner.metrics.observe(event, created_ns),
+            record_append=runner.metrics.store_append_seconds.observe,
         )
         self.state = task.state
         self.outputs: dict[str, struct_pb2.Struct] = {}
@@ -238,8 +239,9 @@ class TaskRun:
         budget = task.budget.max_time.ToNanoseconds() / 1e9 if task.HasField("budget") else 0.0
         return budget if budget > 0 else self.r.settings.task_timeout_s
 
-    def _spend(self, usage: LLMUsage) -> None:
-        """Add what a brain call spent to the task's usage."""
+    def _spend(self, usage: LLMUsage, step: str) -> None:
+        """Add what a brain call spent to the task's usage (and count LLM use in metrics)."""
+        self.r.metrics.observe_llm(step, usage.total_tokens, usage.cost_usd)
         self.events.usage.tokens += usage.total_tokens
         self.events.usage.cost_usd += usage.cost_usd
 
@@ -258,7 +260,7 @@ class TaskRun:
         parsed = await brain.parse(
             self.goal, self.constraints, json_format.MessageToDict(task.context)
         )
-        self._spend(parsed.usage)
+        self._spend(parsed.usage, "parse")
         intent = parsed.intent
         self.move(
             pb.TASK_STATE_PLANNING,
@@ -289,7 +291,7 @@ class TaskRun:
                     metadata={"missing_arm_types": ",".join(exc.missing_types)},
                 ),
             ) from None
-        self._spend(outcome.usage)
+        self._spend(outcome.usage, "plan")
         return convert.plan_to_proto(outcome.plan), outcome.notes
 
     async def _integrate_and_validate(self, plan: pb.Plan) -> pb.TaskResult:
@@ -305,7 +307,7 @@ class TaskRun:
             integrated = await brain.integrate(
                 self.goal, execution_plan, outputs, self.confidences, acceptance_criteria=criteria
             )
-            self._spend(integrated.usage)
+            self._spend(integrated.usage, "integrate")
             answer = integrated.integration.answer
             guarded: tuple[str, ...] = ()
             if self.r.settings.safety:
@@ -421,7 +423,7 @@ class TaskRun:
         """The brain's rule (or LLM) check, overruled by a judge arm when one is routable and
         the task has criteria; the brain still names the steps to re-run."""
         checked = await self.r.brain.validate(answer, outputs, criteria, plan=plan)
-        self._spend(checked.usage)
+        self._spend(checked.usage, "validate")
         if not criteria or "judge" not in self.r.mesh.routable_types():
             return checked.report, checked.notes
         verdict = await self._ask_judge(answer, outputs, criteria, plan)

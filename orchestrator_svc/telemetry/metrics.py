@@ -98,12 +98,41 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.llm_calls = Counter(
+            "octollm_llm_calls_total",
+            "Brain steps answered with the LLM's help, by step (parse, plan, integrate, validate).",
+            ["step"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "octollm_llm_tokens_total", "LLM tokens the brain spent, by step.", ["step"], registry=r
+        )
+        self.llm_cost = Counter(
+            "octollm_llm_cost_usd_total",
+            "LLM spend of the brain in US dollars, by step.",
+            ["step"],
+            registry=r,
+        )
+        self.store_append_seconds = Histogram(
+            "octollm_store_append_seconds",
+            "Time to commit one batch of task events to the store.",
+            buckets=_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter("octollm_tokens_total", "LLM tokens reported by arms.", registry=r)
         self.cost = Counter(
             "octollm_cost_usd_total",
             "Spend in US dollars reported by arms.",
             registry=r,
         )
+
+    def observe_llm(self, step: str, tokens: int, cost_usd: float) -> None:
+        """Count one brain step that used the LLM (tokens > 0), with what it spent."""
+        if tokens <= 0:
+            return
+        self.llm_calls.labels(step).inc()
+        self.llm_tokens.labels(step).inc(tokens)
+        self.llm_cost.labels(step).inc(cost_usd)
 
     def observe(self, event: pb.TaskEvent, create_time_ns: int) -> None:
         """Count what a task event says: a task or subtask that ended, tokens and cost spent."""

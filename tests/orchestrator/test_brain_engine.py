@@ -125,6 +125,9 @@ async def test_llm_talking_nonsense_falls_back_to_the_offline_brain(
     reasons = " ".join(e.state_changed.reason for e in events if e.HasField("state_changed"))
     assert "heuristic" in reasons
     assert task.usage.tokens > 0  # the failed LLM attempts were still counted
+    spent = orch.metrics.registry.get_sample_value("octollm_llm_tokens_total", {"step": "parse"})
+    assert spent is not None
+    assert spent > 0
 
 
 async def test_a_judge_arm_decides_validation_when_present(

@@ -73,3 +73,4 @@ async def test_metrics_count_rpcs_tasks_subtasks_and_arms(
     assert value(samples, "octollm_arm_credits", **arm) > 0
     assert value(samples, "octollm_arm_in_flight", **arm) == 0
     assert value(samples, "octollm_dispatch_queue_depth", arm_type="echo") == 0
+    assert value(samples, "octollm_store_append_seconds_count") > 0
