@@ -19,6 +19,7 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 
 from arm_sdk import grpc_options
+from arm_sdk._metrics import ArmMetrics
 from arm_sdk._server import ArmServer
 from arm_sdk._servicer import ArmServicer
 from arm_sdk._session import ArmRuntime
@@ -112,16 +113,27 @@ class Arm:
         return descriptor
 
     async def start(
-        self, address: str = "127.0.0.1:0", *, tls: ServerTLS | None = None
+        self,
+        address: str = "127.0.0.1:0",
+        *,
+        tls: ServerTLS | None = None,
+        metrics: tuple[str, int] | None = None,
     ) -> ArmServer:
         """Start serving on ``address`` (``host:port``; port 0 picks one); return once listening.
 
-        With ``tls`` the arm serves TLS only (mTLS when it names a client CA)."""
+        With ``tls`` the arm serves TLS only (mTLS when it names a client CA). With ``metrics``
+        ``(host, port)`` it serves Prometheus /metrics there (port 0 picks one; see
+        ``ArmServer.metrics_port``)."""
         if self._handler is None:
             raise RuntimeError(
                 f"arm {self.arm_type!r} has no handler; decorate one with @arm.handler"
             )
         runtime = ArmRuntime(descriptor=self.descriptor(), handler=self._handler)
+        runtime.metrics = ArmMetrics(
+            self.arm_type,
+            in_flight=lambda: len(runtime.in_flight()),
+            streams=lambda: len(runtime.sessions),
+        )
         server = grpc.aio.server(options=grpc_options.SERVER_OPTIONS)
         health = health_aio.HealthServicer()
         arm_grpc.add_ArmServiceServicer_to_server(ArmServicer(runtime), server)
@@ -135,6 +147,8 @@ class Arm:
         await server.start()
         host = address.rpartition(":")[0]
         arm_server = ArmServer(server, runtime, health, host, port)
+        if metrics is not None:
+            arm_server.metrics_port = runtime.metrics.serve(*metrics)
         serving = self._available is None or self._available()
         await arm_server.set_serving(serving)
         if not serving:

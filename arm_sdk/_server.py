@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import structlog
@@ -34,6 +35,7 @@ class ArmServer:
         self._host = host
         self._port = port
         self._drain: asyncio.Task[None] | None = None
+        self.metrics_port = -1  # set when started with a metrics endpoint
 
     @property
     def port(self) -> int:
@@ -101,5 +103,13 @@ class ArmServer:
                 log.warning("drain_grace_expired", arm_id=self.arm_id, cancelled=len(pending))
         for session in list(runtime.sessions):
             session.close()
+        # NOTE: let the closed streams end with OK (their writers flush, then finish) before
+        # stop() cancels whatever is still open; otherwise the peer sees CANCELLED.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(deadline - loop.time(), 1.0)):
+                while runtime.sessions:  # noqa: ASYNC110 (once per drain, bounded)
+                    await asyncio.sleep(0.01)
         await self._server.stop(max(0.0, deadline - loop.time()))
+        if self._runtime.metrics is not None:
+            await asyncio.to_thread(self._runtime.metrics.close)
         log.info("arm_stopped", arm_id=self.arm_id)

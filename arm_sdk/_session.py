@@ -18,6 +18,7 @@ import structlog
 from octollm.v1 import arm_service_pb2 as arm_pb
 
 from arm_sdk._errors import ArmError
+from arm_sdk._metrics import ArmMetrics
 from arm_sdk._progress import current_subtask
 from arm_sdk._subtask import Handler, SubtaskInput, SubtaskOutput
 
@@ -46,6 +47,7 @@ class ArmRuntime:
     handler: Handler
     draining: bool = False
     sessions: set[ExecuteSession] = field(default_factory=set)
+    metrics: ArmMetrics | None = None
 
     def in_flight(self) -> list[asyncio.Task[None]]:
         """Handler tasks running on any stream."""
@@ -295,6 +297,9 @@ class ExecuteSession:
             self._cancel_requested.discard(subtask_id)
             if message.WhichOneof("kind") != "failure":
                 message = _cancelled(inp, started)
+        if self._rt.metrics is not None:
+            outcome = "result" if message.HasField("result") else message.failure.failure.reason
+            self._rt.metrics.finished(outcome, (time.monotonic_ns() - started) / 1e9)
         if self._closing:
             return
         self._out.put_nowait(message)

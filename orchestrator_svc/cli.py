@@ -59,7 +59,10 @@ async def _arm(name: str, listen: str) -> int:
     from arm_sdk import ServerTLS
     from arm_sdk.arms import REFERENCE_ARMS
 
-    server = await REFERENCE_ARMS[name]().start(listen, tls=ServerTLS.from_env())
+    settings = Settings()
+    port = settings.arm_metrics_port
+    metrics = (settings.metrics_host, port) if port >= 0 else None
+    server = await REFERENCE_ARMS[name]().start(listen, tls=ServerTLS.from_env(), metrics=metrics)
     _print(f"arm {name} listening on {server.address}")
     try:
         await wait_for_signal()

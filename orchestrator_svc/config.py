@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 turns it off"
     )
+    arm_metrics_port: int = Field(
+        -1, ge=-1, le=65535, description="Prometheus port of `octollm arm`; -1 turns it off"
+    )
     postgres_dsn: str = Field(
         "", description="PostgreSQL DSN for durable state; empty keeps state in process memory"
     )

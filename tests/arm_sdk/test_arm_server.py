@@ -153,3 +153,39 @@ async def _serving_address(stdout: asyncio.StreamReader) -> str:
             assert match, text
             return match.group(1)
     raise AssertionError("arm exited before serving")
+
+
+async def test_arm_serves_its_own_metrics(start_arm) -> None:  # type: ignore[no-untyped-def]
+    """An arm started with a metrics endpoint counts its subtasks by outcome."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from arm_sdk.arms import REFERENCE_ARMS
+    from tests.arm_sdk.arm_stream import ArmStream
+
+    server = await REFERENCE_ARMS["echo"]().start("127.0.0.1:0", metrics=("127.0.0.1", 0))
+    try:
+        assert server.metrics_port > 0
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stream = ArmStream(channel)
+            await stream.handshake()
+            await stream.dispatch("m1", {"x": 1})
+            await stream.recv_until("result", "m1")
+
+        def scrape() -> str:
+            url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return str(response.read().decode())
+
+        text = await asyncio.to_thread(scrape)
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        key = ("octollm_arm_subtasks_total", (("arm_type", "echo"), ("outcome", "result")))
+        assert samples[key] == 1
+        assert samples[("octollm_arm_subtask_seconds_count", (("arm_type", "echo"),))] == 1
+    finally:
+        await server.drain(grace=0)

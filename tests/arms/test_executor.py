@@ -679,6 +679,11 @@ def test_launcher_as_non_root_user_still_bounds_the_run(scratch_root: Path) -> N
     scratch = scratch_root / "scratch"
     scratch.mkdir()
     os.chown(scratch, 65534, 65534)
+    # NOTE: the checkout may sit in a directory uid 65534 cannot enter (a 0700 temp dir), so
+    # the launcher runs from a copy it can read; the arm itself starts it as root.
+    launcher = scratch_root / "_launch.py"
+    shutil.copyfile(LAUNCHER, launcher)
+    launcher.chmod(0o644)
     (scratch / "s.py").write_text(
         FORK_UNTIL_REFUSED + "import socket\n"
         "try:\n"
@@ -718,7 +723,7 @@ def test_launcher_as_non_root_user_still_bounds_the_run(scratch_root: Path) -> N
             "/usr/bin/python3",
             "-I",
             "-S",
-            str(LAUNCHER),
+            str(launcher),
             json.dumps(spec),
         ],
         pass_fds=(write_fd,),
