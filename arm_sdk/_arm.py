@@ -118,10 +118,12 @@ class Arm:
         *,
         tls: ServerTLS | None = None,
         metrics: tuple[str, int] | None = None,
+        allow_insecure: bool = False,
     ) -> ArmServer:
         """Start serving on ``address`` (``host:port``; port 0 picks one); return once listening.
 
-        With ``tls`` the arm serves TLS only (mTLS when it names a client CA). With ``metrics``
+        With ``tls`` the arm serves TLS only (mTLS when it names a client CA); without it a
+        non-loopback address needs ``allow_insecure=True``. With ``metrics``
         ``(host, port)`` it serves Prometheus /metrics there (port 0 picks one; see
         ``ArmServer.metrics_port``)."""
         if self._handler is None:
@@ -141,7 +143,7 @@ class Arm:
         reflection.enable_server_reflection(
             (ARM_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = listen(server, address, tls, what="arm")
+        port = listen(server, address, tls, what="arm", allow_insecure=allow_insecure)
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
@@ -158,14 +160,21 @@ class Arm:
         )
         return arm_server
 
-    def run(self, address: str, *, grace: float = 10.0, tls: ServerTLS | None = None) -> None:
+    def run(
+        self,
+        address: str,
+        *,
+        grace: float = 10.0,
+        tls: ServerTLS | None = None,
+        allow_insecure: bool = False,
+    ) -> None:
         """Serve until SIGINT or SIGTERM, then drain within ``grace`` seconds (blocking)."""
-        asyncio.run(self._serve_until_signalled(address, grace, tls))
+        asyncio.run(self._serve_until_signalled(address, grace, tls, allow_insecure))
 
     async def _serve_until_signalled(
-        self, address: str, grace: float, tls: ServerTLS | None
+        self, address: str, grace: float, tls: ServerTLS | None, allow_insecure: bool
     ) -> None:
-        server = await self.start(address, tls=tls)
+        server = await self.start(address, tls=tls, allow_insecure=allow_insecure)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)

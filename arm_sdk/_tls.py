@@ -88,13 +88,33 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def listen(server: grpc.aio.Server, address: str, tls: ServerTLS | None, *, what: str) -> int:
-    """Bind ``address`` with TLS when given; return the port (0 when binding failed)."""
+class InsecureListenRefused(ValueError):
+    """Plaintext on a non-loopback address without the explicit opt-in."""
+
+
+def listen(
+    server: grpc.aio.Server,
+    address: str,
+    tls: ServerTLS | None,
+    *,
+    what: str,
+    allow_insecure: bool = False,
+) -> int:
+    """Bind ``address`` with TLS when given; return the port (0 when binding failed).
+
+    Plaintext is served on loopback addresses, and elsewhere only with ``allow_insecure`` (for
+    example behind a service mesh that provides mTLS), then with a loud warning."""
     if tls is not None:
         port: int = server.add_secure_port(address, tls.server_credentials())
         log.info("tls_listen", what=what, address=address, mtls=tls.mutual)
         return port
     if not is_loopback(address):
+        if not allow_insecure:
+            raise InsecureListenRefused(
+                f"refusing to serve the {what} in plaintext on {address}: set OCTOLLM_TLS_CERT "
+                "and OCTOLLM_TLS_KEY, or OCTOLLM_ALLOW_INSECURE=true (e.g. behind a service mesh "
+                "that provides mTLS)"
+            )
         log.warning(
             "insecure_listen",
             what=what,

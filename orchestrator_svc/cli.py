@@ -62,7 +62,9 @@ async def _arm(name: str, listen: str) -> int:
     settings = Settings()
     port = settings.arm_metrics_port
     metrics = (settings.metrics_host, port) if port >= 0 else None
-    server = await REFERENCE_ARMS[name]().start(listen, tls=ServerTLS.from_env(), metrics=metrics)
+    server = await REFERENCE_ARMS[name]().start(
+        listen, tls=ServerTLS.from_env(), metrics=metrics, allow_insecure=settings.allow_insecure
+    )
     _print(f"arm {name} listening on {server.address}")
     try:
         await wait_for_signal()

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = Field(
         1000, gt=0, description="HTTP/2 streams one client connection may have open at once"
     )
+    allow_insecure: bool = Field(
+        False,
+        description="serve plaintext on non-loopback addresses (e.g. behind a mesh with mTLS)",
+    )
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
     metrics_port: int = Field(
         9464, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 turns it off"
@@ -99,6 +103,11 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+    otel_endpoint: str = Field(
+        "",
+        description="OTLP/gRPC collector for task spans (e.g. http://otel:4317; http:// means "
+        "plaintext); empty = no export. Needs the `otel` extra",
+    )
 
     # NOTE: field validators, not a model validator: a model validator's error carries every
     # setting as its input, and describe_errors would print secrets such as the auth tokens.

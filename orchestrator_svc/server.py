@@ -89,7 +89,11 @@ class Orchestrator:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.port = listen(
-            self.server, self.settings.listen, server_tls(self.settings), what="orchestrator"
+            self.server,
+            self.settings.listen,
+            server_tls(self.settings),
+            what="orchestrator",
+            allow_insecure=self.settings.allow_insecure,
         )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
@@ -143,6 +147,8 @@ class Orchestrator:
         await self.mesh.close()
         await self.store.close()
         await self.metrics.close()
+        if self.runner.otel is not None:
+            await asyncio.to_thread(self.runner.otel.shutdown)
         if self.llm is not None:
             await self.llm.aclose()
         log.info("orchestrator_stopped")

@@ -46,7 +46,8 @@ async def start_orchestrator() -> AsyncIterator[StartOrchestrator]:
         endpoints: Sequence[str], *, wait_for: Sequence[str] = (), **settings: Any
     ) -> Orchestrator:
         settings.setdefault("metrics_port", 0)
-        config = Settings(listen="127.0.0.1:0", arm_endpoints=list(endpoints), **settings)
+        settings.setdefault("listen", "127.0.0.1:0")
+        config = Settings(arm_endpoints=list(endpoints), **settings)
         orchestrator = await Orchestrator(config).start()
         started.append(orchestrator)
         if wait_for:

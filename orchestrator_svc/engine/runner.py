@@ -40,6 +40,7 @@ from ..store.ports import TaskStore
 from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
 from ..telemetry import trace
 from ..telemetry.metrics import Metrics
+from ..telemetry.otel import tracer_from_settings
 from . import convert, events
 from .events import TaskEventLog
 from .output_check import OutputChecker
@@ -89,6 +90,7 @@ class TaskRunner:
         self.metrics = metrics or Metrics()
         self.brain = brain or Brain()
         self.output_checker = OutputChecker()
+        self.otel = tracer_from_settings(settings)
         self._running: dict[str, asyncio.Task[None]] = {}
         # NOTE: accepted tasks beyond the limit wait here in PENDING; none is dropped.
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
@@ -178,6 +180,17 @@ class TaskRun:
         self.state = to
 
     async def run(self) -> None:
+        """Run the task to its terminal event (inside an OpenTelemetry span when exporting)."""
+        otel = self.r.otel
+        if otel is None:
+            await self._run()
+            return
+        # NOTE: with the safety arm on, the raw goal may hold secrets: keep it out of the span.
+        goal = "" if self.r.settings.safety else self.goal
+        with otel.task_span(self.task.task_id, self.task.traceparent, goal):
+            await self._run()
+
+    async def _run(self) -> None:
         timeout = self._task_timeout()
         try:
             self.deadline = asyncio.get_running_loop().time() + timeout
@@ -582,7 +595,9 @@ class TaskRun:
             state=state,
         )
 
-    def _dispatch(self, step: pb.PlanStep, feedback: ValidationReport | None) -> arm_pb.Dispatch:
+    def _dispatch(
+        self, step: pb.PlanStep, feedback: ValidationReport | None, traceparent: str
+    ) -> arm_pb.Dispatch:
         task = self.task
         dispatch = arm_pb.Dispatch(
             subtask_id=subtask_id_for(task.task_id, step.step_id),
@@ -603,19 +618,30 @@ class TaskRun:
         if feedback is not None:
             dispatch.input.update({"repair": {"issues": list(feedback.issues)}})
         dispatch.context.CopyFrom(task.context)
-        dispatch.traceparent = trace.child(task.traceparent)
+        dispatch.traceparent = traceparent
         if task.HasField("budget"):
             dispatch.budget.max_tokens = task.budget.max_tokens
             dispatch.budget.max_cost_usd = task.budget.max_cost_usd
         return dispatch
 
     async def _run_step(self, step: pb.PlanStep, feedback: ValidationReport | None) -> Outcome:
+        """Run one step with its recoveries (inside an OpenTelemetry span when exporting)."""
+        traceparent = trace.child(self.task.traceparent)
+        otel = self.r.otel
+        if otel is None:
+            return await self._run_step_attempts(step, feedback, traceparent)
+        with otel.subtask_span(traceparent, step.step_id, step.arm_type):
+            return await self._run_step_attempts(step, feedback, traceparent)
+
+    async def _run_step_attempts(
+        self, step: pb.PlanStep, feedback: ValidationReport | None, traceparent: str
+    ) -> Outcome:
         step_log = self.log.bind(step_id=step.step_id)
         settings, mesh = self.r.settings, self.r.mesh
         # NOTE: READY means "waiting for an arm with credit": it is recorded only when the mesh
         # reports the subtask queued, not for one dispatched at once.
         sub = self._subtask(step, pb.SUBTASK_STATE_READY)
-        dispatch = self._dispatch(step, feedback)
+        dispatch = self._dispatch(step, feedback, traceparent)
 
         def on_event(event: MeshEvent) -> None:
             if event.kind == "progress":

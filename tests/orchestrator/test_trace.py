@@ -86,3 +86,42 @@ async def test_missing_or_bad_traceparent_starts_a_trace(
     started = trace.parse(task.traceparent)
     assert started is not None
     assert trace.trace_id(seen[0].traceparent) == started[0]
+
+
+async def test_otel_spans_share_the_trace_the_arms_see(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """With OpenTelemetry export on, a task span and a span per step carry the W3C ids."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from orchestrator_svc.telemetry.otel import TaskTracer
+
+    seen: list[SubtaskInput] = []
+    server = await start_arm(recording_arm(seen))
+    orch = await start_orchestrator([server.address], wait_for=("probe",))
+    exporter = InMemorySpanExporter()
+    orch.runner.otel = TaskTracer(exporter, batch=False)
+    stub = connect(orch.address)
+    plan = pb.Plan()
+    plan.steps.add(step_id="one", arm_type="probe")
+    plan.steps.add(step_id="two", arm_type="probe", depends_on=["one"])
+    task = (
+        await stub.SubmitTask(
+            pb.SubmitTaskRequest(goal="Export the trace of this task", plan=plan),
+            metadata=(("traceparent", CLIENT_TRACE),),
+        )
+    ).task
+    async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        pass
+    orch.runner.otel.shutdown()
+    spans = exporter.get_finished_spans()
+    trace_id = int(trace.trace_id(CLIENT_TRACE), 16)
+    assert {s.context.trace_id for s in spans} == {trace_id}
+    steps = {
+        s.attributes["step_id"]: s for s in spans if s.attributes and "step_id" in s.attributes
+    }
+    assert set(steps) == {"one", "two"}
+    task_spans = [s for s in spans if s.attributes and s.attributes.get("task_id") == task.task_id]
+    assert len(task_spans) == 1
+    dispatched = {trace.parse(inp.traceparent)[1] for inp in seen}  # type: ignore[index]
+    assert {format(s.context.span_id, "016x") for s in steps.values()} == dispatched

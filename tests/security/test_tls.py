@@ -115,10 +115,18 @@ async def test_an_mtls_arm_refuses_an_orchestrator_without_a_cert(pki: Pki) -> N
         await arm.drain(grace=0)
 
 
-async def test_insecure_non_loopback_listen_warns() -> None:
-    """Serving in the clear on a non-loopback address logs the insecure_listen warning."""
+async def test_insecure_non_loopback_listen_needs_the_flag_then_warns(
+    start_orchestrator,
+) -> None:  # type: ignore[no-untyped-def]
+    """Plaintext off loopback is refused without allow_insecure, and warned about with it."""
+    from arm_sdk._tls import InsecureListenRefused
+
+    with pytest.raises(InsecureListenRefused, match="OCTOLLM_ALLOW_INSECURE"):
+        await REFERENCE_ARMS["echo"]().start("0.0.0.0:0")
+    with pytest.raises(InsecureListenRefused, match="orchestrator"):
+        await start_orchestrator([], listen="0.0.0.0:0")
     with structlog.testing.capture_logs() as logs:
-        arm = await REFERENCE_ARMS["echo"]().start("0.0.0.0:0")
+        arm = await REFERENCE_ARMS["echo"]().start("0.0.0.0:0", allow_insecure=True)
         await arm.drain(grace=0)
         loop_arm = await REFERENCE_ARMS["echo"]().start("127.0.0.1:0")
         await loop_arm.drain(grace=0)
