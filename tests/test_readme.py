@@ -28,3 +28,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     script = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in script
     assert "export CI=1" in script
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    """Each OCTOLLM_* variable the orchestrator and the executor read has a README row."""
+    from arm_sdk.arms.executor._settings import ExecutorSettings
+    from orchestrator_svc.config import Settings
+
+    text = (ROOT / "README.md").read_text()
+    names = [f"OCTOLLM_{n.upper()}" for n in Settings.model_fields]
+    names += [f"OCTOLLM_EXECUTOR_{n.upper()}" for n in ExecutorSettings.model_fields]
+    missing = [n for n in names if f"| `{n}` |" not in text]
+    assert missing == []
