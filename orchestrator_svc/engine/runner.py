@@ -382,24 +382,12 @@ class TaskRun:
 
     async def _safety(self, text: str, what: str) -> tuple[str, tuple[str, ...]]:
         """(redacted text, notes naming the kinds found, never the secrets). Fails closed."""
-        task = self.task
-        self.side_calls += 1
-        dispatch = arm_pb.Dispatch(
-            subtask_id=f"{task.task_id}:safety-{self.side_calls}",
-            task_id=task.task_id,
-            step_id=f"safety-{self.side_calls}",
-            description=f"scan the task's {what} for secrets, PII and prompt injection",
-            traceparent=trace.child(task.traceparent),
-            attempt=1,
+        answered = await self._side_call(
+            "safety",
+            f"scan the task's {what} for secrets, PII and prompt injection",
+            {"text": text},
         )
-        dispatch.input.update({"text": text})
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        outcome = None
-        if "safety" in self.r.mesh.routable_types():
-            outcome = await self.r.mesh.execute(
-                "safety", dispatch, timeout_s=min(self.r.settings.subtask_timeout_s, remaining)
-            )
-        if outcome is None or outcome.result is None:
+        if answered is None:
             raise TaskStopped(
                 pb.TASK_STATE_FAILED,
                 mesh_failure(
@@ -409,7 +397,7 @@ class TaskRun:
                     retryable=True,
                 ),
             )
-        scan = json_format.MessageToDict(outcome.result.output)
+        scan, _ = answered
         kinds = sorted({str(f.get("kind", "?")) for f in scan.get("findings", [])})
         injection = scan.get("injection", [])
         notes = []
@@ -460,8 +448,6 @@ class TaskRun:
         criteria: list[str],
         plan: ExecutionPlan,
     ) -> tuple[bool, float, list[str], str] | None:
-        task = self.task
-        self.side_calls += 1
         # Everything the answer may legitimately draw on: the goal, the step descriptions (the
         # answer's headings) and the step outputs; the judge flags facts found in none of them.
         context = "\n".join(
@@ -472,28 +458,45 @@ class TaskRun:
                 *(json.dumps(o, sort_keys=True) for o in outputs.values()),
             ]
         )[:JUDGE_CONTEXT_CHARS]
+        answered = await self._side_call(
+            "judge",
+            "validate the task's answer against its acceptance criteria",
+            {"output": answer, "criteria": criteria, "context": context},
+        )
+        if answered is None:
+            return None
+        verdict, judge_id = answered
+        issues = [str(i) for i in verdict.get("issues", [])]
+        return bool(verdict.get("passed")), float(verdict.get("score", 0.0)), issues, judge_id
+
+    async def _side_call(
+        self, arm_type: str, description: str, inputs: dict[str, Any]
+    ) -> tuple[dict[str, Any], str] | None:
+        """One subtask outside the plan (judge, safety): (output, arm id), or None when no
+        arm of the type is routable or it failed. Counted in the task's usage."""
+        if arm_type not in self.r.mesh.routable_types():
+            return None
+        task = self.task
+        self.side_calls += 1
         dispatch = arm_pb.Dispatch(
-            subtask_id=f"{task.task_id}:judge-{self.side_calls}",
+            subtask_id=f"{task.task_id}:{arm_type}-{self.side_calls}",
             task_id=task.task_id,
-            step_id=f"judge-{self.side_calls}",
-            description="validate the task's answer against its acceptance criteria",
+            step_id=f"{arm_type}-{self.side_calls}",
+            description=description,
             traceparent=trace.child(task.traceparent),
             attempt=1,
         )
-        dispatch.input.update({"output": answer, "criteria": criteria, "context": context})
+        dispatch.input.update(inputs)
         remaining = self.deadline - asyncio.get_running_loop().time()
         outcome = await self.r.mesh.execute(
-            "judge", dispatch, timeout_s=min(self.r.settings.subtask_timeout_s, remaining)
+            arm_type, dispatch, timeout_s=min(self.r.settings.subtask_timeout_s, remaining)
         )
         if outcome.result is None:
-            self.log.warning(
-                "judge_failed", reason=outcome.failure.reason if outcome.failure else ""
-            )
+            reason = outcome.failure.reason if outcome.failure else ""
+            self.log.warning("side_call_failed", arm_type=arm_type, reason=reason)
             return None
         self._spend_arm(outcome.result.provenance.usage)
-        verdict = json_format.MessageToDict(outcome.result.output)
-        issues = [str(i) for i in verdict.get("issues", [])]
-        return bool(verdict.get("passed")), float(verdict.get("score", 0.0)), issues, outcome.arm_id
+        return json_format.MessageToDict(outcome.result.output), outcome.arm_id
 
     def _spend_arm(self, usage: common_pb2.Usage) -> None:
         self.events.usage.tokens += usage.tokens
