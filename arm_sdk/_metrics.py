@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from arm_sdk.metrics_http import MetricsEndpoint
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -34,7 +33,7 @@ class ArmMetrics:
         )
         self._arm_type = arm_type
         self.registry.register(_Live(arm_type, in_flight, streams))
-        self._http: WSGIServer | None = None
+        self._endpoint = MetricsEndpoint()
 
     def finished(self, outcome: str, seconds: float) -> None:
         self.subtasks.labels(self._arm_type, outcome).inc()
@@ -42,17 +41,10 @@ class ArmMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on a daemon thread; return the bound port."""
-        self._http = make_server(host, port, make_wsgi_app(self.registry), handler_class=_Quiet)
-        threading.Thread(
-            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return int(self._http.server_port)
+        return self._endpoint.start(self.registry, host, port)
 
     def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            http.shutdown()
-            http.server_close()
+        self._endpoint.close()
 
 
 class _Live(Collector):
@@ -71,8 +63,3 @@ class _Live(Collector):
         )
         streams.add_metric([self._arm_type], self._streams())
         yield from (running, streams)
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are not worth a log line each."""

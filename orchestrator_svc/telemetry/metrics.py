@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeAlias
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from arm_sdk.metrics_http import MetricsEndpoint
 
 from ..mesh import Mesh
 
@@ -41,7 +41,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._http: WSGIServer | None = None
+        self._endpoint = MetricsEndpoint()
         r = self.registry
         method = ["grpc_type", "grpc_service", "grpc_method"]
         self.rpc_started = Counter(
@@ -161,28 +161,14 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP on a daemon thread; return the bound port."""
-        self._http = make_server(host, port, make_wsgi_app(self.registry), handler_class=_Quiet)
-        # NOTE: a short poll so close() returns promptly (the default is 0.5 s).
-        threading.Thread(
-            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return int(self._http.server_port)
+        return self._endpoint.start(self.registry, host, port)
 
     async def close(self) -> None:
         """Stop the HTTP endpoint, if it was started."""
-        http, self._http = self._http, None
-        if http is not None:
-            # NOTE: shutdown() blocks until serve_forever() polls, so it runs on a worker thread.
-            await asyncio.to_thread(http.shutdown)
-            http.server_close()
+        await asyncio.to_thread(self._endpoint.close)
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _MetricsInterceptor(self)
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are not worth a log line each."""
 
 
 class _MeshCollector(Collector):
