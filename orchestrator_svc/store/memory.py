@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import bisect
 import builtins
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
-from typing import TypeVar
 
 import structlog
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from octollm.v1 import orchestrator_service_pb2 as pb
 
@@ -25,13 +20,19 @@ from orchestrator_svc.store.ports import (
     TaskNotFound,
     TaskStore,
 )
-from orchestrator_svc.store.projection import TERMINAL_TASK_STATES, apply
+from orchestrator_svc.store.projection import apply
+from orchestrator_svc.store.shared import (
+    OrderKey,
+    check_batch,
+    copy_message,
+    decode_page_token,
+    encode_page_token,
+    order_key,
+)
 
 log = structlog.get_logger(__name__)
 
 # (create_time in ns, task_id): the list order key, compared as a tuple.
-_OrderKey = tuple[int, str]
-_M = TypeVar("_M", bound=Message)
 
 
 class _TaskLog:
@@ -69,7 +70,7 @@ class InMemoryTaskStore(TaskStore):
 
     def __init__(self) -> None:
         self._logs: dict[str, _TaskLog] = {}
-        self._order: list[_OrderKey] = []
+        self._order: list[OrderKey] = []
         self._idempotency: dict[str, tuple[str, str]] = {}  # request_id -> (fingerprint, task_id)
         self._closed = False
 
@@ -80,9 +81,9 @@ class InMemoryTaskStore(TaskStore):
             if known_fingerprint != fingerprint:
                 log.info("idempotency_conflict", request_id=task.request_id, task_id=task_id)
                 raise IdempotencyConflict(task.request_id, task_id)
-            return _copy(self._logs[task_id].task), False
+            return copy_message(self._logs[task_id].task), False
 
-        stored = _copy(task)
+        stored = copy_message(task)
         if not stored.task_id:
             stored.task_id = str(uuid.uuid4())
         if stored.task_id in self._logs:
@@ -94,23 +95,23 @@ class InMemoryTaskStore(TaskStore):
         stored.last_seq = 0
 
         self._logs[stored.task_id] = _TaskLog(stored)
-        bisect.insort(self._order, _order_key(stored))
+        bisect.insort(self._order, order_key(stored))
         if stored.request_id:
             self._idempotency[stored.request_id] = (fingerprint, stored.task_id)
         log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
-        return _copy(stored), True
+        return copy_message(stored), True
 
     async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> int:
         self._check_open()
         task_log = self._log(task_id)
         if task_log.finished:
             raise TaskClosed(task_id)
-        _check_batch(task_id, events)
+        check_batch(task_id, events)
 
         now = Timestamp()
         now.FromNanoseconds(time.time_ns())
         for event in events:
-            stored = _copy(event)
+            stored = copy_message(event)
             stored.seq = task_log.task.last_seq + 1
             stored.task_id = task_id
             if not stored.HasField("time"):
@@ -126,7 +127,7 @@ class InMemoryTaskStore(TaskStore):
 
     async def get(self, task_id: str) -> pb.Task:
         self._check_open()
-        return _copy(self._log(task_id).task)
+        return copy_message(self._log(task_id).task)
 
     async def list(
         self, page_size: int, page_token: str, states: Collection[int]
@@ -136,7 +137,7 @@ class InMemoryTaskStore(TaskStore):
             raise ValueError(f"page_size must be at least 1 (got {page_size})")
         wanted = frozenset(states)
         if page_token:
-            end = bisect.bisect_left(self._order, _decode_token(page_token))
+            end = bisect.bisect_left(self._order, decode_page_token(page_token))
         else:
             end = len(self._order)
 
@@ -148,8 +149,8 @@ class InMemoryTaskStore(TaskStore):
             if len(page) == page_size:
                 # NOTE: one more match exists, so there is a next page; the token points
                 # at the last task returned, not at this one.
-                return page, _encode_token(_order_key(page[-1]))
-            page.append(_copy(task))
+                return page, encode_page_token(order_key(page[-1]))
+            page.append(copy_message(task))
         return page, ""
 
     async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[pb.TaskEvent]:
@@ -164,7 +165,7 @@ class InMemoryTaskStore(TaskStore):
             if index < len(task_log.events):
                 event = task_log.events[index]
                 index += 1
-                yield _copy(event)
+                yield copy_message(event)
                 if event.HasField("finished"):
                     return
             elif task_log.finished:
@@ -189,49 +190,3 @@ class InMemoryTaskStore(TaskStore):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed()
-
-
-def _check_batch(task_id: str, events: Sequence[pb.TaskEvent]) -> None:
-    """Refuse a bad batch before any of it is applied, so a batch is all or nothing."""
-    for position, event in enumerate(events):
-        kind = event.WhichOneof("kind")
-        if kind is None:
-            raise ValueError(f"event {position} of the batch has no kind")
-        if event.task_id and event.task_id != task_id:
-            raise ValueError(
-                f"event {position} names task {event.task_id!r}, appended to {task_id!r}"
-            )
-        if kind == "finished":
-            if event.finished.state not in TERMINAL_TASK_STATES:
-                state = pb.TaskState.Name(event.finished.state)
-                raise ValueError(f"event {position} finishes the task in non-terminal {state}")
-            if position != len(events) - 1:
-                raise TaskClosed(task_id)
-
-
-def _copy(message: _M) -> _M:
-    clone = type(message)()
-    clone.CopyFrom(message)
-    return clone
-
-
-def _order_key(task: pb.Task) -> _OrderKey:
-    return task.create_time.ToNanoseconds(), task.task_id
-
-
-def _encode_token(key: _OrderKey) -> str:
-    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _decode_token(token: str) -> _OrderKey:
-    try:
-        padded = (token + "=" * (-len(token) % 4)).encode("ascii")
-        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
-        decoded = json.loads(raw)
-    except (binascii.Error, UnicodeError, ValueError):
-        raise ValueError("malformed page token") from None
-    match decoded:
-        case [int() as create_ns, str() as task_id] if not isinstance(create_ns, bool):
-            return create_ns, task_id
-    raise ValueError("malformed page token")

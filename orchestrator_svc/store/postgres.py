@@ -44,7 +44,6 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 
 # NOTE: the batch rules, copies and page tokens are the in-memory store's own, so both
 # adapters refuse the same batches and hand out interchangeable tokens.
-from orchestrator_svc.store.memory import _check_batch, _copy, _decode_token, _encode_token
 from orchestrator_svc.store.ports import (
     IdempotencyConflict,
     StoreClosed,
@@ -54,6 +53,12 @@ from orchestrator_svc.store.ports import (
     TaskStore,
 )
 from orchestrator_svc.store.projection import apply
+from orchestrator_svc.store.shared import (
+    check_batch,
+    copy_message,
+    decode_page_token,
+    encode_page_token,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -436,7 +441,7 @@ class PostgresTaskStore(TaskStore):
 
     async def create(self, task: pb.Task, fingerprint: str) -> tuple[pb.Task, bool]:
         self._check_open()
-        stored = _copy(task)
+        stored = copy_message(task)
         if not stored.task_id:
             stored.task_id = str(uuid.uuid4())
         elif not _is_task_id(stored.task_id):
@@ -475,7 +480,7 @@ class PostgresTaskStore(TaskStore):
         self._check_open()
         if not _is_task_id(task_id):
             raise TaskNotFound(task_id)
-        _check_batch(task_id, events)
+        check_batch(task_id, events)
         if not events:
             task, finished = await self._read_task(task_id)
             if finished:
@@ -486,7 +491,7 @@ class PostgresTaskStore(TaskStore):
         now.FromNanoseconds(time.time_ns())
         stamped: list[pb.TaskEvent] = []
         for event in events:
-            stored = _copy(event)
+            stored = copy_message(event)
             if not stored.HasField("time"):
                 stored.time.CopyFrom(now)
             stamped.append(stored)
@@ -520,7 +525,7 @@ class PostgresTaskStore(TaskStore):
         if wanted:
             args.append(wanted)
         if page_token:
-            create_ns, last_id = _decode_token(page_token)
+            create_ns, last_id = decode_page_token(page_token)
             if create_ns not in _INT64 or not _is_task_id(last_id):
                 raise ValueError("malformed page token")
             args += [create_ns, last_id]
@@ -530,7 +535,7 @@ class PostgresTaskStore(TaskStore):
         page = [_decode_task(row["task_id"], row["body"]) for row in rows[:page_size]]
         if len(rows) > page_size:
             last = page[-1]
-            return page, _encode_token((last.create_time.ToNanoseconds(), last.task_id))
+            return page, encode_page_token((last.create_time.ToNanoseconds(), last.task_id))
         return page, ""
 
     async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[pb.TaskEvent]:
