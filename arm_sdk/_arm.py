@@ -13,14 +13,14 @@ import grpc
 import structlog
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 
 from arm_sdk import grpc_options
+from arm_sdk._health import HealthServicer
 from arm_sdk._metrics import ArmMetrics
-from arm_sdk._server import ArmServer
+from arm_sdk._server import ArmServer, StopHook
 from arm_sdk._servicer import ArmServicer
 from arm_sdk._session import ArmRuntime
 from arm_sdk._subtask import Handler
@@ -66,10 +66,14 @@ class Arm:
         output_schema: Mapping[str, Any] | None = None,
         arm_id: str | None = None,
         available: Callable[[], bool] | None = None,
+        deterministic: bool = False,
     ) -> None:
         """`available`, when given, says whether the arm can do its work at all (e.g. an LLM is
         configured); when it returns False at start the arm serves NOT_SERVING, so routers leave
-        it alone, and says why in its log."""
+        it alone, and says why in its log. `deterministic=True` promises that the output depends
+        only on the dispatch's description, input, context and acceptance criteria, so the
+        orchestrator may answer a repeated dispatch from its cache (keyed by arm type and
+        `version`: bump the version when the output for the same input changes)."""
         if not arm_type:
             raise ValueError("arm_type must not be empty")
         if not 1 <= max_concurrency <= _INT32_MAX:
@@ -85,6 +89,8 @@ class Arm:
         self.output_schema = dict(output_schema) if output_schema is not None else None
         self._handler: Handler | None = None
         self._available = available
+        self._stop_hooks: list[StopHook] = []
+        self.deterministic = deterministic
 
     def handler(self, fn: Handler) -> Handler:
         """Register the arm's one async handler (use as a decorator); returns it unchanged."""
@@ -93,6 +99,18 @@ class Arm:
         if self._handler is not None:
             raise RuntimeError(f"arm {self.arm_type!r} already has a handler")
         self._handler = fn
+        return fn
+
+    def on_stop(self, fn: StopHook) -> StopHook:
+        """Register an async callable to run when a server of this arm stops (use as a decorator,
+        or ``arm.on_stop(client.aclose)``); returns it unchanged.
+
+        Hooks run after the drain, once no handler is running, last registered first; each gets
+        5 seconds, and one that fails or hangs is logged, never raised out of the drain. A server
+        runs the hooks registered before it started."""
+        if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)):
+            raise TypeError(f"a stop hook must be an async callable, got {fn!r}")
+        self._stop_hooks.append(fn)
         return fn
 
     def descriptor(self) -> arm_pb.ArmDescriptor:
@@ -105,6 +123,7 @@ class Arm:
             max_concurrency=self.max_concurrency,
             version=self.version,
             description=self.description,
+            deterministic=self.deterministic,
         )
         if self.input_schema is not None:
             descriptor.input_schema.CopyFrom(_struct(self.input_schema))
@@ -137,7 +156,7 @@ class Arm:
             streams=lambda: len(runtime.sessions),
         )
         server = grpc.aio.server(options=grpc_options.SERVER_OPTIONS)
-        health = health_aio.HealthServicer()
+        health = HealthServicer()
         arm_grpc.add_ArmServiceServicer_to_server(ArmServicer(runtime), server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
@@ -148,7 +167,7 @@ class Arm:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         host = address.rpartition(":")[0]
-        arm_server = ArmServer(server, runtime, health, host, port)
+        arm_server = ArmServer(server, runtime, health, host, port, on_stop=self._stop_hooks)
         if metrics is not None:
             arm_server.metrics_port = runtime.metrics.serve(*metrics)
         serving = self._available is None or self._available()

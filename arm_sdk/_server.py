@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
 from octollm.v1 import arm_service_pb2 as arm_pb
 
+from arm_sdk._health import HealthServicer
 from arm_sdk._session import ArmRuntime
 
 log = structlog.get_logger(__name__)
 
 ARM_SERVICE_NAME = arm_pb.DESCRIPTOR.services_by_name["ArmService"].full_name
+STOP_HOOK_TIMEOUT_S = 5.0
+
+StopHook = Callable[[], Awaitable[None]]
 
 
 class ArmServer:
@@ -25,11 +29,15 @@ class ArmServer:
         self,
         server: grpc.aio.Server,
         runtime: ArmRuntime,
-        health: health_aio.HealthServicer,
+        health: HealthServicer,
         host: str,
         port: int,
+        *,
+        on_stop: Sequence[StopHook] = (),
     ) -> None:
+        """`on_stop`: hooks run after the drain, last first (see ``Arm.on_stop``)."""
         self._server = server
+        self._stop_hooks = tuple(on_stop)
         self._runtime = runtime
         self._health = health
         self._host = host
@@ -112,4 +120,21 @@ class ArmServer:
         await self._server.stop(max(0.0, deadline - loop.time()))
         if self._runtime.metrics is not None:
             await asyncio.to_thread(self._runtime.metrics.close)
+        for hook in reversed(self._stop_hooks):
+            await self._run_stop_hook(hook)
         log.info("arm_stopped", arm_id=self.arm_id)
+
+    async def _run_stop_hook(self, hook: StopHook) -> None:
+        name = getattr(hook, "__qualname__", repr(hook))
+        timeout_s = STOP_HOOK_TIMEOUT_S
+        limit = asyncio.timeout(timeout_s)
+        try:
+            async with limit:
+                await hook()
+        except Exception:
+            if limit.expired():
+                log.warning(
+                    "arm_stop_hook_timed_out", arm_id=self.arm_id, hook=name, after_s=timeout_s
+                )
+            else:
+                log.exception("arm_stop_hook_failed", arm_id=self.arm_id, hook=name)

@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
@@ -208,7 +209,24 @@ class ExecuteSession:
         self._granted -= 1
         if self._credit_due and self._granted < self._credit_low_water:
             self._out.put_nowait(_Marker.FLUSH_CREDIT)  # wake the writer to return owed credit
-        self.running[subtask_id] = asyncio.create_task(self._run(SubtaskInput.from_proto(dispatch)))
+        try:
+            inp = SubtaskInput.from_proto(dispatch)
+        except ValueError as exc:
+            # NOTE: e.g. NaN in the input, which JSON cannot hold: fail this subtask, not the
+            # stream (a broken stream would fail over every subtask on it, this one again).
+            self._out.put_nowait(
+                _failure(
+                    subtask_id,
+                    dispatch.attempt,
+                    _INVALID_ARGUMENT,
+                    f"the dispatch cannot be read as JSON: {exc}",
+                    "BAD_DISPATCH",
+                    retryable=False,
+                )
+            )
+            self._out.put_nowait(_Marker.SLOT_FREED)
+            return
+        self.running[subtask_id] = asyncio.create_task(self._run(inp))
         self._unaccepted[subtask_id] = dispatch.attempt
         # NOTE: Accepted is optional in the protocol. It is sent only if the handler is still
         # running after its first step, so a handler that answers at once costs one message.

@@ -6,8 +6,11 @@ half-open TCP connection) is only noticed when the kernel gives up, which can ta
 ``CHANNEL_OPTIONS`` (client side, the orchestrator dialling an arm):
 
 - ``grpc.keepalive_time_ms = 10000``: ping the arm every 10 s, even when the stream is idle.
-- ``grpc.keepalive_timeout_ms = 5000``: no ping ack within 5 s closes the connection, so a dead
-  arm is detected within about 15 s and the orchestrator reconnects or reroutes.
+- ``grpc.keepalive_timeout_ms = 5000`` and ``grpc.http2.ping_timeout_ms = 5000``: no ping ack
+  within 5 s closes the connection, so a dead arm is detected within about 15 s and the
+  orchestrator reconnects or reroutes. NOTE: gRPC core (1.85) never fires the keepalive timeout
+  itself (grpc/grpc#39239): an unanswered ping is ended by the ping timeout, 60 s by default, so
+  both are set.
 - ``grpc.keepalive_permit_without_calls = 1``: keep pinging with no RPC in flight.
 - ``grpc.http2.max_pings_without_data = 0``: no cap on pings between data frames (the Execute
   stream can be idle for long stretches).
@@ -18,8 +21,9 @@ half-open TCP connection) is only noticed when the kernel gives up, which can ta
 
 ``SERVER_OPTIONS`` (every arm server):
 
-- ``grpc.keepalive_time_ms = 20000``, ``grpc.keepalive_timeout_ms = 5000``: the arm also pings,
-  so it notices a vanished orchestrator and cancels that stream's handlers.
+- ``grpc.keepalive_time_ms = 20000``, ``grpc.keepalive_timeout_ms = 5000`` and
+  ``grpc.http2.ping_timeout_ms = 5000``: the arm also pings, so it notices a vanished
+  orchestrator and cancels that stream's handlers.
 - ``grpc.http2.min_recv_ping_interval_without_data_ms = 5000``: accept a client ping every 5 s
   or slower, which permits the client's 10 s rate (otherwise the server answers with GOAWAY
   ``too_many_pings``).
@@ -36,6 +40,7 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -47,6 +52,7 @@ CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
 SERVER_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -32,6 +32,7 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from arm_sdk.grpc_options import CHANNEL_OPTIONS
 from benchmarks._raw import N_PINGPONG, N_PIPELINED, ROOT, WARMUP, WINDOW, run_raw
 from orchestrator_svc.mesh import Mesh
+from orchestrator_svc.telemetry.metrics import Metrics
 
 STARTUP_TIMEOUT_S = 30.0  # hang guard only
 
@@ -77,7 +78,8 @@ async def run_mesh(
     payload = struct_pb2.Struct()
     payload.update({"text": "hello"})
     async with echo_arm_process() as address:
-        mesh = Mesh(channel_options=list(CHANNEL_OPTIONS))
+        # NOTE: with the orchestrator's gRPC client metrics, so what they cost is in the figures.
+        mesh = Mesh(channel_options=list(CHANNEL_OPTIONS), rpc_metrics=Metrics().client)
         mesh.add(address)
         async with asyncio.timeout(STARTUP_TIMEOUT_S):
             await mesh.wait_until(lambda: "echo" in mesh.routable_types())

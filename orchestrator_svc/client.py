@@ -56,6 +56,9 @@ def describe_event(event: pb.TaskEvent) -> str:
     return f"{head} {json.dumps(json_format.MessageToDict(event))}"
 
 
+WATCH_BATCH = 100  # events per WatchTask response: fewer messages for the same log
+
+
 async def follow(
     stub: pb_grpc.OrchestratorServiceStub,
     task_id: str,
@@ -68,13 +71,16 @@ async def follow(
     last = after_seq
     for attempt in range(reconnects + 1):
         try:
-            call = stub.WatchTask(pb.WatchTaskRequest(task_id=task_id, after_seq=last))
-            async for response in call:
-                event: pb.TaskEvent = response.event
-                last = event.seq
-                emit(describe_event(event))
-                if event.HasField("finished"):
-                    return event.finished.state
+            request = pb.WatchTaskRequest(
+                task_id=task_id, after_seq=last, max_batch_size=WATCH_BATCH
+            )
+            async for response in stub.WatchTask(request):
+                event: pb.TaskEvent
+                for event in response.events:
+                    last = event.seq
+                    emit(describe_event(event))
+                    if event.HasField("finished"):
+                        return event.finished.state
             break
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == reconnects:

@@ -73,6 +73,25 @@ class Settings(BaseSettings):
     postgres_startup_wait_s: float = Field(
         10.0, ge=0, description="how long start-up waits (with backoff) for PostgreSQL"
     )
+    lease_ttl_s: float = Field(
+        10.0,
+        ge=0.5,
+        description="with PostgreSQL: how long a replica's task leases last without renewal "
+        "(renewed every third of it); a dead replica's tasks resume elsewhere after it",
+    )
+    replica_name: str = Field(
+        "", description="names this replica in task leases (default: the host name)"
+    )
+    redis_url: str = Field(
+        "",
+        pattern=r"^$|^(redis|rediss|unix)://",
+        description="Redis for the cache (redis://host:6379/0); empty = a cache in process memory",
+    )
+    cache_ttl_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long cached LLM replies, plans and deterministic results live; 0 = off",
+    )
     # -- security (issue 7, item 4) ---------------------------------------------------------
     auth_tokens: SecretStr = Field(
         SecretStr(""),
@@ -101,12 +120,42 @@ class Settings(BaseSettings):
     arm_tls_server_name: str = Field(
         "", description="name arm certificates are checked against instead of the dialled host"
     )
+    event_loop: str = Field(
+        "auto",
+        pattern="^(auto|uvloop|asyncio)$",
+        description="event loop of the octollm commands: uvloop (auto: when installed) or asyncio",
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
     otel_endpoint: str = Field(
         "",
         description="OTLP/gRPC collector for task spans (e.g. http://otel:4317; http:// means "
         "plaintext); empty = no export. Needs the `otel` extra",
+    )
+    # -- task memory (issue 5, item 5) ------------------------------------------------------
+    memory: bool = Field(
+        True,
+        description="remember succeeded tasks in Qdrant and show similar ones to the planner "
+        "(on/off)",
+    )
+    memory_path: str = Field(
+        ".octollm/memory",
+        description="folder of the memory in Qdrant local mode; `:memory:` keeps it in process",
+    )
+    memory_timeout_s: float = Field(
+        2.0, gt=0, description="time limit of one memory call (embedding + Qdrant)"
+    )
+    qdrant_url: str = Field(
+        "", description="Qdrant server (http://host:6333) instead of local mode; empty = local"
+    )
+    qdrant_api_key: SecretStr = Field(SecretStr(""), description="API key of the Qdrant server")
+    embeddings_base_url: str = Field(
+        "",
+        description="OpenAI-compatible embeddings endpoint (…/v1); empty = a local hashing "
+        "embedder",
+    )
+    embeddings_model: str = Field(
+        "text-embedding-3-small", description="embeddings model at that endpoint"
     )
 
     # NOTE: field validators, not a model validator: a model validator's error carries every

@@ -11,18 +11,22 @@ from grpc_reflection.v1alpha import reflection
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
+from arm_sdk._health import HealthServicer
 from arm_sdk._tls import listen
 from arm_sdk.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 
+from .api.malformed import MalformedRequestInterceptor
 from .api.servicer import OrchestratorServicer
 from .brain import Brain
 from .config import Settings
-from .engine import TaskRunner, routing
+from .engine import ArmHistoryKeeper, LeaseKeeper, TaskRunner, routing
+from .llm.cached import with_response_cache
 from .llm.configured import client_from_settings
 from .mesh import Discovery, Mesh
 from .security import arm_channel_credentials, arm_channel_options, edge_guard, server_tls
-from .store import open_store
-from .store.ports import TaskStore
+from .store import Cache, open_cache, open_store
+from .store.episodes import memory_from_settings
+from .store.ports import ArmHistory, TaskStore
 from .telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -37,26 +41,33 @@ class Orchestrator:
         """`store` overrides the one the settings choose (opened in start())."""
         self.settings = settings
         self._given_store = store
+        self.metrics = Metrics()
         self.mesh = Mesh(
             channel_options=[*CHANNEL_OPTIONS, *arm_channel_options(settings)],
             default_timeout_s=settings.subtask_timeout_s,
             picker=routing.pick,
             credentials=arm_channel_credentials(settings),
+            rpc_metrics=self.metrics.client,
         )
         self.discovery = Discovery(self.mesh, settings.arm_endpoints, settings.dns_refresh_s)
-        self.metrics = Metrics()
         self.metrics.watch_mesh(self.mesh)
         self.llm = client_from_settings(settings)
+        self.cache: Cache | None = None
+        # Opened in the background by start() (Qdrant takes a while), closed by stop().
+        self.memory = memory_from_settings(settings)
         # Set by start(), once the store is open.
         self.store: TaskStore
         self.runner: TaskRunner
         self.servicer: OrchestratorServicer
-        self.health = health.aio.HealthServicer()
+        self.leases: LeaseKeeper | None = None
+        self.arm_history: ArmHistoryKeeper | None = None
+        self.health = HealthServicer()
         # NOTE: the guard sits after metrics, so rejected calls are counted with their code.
         interceptors = [self.metrics.interceptor()]
         self.guard = edge_guard(settings, SERVICE_NAME, self._task_unfinished)
         if self.guard.active:
             interceptors.append(self.guard)
+        interceptors.append(MalformedRequestInterceptor(SERVICE_NAME))
         self.server = grpc.aio.server(
             options=[
                 *SERVER_OPTIONS,
@@ -79,10 +90,24 @@ class Orchestrator:
         self.store = self._given_store or await open_store(
             self.settings, startup_wait_s=self.settings.postgres_startup_wait_s
         )
+        self.cache = await open_cache(self.settings, self.metrics.observe_cache)
+        brain = Brain(with_response_cache(self.llm, self.cache), cache=self.cache)
         self.runner = TaskRunner(
-            self.store, self.mesh, self.settings, self.metrics, Brain(self.llm)
+            self.store,
+            self.mesh,
+            self.settings,
+            self.metrics,
+            brain,
+            memory=self.memory,
+            cache=self.cache,
         )
         self.servicer = OrchestratorServicer(self.store, self.runner, self.mesh, self.metrics)
+        if isinstance(self.store, ArmHistory):
+            self.arm_history = ArmHistoryKeeper(self.store, self.mesh)
+        if self.runner.leases is not None:
+            self.leases = LeaseKeeper(
+                self.runner.leases, self.runner, max_tasks=self.settings.max_concurrent_tasks
+            )
         pb_grpc.add_OrchestratorServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -99,6 +124,12 @@ class Orchestrator:
             raise OSError(f"cannot listen on {self.settings.listen}")
         self.discovery.start()
         await self.server.start()
+        self.memory.start()
+        if self.leases is not None:
+            # NOTE: after the server and discovery start: claimed tasks need arms to run on.
+            self.leases.start()
+        if self.arm_history is not None:
+            self.arm_history.start()
         if self.settings.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host, self.settings.metrics_port
@@ -138,7 +169,15 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self.servicer.accepting = False  # SubmitTask is UNAVAILABLE from here on
+        if self.leases is not None:
+            self.leases.stop_claiming()
         await self.runner.drain(grace)
+        if self.leases is not None:
+            await self.leases.close()
+        if self.arm_history is not None:
+            await self.arm_history.close()
+        # NOTE: before the store closes: remembering a finished task reads it from the store.
+        await self.memory.close()
         # Every task has ended, so the streams still open are idle watches (e.g. health Watch):
         # give responses a moment to flush, then stop. NOTE: grpc.aio must not be stopped twice
         # concurrently (it can crash), so there is exactly one server.stop call.
@@ -146,6 +185,8 @@ class Orchestrator:
         await self.discovery.close()
         await self.mesh.close()
         await self.store.close()
+        if self.cache is not None:
+            await self.cache.close()
         await self.metrics.close()
         if self.runner.otel is not None:
             await asyncio.to_thread(self.runner.otel.shutdown)

@@ -47,6 +47,8 @@ async def start_orchestrator() -> AsyncIterator[StartOrchestrator]:
     ) -> Orchestrator:
         settings.setdefault("metrics_port", 0)
         settings.setdefault("listen", "127.0.0.1:0")
+        # NOTE: the task memory persists in the working directory by default: tests opt in.
+        settings.setdefault("memory", False)
         config = Settings(arm_endpoints=list(endpoints), **settings)
         orchestrator = await Orchestrator(config).start()
         started.append(orchestrator)

@@ -103,7 +103,8 @@ Rules:
 
 def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm:
     """A new coder arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any)."""
-    client: JSONCompleter | None = llm if llm is not None else llm_client_from_env()
+    owned = llm_client_from_env() if llm is None else None
+    client: JSONCompleter | None = llm if llm is not None else owned
     capabilities: tuple[str, ...] = ("code_generation", "code_analysis", "refactoring")
     if client is not None:
         description = f"Generates or edits code with an LLM ({client.model})"
@@ -122,6 +123,8 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
         arm_id=arm_id,
         available=lambda: client is not None,
     )
+    if owned is not None:
+        arm.on_stop(owned.aclose)  # opened here, so closed here; a given `llm` is the caller's
 
     @arm.handler
     async def code(inp: SubtaskInput) -> SubtaskOutput:

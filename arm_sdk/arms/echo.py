@@ -16,6 +16,7 @@ def build(arm_id: str | None = None) -> Arm:
         cost_tier="low",
         version="0.1.0",
         arm_id=arm_id,
+        deterministic=True,
     )
 
     @arm.handler

@@ -92,7 +92,8 @@ class JudgeOutput(BaseModel):
 
 def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm:
     """A new judge arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any)."""
-    client: JSONCompleter | None = llm if llm is not None else llm_client_from_env()
+    owned = llm_client_from_env() if llm is None else None
+    client: JSONCompleter | None = llm if llm is not None else owned
     how = f"rules, and {client.model} for vague criteria" if client is not None else "rules"
     arm = Arm(
         arm_type="judge",
@@ -108,6 +109,8 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
         output_schema=JudgeOutput.model_json_schema(),
         arm_id=arm_id,
     )
+    if owned is not None:
+        arm.on_stop(owned.aclose)  # opened here, so closed here; a given `llm` is the caller's
     validator = LLMValidator(client) if client is not None else None
 
     @arm.handler

@@ -26,6 +26,7 @@ from arm_sdk.arms._input import bad_input, parse_input
 from arm_sdk.arms._llm import llm_client_from_env, output_with_usage
 from orchestrator_svc.brain import (
     ArmCapability,
+    Episode,
     ExecutionPlan,
     HeuristicIntentParser,
     HeuristicPlanner,
@@ -131,14 +132,18 @@ class _HeuristicFallback(HeuristicPlanner):
         budget: PlanBudget | None = None,
         *,
         acceptance_criteria: Sequence[str] = (),
+        past: Sequence[Episode] = (),
     ) -> tuple[ExecutionPlan, list[str]]:
         self.used = True
-        return super().draft(intent, arms, budget, acceptance_criteria=acceptance_criteria)
+        return super().draft(
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past
+        )
 
 
 def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm:
     """A new planner arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any)."""
-    client: JSONCompleter | None = llm if llm is not None else llm_client_from_env()
+    owned = llm_client_from_env() if llm is None else None
+    client: JSONCompleter | None = llm if llm is not None else owned
     how = f"LLM planning with {client.model}" if client is not None else "heuristic templates"
     arm = Arm(
         arm_type="planner",
@@ -151,6 +156,8 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
         output_schema=PlannerOutput.model_json_schema(),
         arm_id=arm_id,
     )
+    if owned is not None:
+        arm.on_stop(owned.aclose)  # opened here, so closed here; a given `llm` is the caller's
 
     @arm.handler
     async def plan(inp: SubtaskInput) -> SubtaskOutput:

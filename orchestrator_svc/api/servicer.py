@@ -127,9 +127,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self, request: pb.WatchTaskRequest, context: Context
     ) -> AsyncIterator[pb.WatchTaskResponse]:
         try:
-            task_id, after_seq = validation.validate_watch(request)
-            async for event in self._store.watch(task_id, after_seq):
-                yield pb.WatchTaskResponse(event=event)
+            task_id, after_seq, batch = validation.validate_watch(request)
+            if batch == 0:
+                async for event in self._store.watch(task_id, after_seq):
+                    yield pb.WatchTaskResponse(event=event)
+                return
+            async for events in self._store.watch_batches(task_id, after_seq, batch):
+                yield pb.WatchTaskResponse(events=events)
         except ApiError as err:
             await abort(context, err)
         except StoreError as err:

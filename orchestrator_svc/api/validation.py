@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Collection
 
+from google.protobuf import struct_pb2
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
@@ -30,6 +31,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_CHARS = 1024
 MAX_ARM_ID_CHARS = 128
+MAX_JSON_DEPTH = 20
 _MAX_DURATION_NANOS = 999_999_999
 
 # NOTE: matched with fullmatch: `$` would also accept a trailing newline.
@@ -52,6 +54,7 @@ def validate_submit(req: pb.SubmitTaskRequest, served_arm_types: Collection[str]
     """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now."""
     _check_goal(req.goal)
     _check_constraints(req.constraints)
+    _check_json(req.context, "context")
     if len(req.acceptance_criteria) > MAX_ACCEPTANCE_CRITERIA:
         raise invalid_argument(
             "acceptance_criteria",
@@ -113,6 +116,9 @@ def validate_list(req: pb.ListTasksRequest) -> tuple[int, str, frozenset[int]]:
     return page_size, req.page_token, frozenset(req.states)
 
 
+MAX_WATCH_BATCH = 1000
+
+
 def invalid_page_token() -> ApiError:
     """The error for a page_token this server did not issue (the store raised ValueError)."""
     return invalid_argument(
@@ -122,14 +128,21 @@ def invalid_page_token() -> ApiError:
     )
 
 
-def validate_watch(req: pb.WatchTaskRequest) -> tuple[str, int]:
-    """Check a WatchTaskRequest; return (canonical task_id, after_seq)."""
+def validate_watch(req: pb.WatchTaskRequest) -> tuple[str, int, int]:
+    """Check a WatchTaskRequest; return (canonical task_id, after_seq, max_batch_size)."""
     task_id = validate_task_id(req.task_id)
     if req.after_seq < 0:
         raise invalid_argument(
             "after_seq", f"after_seq must be 0 or more (got {req.after_seq})", "NEGATIVE_AFTER_SEQ"
         )
-    return task_id, req.after_seq
+    if not 0 <= req.max_batch_size <= MAX_WATCH_BATCH:
+        raise invalid_argument(
+            "max_batch_size",
+            f"max_batch_size must be 0 (one event per response) to {MAX_WATCH_BATCH} "
+            f"(got {req.max_batch_size})",
+            "BATCH_SIZE_OUT_OF_RANGE",
+        )
+    return task_id, req.after_seq, req.max_batch_size
 
 
 def validate_arm_id(arm_id: str, field: str = "arm_id") -> str:
@@ -175,6 +188,41 @@ def _check_constraints(constraints: Collection[str]) -> None:
                 f"constraints[{index}] must be at most {CONSTRAINT_MAX_CHARS} characters "
                 f"(got {len(constraint)})",
                 "CONSTRAINT_TOO_LONG",
+            )
+
+
+def _check_json(struct: struct_pb2.Struct, field: str) -> None:
+    """A Struct is JSON for the arms and the brain: no NaN or Infinity (valid doubles on the
+    wire, not JSON), and at most MAX_JSON_DEPTH objects and lists deep (protobuf parses 100
+    message levels, and the Task, events and dispatches that carry the Struct add some)."""
+    pending: list[tuple[str, int, struct_pb2.Value]] = [
+        (f"[{key!r}]", 1, value) for key, value in struct.fields.items()
+    ]
+    while pending:
+        path, depth, value = pending.pop()
+        kind = value.WhichOneof("kind")
+        shown = path if len(path) <= 200 else path[:200] + "..."
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            raise invalid_argument(
+                field,
+                f"{field}{shown} must be a finite number (got {value.number_value}); "
+                "JSON has no NaN or Infinity",
+                "NON_FINITE_NUMBER",
+            )
+        if kind in ("struct_value", "list_value") and depth >= MAX_JSON_DEPTH:
+            raise invalid_argument(
+                field,
+                f"{field} must nest objects and lists at most {MAX_JSON_DEPTH} deep "
+                f"(deeper at {shown})",
+                "TOO_DEEP",
+            )
+        if kind == "struct_value":
+            pending.extend(
+                (f"{path}[{k!r}]", depth + 1, v) for k, v in value.struct_value.fields.items()
+            )
+        elif kind == "list_value":
+            pending.extend(
+                (f"{path}[{i}]", depth + 1, v) for i, v in enumerate(value.list_value.values)
             )
 
 
@@ -247,6 +295,7 @@ def _check_plan(plan: pb.Plan, served_arm_types: Collection[str]) -> None:
                 f"plan.steps[{index}].arm_type is required",
                 "MISSING_ARM_TYPE",
             )
+        _check_json(step.input, f"plan.steps[{index}].input")
 
     for index, step in enumerate(steps):
         for dep_index, dependency in enumerate(step.depends_on):

@@ -6,6 +6,7 @@ private: import from here.
 """
 
 from .brain import Brain, IntegrateOutcome, ParseOutcome, ValidateOutcome
+from .episode import Episode, EpisodeStep, StepProvenance
 from .integrate import Integration, LLMIntegrator, answer_steps, integrate
 from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
 from .plan import (
@@ -42,6 +43,8 @@ __all__ = [
     "ArmView",
     "Brain",
     "CriterionCheck",
+    "Episode",
+    "EpisodeStep",
     "ExecutionPlan",
     "HeuristicIntentParser",
     "HeuristicPlanner",
@@ -59,6 +62,7 @@ __all__ = [
     "PlanProblem",
     "PlannedStep",
     "Planner",
+    "StepProvenance",
     "ValidateOutcome",
     "ValidationReport",
     "answer_steps",

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from .episode import Episode
 from .integrate import Integration, LLMIntegrator, answer_steps, integrate
 from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
 from .plan import ArmCapability, ExecutionPlan, PlanBudget
+from .plan_cache import PlanCache
 from .planner import LLMPlanner, Planner, PlanOutcome
 from .validate import LLMValidator, ValidationReport, validate
+
+if TYPE_CHECKING:
+    from ..store.cache import Cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +57,14 @@ def _spent(exc: LLMError) -> LLMUsage:
 
 
 class Brain:
-    """See the module docstring. `client` None means the offline brain."""
+    """See the module docstring. `client` None means the offline brain; with a `cache` (and a
+    client) plans the LLM wrote are reused for the same request (see plan_cache.py)."""
 
-    def __init__(self, client: JSONCompleter | None = None) -> None:
+    def __init__(self, client: JSONCompleter | None = None, *, cache: Cache | None = None) -> None:
         self._client = client
+        self._plan_cache = (
+            PlanCache(cache, client.model) if cache is not None and client is not None else None
+        )
         self._heuristic_parser = HeuristicIntentParser()
         self._llm_parser = LLMIntentParser(client) if client is not None else None
         self._planner = Planner(LLMPlanner(client) if client is not None else None)
@@ -93,11 +102,24 @@ class Brain:
         budget: PlanBudget | None = None,
         *,
         acceptance_criteria: Sequence[str] = (),
+        past: Sequence[Episode] = (),
     ) -> PlanOutcome:
-        """Raises `NoArmsAvailable` (naming the missing arm types) when nothing can run it."""
-        return await self._planner.plan(
-            intent, arms, budget, acceptance_criteria=acceptance_criteria
+        """Raises `NoArmsAvailable` (naming the missing arm types) when nothing can run it.
+
+        `past`: similar finished tasks from the task memory, most similar first (context for
+        the LLM; the offline planner may reuse a near-identical one's plan)."""
+        cache = self._plan_cache if arms else None
+        if cache is not None:
+            key = cache.key(intent, arms, budget, acceptance_criteria)
+            cached = await cache.lookup(key, arms, budget)
+            if cached is not None:
+                return cached
+        outcome = await self._planner.plan(
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past
         )
+        if cache is not None and outcome.from_llm:
+            await cache.store(key, outcome.plan)
+        return outcome
 
     async def integrate(
         self,

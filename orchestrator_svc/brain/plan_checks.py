@@ -143,7 +143,14 @@ def find_cycle(steps: Sequence[PlannedStep]) -> list[str]:
 
 def repair_plan(plan: ExecutionPlan, arms: Sequence[ArmCapability]) -> ExecutionPlan:
     """`plan` with ids, dependencies and arm types fixed where possible; see module docstring."""
-    renamed = _unique_valid_ids(plan.steps)
+    # NOTE: unknown dependencies go before renaming: "a_b" naming no step must not come to
+    # mean the step "a b" once that is renamed to "a_b" (that can invent a cycle).
+    original_ids = {s.step_id for s in plan.steps}
+    known = [
+        dataclasses.replace(step, depends_on=tuple(d for d in step.depends_on if d in original_ids))
+        for step in plan.steps
+    ]
+    renamed = _unique_valid_ids(known)
     ids = {s.step_id for s in renamed}
     cleaned = [
         dataclasses.replace(

@@ -4,7 +4,9 @@ one-step planner the engine used before the brain landed.
 `Planner.plan` asks the LLM first (when configured). An invalid plan is repaired; if it is still
 invalid the LLM is asked once more with the problems fed back; if that fails too, or the LLM
 cannot answer at all, the heuristic planner plans. The notes say which path was taken, for the
-task's event log.
+task's event log. Past tasks recalled from the task memory (`past`, most similar first) are shown
+to the LLM (at most `MAX_PAST_IN_PROMPT`, each cut to size) and offered to the heuristic planner,
+which reuses the plan of a near-identical one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from .episode import Episode
 from .intent import ParsedIntent
 from .plan import (
     ArmCapability,
@@ -87,12 +90,47 @@ def _arms_block(arms: Sequence[ArmCapability]) -> str:
     return "\n".join(lines)
 
 
+MAX_PAST_IN_PROMPT = 3
+_PAST_GOAL_CHARS = 300
+_PAST_STEPS = 10
+_PAST_DESCRIPTION_CHARS = 120
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _past_block(past: Sequence[Episode]) -> list[str]:
+    """The most similar past tasks' goals and plans, bounded in number and size."""
+    best = sorted(past, key=lambda e: e.score, reverse=True)[:MAX_PAST_IN_PROMPT]
+    if not best:
+        return []
+    lines = ["Similar past tasks that succeeded (adapt what fits; use only the arms above):"]
+    for n, episode in enumerate(best, 1):
+        shape = [
+            {
+                "step_id": s.step_id,
+                "arm_type": s.arm_type,
+                "depends_on": list(s.depends_on),
+                "description": _cut(s.description, _PAST_DESCRIPTION_CHARS),
+            }
+            for s in episode.steps[:_PAST_STEPS]
+        ]
+        lines.append(
+            f"{n}. Goal: {_cut(episode.goal, _PAST_GOAL_CHARS)} "
+            f"(similarity {episode.score:.2f}, confidence {episode.confidence:.2f})"
+        )
+        lines.append(f"   Plan: {json.dumps(shape, ensure_ascii=False)}")
+    return lines
+
+
 def plan_user_prompt(
     intent: ParsedIntent,
     budget: PlanBudget | None,
     acceptance_criteria: Sequence[str],
     problems: Sequence[PlanProblem] = (),
     previous: ExecutionPlan | None = None,
+    past: Sequence[Episode] = (),
 ) -> str:
     lines = [f"Goal: {intent.goal}", f"Domain: {intent.domain}; complexity: {intent.complexity}"]
     if intent.constraints:
@@ -106,6 +144,7 @@ def plan_user_prompt(
         lines.append(f"Mentioned: {json.dumps(entities)}")
     if budget is not None and budget.max_tokens > 0:
         lines.append(f"Token budget for the whole plan: {budget.max_tokens}")
+    lines += _past_block(past)
     if problems:
         lines.append("Your previous plan was invalid:")
         lines += [f"- {p.message}" for p in problems]
@@ -143,6 +182,7 @@ class LLMPlanner:
         acceptance_criteria: Sequence[str] = (),
         problems: Sequence[PlanProblem] = (),
         previous: ExecutionPlan | None = None,
+        past: Sequence[Episode] = (),
     ) -> tuple[ExecutionPlan, LLMUsage]:
         """A plan as the LLM wrote it (not validated), with the usage it cost."""
         types = sorted({a.arm_type for a in arms})
@@ -153,7 +193,7 @@ class LLMPlanner:
         )
         draft, usage = await self._client.complete_json(
             system=system,
-            user=plan_user_prompt(intent, budget, acceptance_criteria, problems, previous),
+            user=plan_user_prompt(intent, budget, acceptance_criteria, problems, previous, past),
             schema=PlanDraft,
             max_tokens=self._max_tokens,
             json_schema=plan_json_schema(types),
@@ -186,11 +226,15 @@ class LLMPlanner:
 
 @dataclass(frozen=True, slots=True)
 class PlanOutcome:
-    """The plan to run, what planning cost, and notes on how it came about (for the event log)."""
+    """The plan to run, what planning cost, and notes on how it came about (for the event log).
+
+    `from_llm`: the LLM wrote this plan just now (and it passed validation), so it may be cached.
+    """
 
     plan: ExecutionPlan
     usage: LLMUsage
     notes: tuple[str, ...]
+    from_llm: bool = False
 
 
 class Planner:
@@ -209,6 +253,7 @@ class Planner:
         budget: PlanBudget | None = None,
         *,
         acceptance_criteria: Sequence[str] = (),
+        past: Sequence[Episode] = (),
     ) -> PlanOutcome:
         """Raises `NoArmsAvailable` when no served arm can run any step."""
         if not arms:
@@ -216,18 +261,22 @@ class Planner:
         notes: list[str] = []
         usage = NO_USAGE
         if self._llm is not None:
+            if past:
+                shown = min(len(past), MAX_PAST_IN_PROMPT)
+                notes.append(f"{shown} similar past task(s) given to the planner")
             try:
-                plan, usage, notes = await self._plan_with_llm(
-                    self._llm, intent, arms, budget, acceptance_criteria
+                plan, usage, more = await self._plan_with_llm(
+                    self._llm, intent, arms, budget, acceptance_criteria, past
                 )
             except LLMError as exc:
                 usage = usage + (exc.usage or NO_USAGE)
                 notes.append(f"{exc}; used the heuristic planner")
             else:
+                notes.extend(more)
                 if plan is not None:
-                    return PlanOutcome(plan, usage, tuple(notes))
+                    return PlanOutcome(plan, usage, tuple(notes), from_llm=True)
         plan, heuristic_notes = self._heuristic.draft(
-            intent, arms, budget, acceptance_criteria=acceptance_criteria
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past
         )
         notes.append(plan.rationale)
         notes.extend(heuristic_notes)
@@ -240,9 +289,10 @@ class Planner:
         arms: Sequence[ArmCapability],
         budget: PlanBudget | None,
         criteria: Sequence[str],
+        past: Sequence[Episode],
     ) -> tuple[ExecutionPlan | None, LLMUsage, list[str]]:
         served = {a.arm_type for a in arms}
-        plan, usage = await llm.plan(intent, arms, budget, acceptance_criteria=criteria)
+        plan, usage = await llm.plan(intent, arms, budget, acceptance_criteria=criteria, past=past)
         checked, problems = self._check(plan, arms, served, budget)
         if checked is not None:
             note = f"LLM planned {len(checked.steps)} step(s)"
@@ -257,6 +307,7 @@ class Planner:
                 acceptance_criteria=criteria,
                 problems=problems,
                 previous=plan,
+                past=past,
             )
         except LLMError as exc:
             exc.usage = usage + (exc.usage or NO_USAGE)

@@ -70,20 +70,28 @@ def drop_steps(steps: Sequence[PlannedStep], dropped: Collection[str]) -> list[P
         return list(steps)
     deps_of = {s.step_id: s.depends_on for s in steps}
 
-    def expand(dep: str, seen: frozenset[str]) -> list[str]:
-        if dep not in dropped:
-            return [dep]
-        if dep in seen:
-            return []
-        return [x for d in deps_of.get(dep, ()) for x in expand(d, seen | {dep})]
+    def inherited(step: PlannedStep) -> tuple[str, ...]:
+        # NOTE: an iterative walk that visits each dropped step once: following every path
+        # through a dense run of dropped steps is exponential, and recursion overflows on long
+        # chains. A cycle through a dropped step must not make the step depend on itself.
+        found: dict[str, None] = {}
+        visited: set[str] = set()
+        stack = list(reversed(step.depends_on))
+        while stack:
+            dep = stack.pop()
+            if dep not in dropped:
+                if dep != step.step_id:
+                    found.setdefault(dep)
+            elif dep not in visited:
+                visited.add(dep)
+                stack.extend(reversed(deps_of.get(dep, ())))
+        return tuple(found)
 
-    kept = []
-    for step in steps:
-        if step.step_id in dropped:
-            continue
-        deps = tuple(dict.fromkeys(x for d in step.depends_on for x in expand(d, frozenset())))
-        kept.append(dataclasses.replace(step, depends_on=deps))
-    return kept
+    return [
+        dataclasses.replace(step, depends_on=inherited(step))
+        for step in steps
+        if step.step_id not in dropped
+    ]
 
 
 def remap_steps(steps: Sequence[PlannedStep], arms: Sequence[ArmCapability]) -> Remapped:

@@ -3,6 +3,8 @@
 Simple goals get 3 steps, medium 5, complex up to 7, with fan-out where work is independent
 (two retrievals, tests next to a safety review). Steps are then fitted to the served arms (see
 `remap`); optional steps are dropped, last first, while the estimate exceeds the token budget.
+Given past tasks (from the task memory), the plan of a near-identical past goal is reused instead
+when every arm type it needs is served and it fits the budget.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .episode import Episode, reusable_episode
 from .intent import Complexity, ParsedIntent
 from .lexicon import Domain
 from .plan import (
@@ -23,6 +26,7 @@ from .plan import (
     profile_of,
     sink_ids,
 )
+from .plan_checks import validate_plan
 from .remap import drop_steps, remap_steps
 
 
@@ -243,8 +247,11 @@ class HeuristicPlanner:
         budget: PlanBudget | None = None,
         *,
         acceptance_criteria: Sequence[str] = (),
+        past: Sequence[Episode] = (),
     ) -> ExecutionPlan:
-        return self.draft(intent, arms, budget, acceptance_criteria=acceptance_criteria)[0]
+        return self.draft(intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past)[
+            0
+        ]
 
     def draft(
         self,
@@ -253,23 +260,15 @@ class HeuristicPlanner:
         budget: PlanBudget | None = None,
         *,
         acceptance_criteria: Sequence[str] = (),
+        past: Sequence[Episode] = (),
     ) -> tuple[ExecutionPlan, list[str]]:
         """The plan and notes on what was re-mapped, dropped or trimmed for the budget."""
+        reused = self._reuse(intent, arms, budget, acceptance_criteria, past)
+        if reused is not None:
+            return reused, []
         template = template_for(intent)
-        technologies = tuple(t.lower() for t in intent.entities.get("technologies", []))
         steps = [
-            PlannedStep(
-                step_id=t.step_id,
-                description=t.task,
-                arm_type=t.arm_type,
-                input=step_input(intent, t.task, t.arm_type),
-                depends_on=t.depends_on,
-                acceptance_criteria=t.criteria,
-                required_capabilities=(
-                    profile_of(t.arm_type).capabilities[:1]
-                    + (technologies if t.arm_type in _TECH_AWARE else ())
-                ),
-            )
+            _planned(intent, t.step_id, t.task, t.arm_type, t.depends_on, t.criteria)
             for t in template
         ]
         remapped = remap_steps(steps, arms)
@@ -298,3 +297,60 @@ class HeuristicPlanner:
             rationale=rationale,
         )
         return plan, notes
+
+    @staticmethod
+    def _reuse(
+        intent: ParsedIntent,
+        arms: Sequence[ArmCapability],
+        budget: PlanBudget | None,
+        acceptance_criteria: Sequence[str],
+        past: Sequence[Episode],
+    ) -> ExecutionPlan | None:
+        """The plan of a near-identical past task, when every arm type it needs is served now
+        and it still passes the plan checks (budget included); else None."""
+        served = {a.arm_type for a in arms}
+        episode = reusable_episode(past, served)
+        if episode is None:
+            return None
+        steps = [
+            _planned(intent, s.step_id, s.description, s.arm_type, s.depends_on)
+            for s in episode.steps
+        ]
+        duration, tokens = estimate(steps)
+        plan = ExecutionPlan(
+            plan_id=str(uuid.uuid4()),
+            steps=with_task_criteria(steps, acceptance_criteria),
+            estimated_duration_s=duration,
+            estimated_tokens=tokens,
+            rationale=(
+                f"reused the plan of a similar past task {episode.task_id} "
+                f"(score {episode.score:.2f})"
+            ),
+        )
+        return None if validate_plan(plan, served, budget) else plan
+
+
+def _planned(
+    intent: ParsedIntent,
+    step_id: str,
+    task: str,
+    arm_type: str,
+    depends_on: tuple[str, ...],
+    criteria: tuple[str, ...] = (),
+) -> PlannedStep:
+    """A step of an offline plan. It asks its arm for the arm type's main capability, plus the
+    goal's technologies on the arms that write or run code."""
+    technologies = (
+        tuple(t.lower() for t in intent.entities.get("technologies", []))
+        if arm_type in _TECH_AWARE
+        else ()
+    )
+    return PlannedStep(
+        step_id=step_id,
+        description=task,
+        arm_type=arm_type,
+        input=step_input(intent, task, arm_type),
+        depends_on=depends_on,
+        acceptance_criteria=criteria,
+        required_capabilities=profile_of(arm_type).capabilities[:1] + technologies,
+    )

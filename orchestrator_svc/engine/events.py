@@ -6,10 +6,18 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
+import structlog
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from ..store.ports import TaskStore
+from ..store.ports import LeaseLost, StoreError, StoreUnavailable, TaskClosed, TaskStore
+
+log = structlog.get_logger(__name__)
+
+# How long a task keeps retrying its appends while the store is unavailable, before it fails.
+STORE_OUTAGE_S = 120.0
+_RETRY_INITIAL_S = 0.05
+_RETRY_MAX_S = 2.0
 
 
 def state_changed(
@@ -38,6 +46,13 @@ class TaskEventLog:
 
     `emit` never blocks, so synchronous callbacks (arm progress) can record events; `flush`
     waits until everything emitted so far is in the store.
+
+    Appends are made as the task's owner. When the store is briefly unavailable (a PostgreSQL
+    restart), the batch is retried with backoff for up to `outage_s`; an append whose outcome
+    is unknown is checked against the log's last seq first, so no event is written twice. When
+    the store refuses the log for good (another replica took the task over, or it was ended
+    elsewhere), `on_lost` is called once and every later emit is dropped: the task is no longer
+    this replica's to record.
     """
 
     def __init__(
@@ -47,16 +62,26 @@ class TaskEventLog:
         usage: common_pb2.Usage,
         observe: Callable[[pb.TaskEvent], None] | None = None,
         record_append: Callable[[float], None] | None = None,
+        *,
+        last_seq: int = 0,
+        on_lost: Callable[[StoreError], None] | None = None,
+        outage_s: float = STORE_OUTAGE_S,
     ) -> None:
         self._store = store
         self._record_append = record_append
         self._observe = observe
         self._task_id = task_id
+        self._on_lost = on_lost
+        self._outage_s = outage_s
         self.usage = usage
+        self.last_seq = last_seq
+        self.lost: StoreError | None = None
         self._buffer: list[pb.TaskEvent] = []
         self._writer: asyncio.Task[None] | None = None
 
     def emit(self, event: pb.TaskEvent) -> None:
+        if self.lost is not None:
+            return
         event.usage.CopyFrom(self.usage)
         self._buffer.append(event)
         if self._observe is not None:
@@ -71,10 +96,63 @@ class TaskEventLog:
             self._writer.result()  # surface a store failure to the task runner
 
     async def _drain(self) -> None:
-        while self._buffer:
+        while self._buffer and self.lost is None:
             batch: Sequence[pb.TaskEvent] = self._buffer
             self._buffer = []
             started = time.perf_counter()
-            await self._store.append(self._task_id, batch)
+            await self._append(batch)
             if self._record_append is not None:
                 self._record_append(time.perf_counter() - started)
+
+    async def _append(self, batch: Sequence[pb.TaskEvent]) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._outage_s
+        delay = _RETRY_INITIAL_S
+        while True:
+            try:
+                self.last_seq = await self._store.append(self._task_id, batch, as_owner=True)
+                return
+            except (LeaseLost, TaskClosed) as exc:
+                self._lose(exc)
+                return
+            except StoreUnavailable as exc:
+                if loop.time() >= give_up:
+                    raise
+                log.warning(
+                    "task_events_append_retrying",
+                    task_id=self._task_id,
+                    events=len(batch),
+                    error=str(exc),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+            if await self._committed(len(batch)):
+                return
+
+    async def _committed(self, size: int) -> bool:
+        """After an append of unknown outcome: True when the log shows it was committed.
+
+        NOTE: sound because the owner is the log's only writer but for a final `finished`
+        (CancelTask elsewhere), after which the retried append is refused anyway.
+        """
+        try:
+            task = await self._store.get(self._task_id)
+        except StoreUnavailable:
+            return False
+        if task.last_seq >= self.last_seq + size:
+            self.last_seq = task.last_seq
+            return True
+        return False
+
+    def stop_recording(self, why: str) -> None:
+        """Drop this and every later event: the task is handed to another replica."""
+        if self.lost is None:
+            self.lost = StoreError(why)
+            self._buffer.clear()
+
+    def _lose(self, why: StoreError) -> None:
+        self.lost = why
+        self._buffer.clear()
+        log.warning("task_events_refused", task_id=self._task_id, reason=str(why))
+        if self._on_lost is not None:
+            self._on_lost(why)

@@ -24,7 +24,7 @@ def view(conn: ArmConnection) -> ArmView:
         success_rate=stats.success_rate,
         mean_latency_s=stats.mean_latency_s,
         cost_tier=d.cost_tier if d is not None else 0,
-        samples=stats.succeeded + stats.failed,
+        samples=stats.samples,
     )
 
 

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from graphlib import TopologicalSorter
@@ -36,7 +37,9 @@ from ..brain import (
 from ..config import Settings
 from ..llm import LLMUsage
 from ..mesh import Mesh, MeshEvent, Outcome, mesh_failure
-from ..store.ports import TaskStore
+from ..store.cache import Cache
+from ..store.episodes import TaskMemory
+from ..store.ports import StoreError, TaskLeases, TaskStore
 from ..store.projection import TERMINAL_TASK_STATES, subtask_id_for
 from ..telemetry import trace
 from ..telemetry.metrics import Metrics
@@ -45,11 +48,22 @@ from . import convert, events
 from .events import TaskEventLog
 from .output_check import OutputChecker
 from .recovery import RecoveryBudget
+from .result_cache import SubtaskResultCache
 
 log = structlog.get_logger(__name__)
 
 MAX_REPAIRS = 3
 JUDGE_CONTEXT_CHARS = 20_000
+
+# A task resumed in one of these states has its plan; it goes on with the steps not yet done.
+_PLANNED_STATES = frozenset(
+    {
+        pb.TASK_STATE_EXECUTING,
+        pb.TASK_STATE_INTEGRATING,
+        pb.TASK_STATE_VALIDATING,
+        pb.TASK_STATE_REPAIRING,
+    }
+)
 
 _SUBTASK_STATE_OF = {
     "queued": pb.SUBTASK_STATE_READY,
@@ -83,34 +97,70 @@ class TaskRunner:
         settings: Settings,
         metrics: Metrics | None = None,
         brain: Brain | None = None,
+        memory: TaskMemory | None = None,
+        cache: Cache | None = None,
     ) -> None:
+        """`memory`: past tasks for the planner; succeeded tasks are remembered there.
+        `cache`: results of deterministic arms are reused from it for the same work."""
         self.store = store
+        self.memory = memory
         self.mesh = mesh
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.brain = brain or Brain()
         self.output_checker = OutputChecker()
+        self.result_cache = SubtaskResultCache(cache, mesh)
         self.otel = tracer_from_settings(settings)
+        # Leases, when the store is shared by several replicas (engine/leases.py keeps them).
+        self.leases = store if isinstance(store, TaskLeases) else None
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._runs: dict[str, TaskRun] = {}
         # NOTE: accepted tasks beyond the limit wait here in PENDING; none is dropped.
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
         self._cancel_reasons: dict[str, str] = {}
+        # Tasks this replica stopped running without recording an end (lost or handed off).
+        self._abandoned: set[str] = set()
 
     @property
     def running(self) -> int:
         return len(self._running)
 
+    def running_ids(self) -> set[str]:
+        return set(self._running)
+
     def is_running(self, task_id: str) -> bool:
         """True from start() until the task's terminal state is recorded (waiting included)."""
         return task_id in self._running
 
-    def start(self, task: pb.Task) -> None:
-        """Begin running an accepted task in the background."""
+    def start(self, task: pb.Task, *, resumed: bool = False) -> None:
+        """Begin running an accepted task in the background.
+
+        `resumed`: the task comes from the store as another replica left it (its lease
+        expired); it goes on from its event log: done steps keep their outputs, steps that
+        were in flight are dispatched again with the same subtask id and the next attempt.
+        """
         if task.task_id in self._running or task.state in TERMINAL_TASK_STATES:
             return
-        runner = asyncio.create_task(self._run(task), name=f"task {task.task_id}")
+        self._abandoned.discard(task.task_id)
+        runner = asyncio.create_task(self._run(task, resumed), name=f"task {task.task_id}")
         self._running[task.task_id] = runner
         runner.add_done_callback(lambda _: self._running.pop(task.task_id, None))
+
+    def abandon(self, task_id: str, why: str) -> None:
+        """Stop running a task here without recording anything: another replica owns it now
+        (or will), and its subtasks in flight here are cancelled at their arms."""
+        runner = self._running.get(task_id)
+        if runner is None or task_id in self._abandoned:
+            return
+        log.warning("task_abandoned", task_id=task_id, why=why)
+        self._abandoned.add(task_id)
+        run = self._runs.get(task_id)
+        if run is not None:
+            run.events.stop_recording(why)
+        runner.cancel()
+
+    def abandoned(self, task_id: str) -> bool:
+        return task_id in self._abandoned
 
     async def cancel(self, task_id: str, reason: str) -> None:
         """Cancel a running task and wait until its CANCELLED state is recorded."""
@@ -122,24 +172,43 @@ class TaskRunner:
         await asyncio.wait([runner])
 
     async def drain(self, grace_s: float) -> None:
-        """Let running tasks finish for up to `grace_s`, then cancel what is left."""
+        """Let running tasks finish for up to `grace_s`; then hand what is left to the other
+        replicas (shared store: their leases are released, nothing is recorded), or cancel it
+        (a store of this process alone)."""
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=grace_s)
-        for task_id in list(self._running):
-            await self.cancel(task_id, "orchestrator shutting down")
+        left = list(self._running)
+        if self.leases is None or not left:
+            for task_id in left:
+                await self.cancel(task_id, "orchestrator shutting down")
+            return
+        runners = [self._running[task_id] for task_id in left]
+        for task_id in left:
+            self.abandon(task_id, "handed off at shutdown")
+        await asyncio.wait(runners)
+        try:
+            await self.leases.release(left)
+        except StoreError as exc:
+            # NOTE: nothing is lost: the leases expire by themselves a little later.
+            log.warning("task_leases_release_failed", tasks=len(left), error=str(exc))
+        log.info("tasks_handed_off", tasks=len(left))
 
-    async def _run(self, task: pb.Task) -> None:
-        run = TaskRun(self, task)
+    async def _run(self, task: pb.Task, resumed: bool) -> None:
+        run = self._runs[task.task_id] = TaskRun(self, task, resumed=resumed)
         try:
             async with self._slots:
                 await run.run()
         except asyncio.CancelledError:
+            if task.task_id in self._abandoned:
+                return
             if task.task_id not in self._cancel_reasons:
                 raise
             # Cancelled while waiting for a slot: nothing ran, so only the end is recorded.
             await run.cancelled(self._cancel_reasons.pop(task.task_id))
         else:
             self._cancel_reasons.pop(task.task_id, None)
+        finally:
+            self._runs.pop(task.task_id, None)
 
     def cancel_reason(self, task_id: str) -> str:
         return self._cancel_reasons.get(task_id, "cancelled")
@@ -148,27 +217,40 @@ class TaskRunner:
 class TaskRun:
     """One task's execution state, from admission to its terminal event."""
 
-    def __init__(self, runner: TaskRunner, task: pb.Task) -> None:
+    def __init__(self, runner: TaskRunner, task: pb.Task, *, resumed: bool = False) -> None:
         self.r = runner
         self.task = task
+        self.resumed = resumed
         self.log = log.bind(task_id=task.task_id, trace_id=trace.trace_id(task.traceparent))
         created_ns = task.create_time.ToNanoseconds()
+        usage = common_pb2.Usage()
+        if resumed:
+            usage.CopyFrom(task.usage)
         self.events = TaskEventLog(
             runner.store,
             task.task_id,
-            common_pb2.Usage(),
+            usage,
             observe=lambda event: runner.metrics.observe(event, created_ns),
             record_append=runner.metrics.store_append_seconds.observe,
+            last_seq=task.last_seq,
+            on_lost=lambda why: runner.abandon(task.task_id, str(why)),
         )
         self.state = task.state
         self.outputs: dict[str, struct_pb2.Struct] = {}
         self.confidences: dict[str, float] = {}
         self.attempts: dict[str, int] = {}
+        if resumed:
+            for sub in task.subtasks:
+                self.attempts[sub.step_id] = sub.attempt
+                if sub.state == pb.SUBTASK_STATE_SUCCEEDED:
+                    self.outputs[sub.step_id] = sub.output
+                    self.confidences[sub.step_id] = sub.confidence
         self.deadline = 0.0
         self.side_calls = 0  # judge and safety calls made outside the plan, for their ids
         # What planning and integration see: the safety arm's redaction when OCTOLLM_SAFETY=on.
         self.goal = task.goal
         self.constraints = list(task.constraints)
+        self.domain = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -192,16 +274,27 @@ class TaskRun:
 
     async def _run(self) -> None:
         timeout = self._task_timeout()
+        planned = self.resumed and self.task.state in _PLANNED_STATES
+        succeeded = False
         try:
             self.deadline = asyncio.get_running_loop().time() + timeout
+            if planned:
+                # NOTE: a resumed task's deadline counts from its creation, not from now.
+                self.deadline -= max(0.0, time.time() - self.task.create_time.ToSeconds())
             async with asyncio.timeout_at(self.deadline):
                 guarded = await self._guard_input() if self.r.settings.safety else ()
-                plan, notes = await self._plan(guarded)
-                self.events.emit(pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan)))
-                self.move(pb.TASK_STATE_EXECUTING, f"running {len(plan.steps)} step(s)", notes)
-                await self._run_dag(plan)
+                if planned:
+                    plan = self.task.plan
+                    self._announce_resume(plan, guarded)
+                    await self._run_dag(plan, only=self._steps_not_done(plan))
+                else:
+                    plan, notes = await self._plan(guarded)
+                    self.events.emit(pb.TaskEvent(plan_created=pb.PlanCreated(plan=plan)))
+                    self.move(pb.TASK_STATE_EXECUTING, f"running {len(plan.steps)} step(s)", notes)
+                    await self._run_dag(plan)
                 result = await self._integrate_and_validate(plan)
                 self.events.emit(events.finished(pb.TASK_STATE_SUCCEEDED, result=result))
+                succeeded = True
             self.log.info("task_succeeded")
         except TimeoutError:
             failure = mesh_failure(
@@ -218,6 +311,9 @@ class TaskRun:
                 "task_stopped", state=pb.TaskState.Name(stop.state), reason=stop.failure.reason
             )
         except asyncio.CancelledError:
+            if self.r.abandoned(self.task.task_id):
+                self.log.info("task_left_to_another_replica")
+                raise
             reason = self.r.cancel_reason(self.task.task_id)
             failure = mesh_failure(grpc.StatusCode.CANCELLED, "TASK_CANCELLED", reason, False)
             self._stop(pb.TASK_STATE_CANCELLED, failure)
@@ -229,6 +325,27 @@ class TaskRun:
             )
             self._stop(pb.TASK_STATE_FAILED, failure)
         await self.events.flush()
+        memory = self.r.memory
+        if succeeded and memory is not None and self.events.lost is None:
+            # NOTE: from the store, after the flush, so the memory sees the task as recorded.
+            memory.remember_soon(
+                functools.partial(self.r.store.get, self.task.task_id),
+                goal=self.goal,
+                domain=self.domain,
+            )
+
+    def _announce_resume(self, plan: pb.Plan, guarded: tuple[str, ...]) -> None:
+        done = len(self.outputs.keys() & {step.step_id for step in plan.steps})
+        owner = self.r.leases.owner if self.r.leases is not None else "this replica"
+        self.move(
+            pb.TASK_STATE_EXECUTING,
+            f"resumed by {owner} from the event log: {done} of {len(plan.steps)} step(s) done",
+            guarded,
+        )
+        self.log.info("task_resumed", steps_done=done, steps=len(plan.steps))
+
+    def _steps_not_done(self, plan: pb.Plan) -> set[str]:
+        return {step.step_id for step in plan.steps if step.step_id not in self.outputs}
 
     async def cancelled(self, reason: str) -> None:
         """Record the end of a task cancelled before it was admitted."""
@@ -275,12 +392,15 @@ class TaskRun:
         )
         self._spend(parsed.usage, "parse")
         intent = parsed.intent
+        self.domain = intent.domain
         self.move(
             pb.TASK_STATE_PLANNING,
             f"planning a {intent.complexity} {intent.domain} task",
             parsed.notes,
         )
         budget = task.budget
+        memory = self.r.memory
+        past = await memory.recall(self.goal) if memory is not None else []
         try:
             outcome = await brain.plan(
                 intent,
@@ -292,6 +412,7 @@ class TaskRun:
                     max_time_s=self._task_timeout(),
                 ),
                 acceptance_criteria=list(task.acceptance_criteria),
+                past=past,
             )
         except NoArmsAvailable as exc:
             raise TaskStopped(
@@ -543,6 +664,9 @@ class TaskRun:
                 if outcome.result is not None:
                     self.outputs[step_id] = outcome.result.output
                     self.confidences[step_id] = outcome.result.confidence
+                    # NOTE: a result is committed before anything acts on it: a dependant is
+                    # never dispatched with an input the log could lose in a crash.
+                    await self.events.flush()
                     graph.done(step_id)
                     over = self._over_budget()
                     if over is not None:
@@ -669,6 +793,11 @@ class TaskRun:
         try:
             while True:
                 dispatch.attempt += 1
+                cached = await self.r.result_cache.lookup(step.arm_type, dispatch)
+                if cached is not None:
+                    step_log.debug("subtask_result_cached", arm_id=cached.provenance.arm_id)
+                    outcome = Outcome(cached.provenance.arm_id, dispatch.attempt, result=cached)
+                    break
                 outcome = await mesh.execute(
                     step.arm_type,
                     dispatch,
@@ -677,13 +806,15 @@ class TaskRun:
                     on_event=on_event,
                     avoid_arm=avoid,
                 )
-                if outcome.result is not None:
+                result = outcome.result
+                if result is not None:
                     conn = mesh.arm(outcome.arm_id)
-                    invalid = self.r.output_checker.check(
-                        conn.descriptor if conn is not None else None, outcome.result.output
-                    )
+                    descriptor = conn.descriptor if conn is not None else None
+                    invalid = self.r.output_checker.check(descriptor, result.output)
                     if invalid is not None:
                         outcome = Outcome(outcome.arm_id, outcome.attempt, failure=invalid)
+                    else:
+                        await self.r.result_cache.store(descriptor, dispatch, result)
                 if outcome.failure is None:
                     break
                 retry = recovery.next(outcome.failure, outcome.arm_id)

@@ -1,9 +1,11 @@
 """The LLM port: an OpenAI-compatible client returning validated pydantic models.
 
 The brain depends on `JSONCompleter` (a Protocol); `OpenAICompatibleClient` implements it over
-`openai.AsyncOpenAI`. With no client configured the brain uses its offline heuristics.
+`openai.AsyncOpenAI`; `CachedCompleter` answers repeated prompts from a cache. With no client
+configured the brain uses its offline heuristics.
 """
 
+from .cached import CachedCompleter
 from .client import RESPONSE_FORMAT_MODES, OpenAICompatibleClient, ResponseFormatMode
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
 from .port import JSONCompleter
@@ -12,6 +14,7 @@ from .usage import NO_USAGE, LLMUsage
 __all__ = [
     "NO_USAGE",
     "RESPONSE_FORMAT_MODES",
+    "CachedCompleter",
     "JSONCompleter",
     "LLMError",
     "LLMInvalidOutput",

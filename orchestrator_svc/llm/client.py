@@ -107,6 +107,11 @@ class OpenAICompatibleClient:
         return self._model
 
     @property
+    def temperature(self) -> float | None:
+        """The sampling temperature sent with every request (None: the server's default)."""
+        return self._temperature
+
+    @property
     def response_format_mode(self) -> ResponseFormatMode | None:
         """The response_format the server accepted last, or None before the first answer."""
         return None if self._mode_index is None else RESPONSE_FORMAT_MODES[self._mode_index]
@@ -293,7 +298,19 @@ class OpenAICompatibleClient:
                 raise self._cool_down(
                     LLMUnavailable(f"LLM unavailable (bad response: {exc.message[:200]})")
                 ) from None
+            except ValueError as exc:
+                # NOTE: the SDK parses a 200 body as JSON without wrapping the error.
+                self._log_call(mode, attempt, started, "bad_response")
+                raise self._cool_down(
+                    LLMUnavailable(f"LLM unavailable (bad response: {type(exc).__name__})")
+                ) from None
             else:
+                if not _is_chat_completion(completion):
+                    # NOTE: the SDK builds responses without validating them.
+                    self._log_call(mode, attempt, started, "bad_response")
+                    raise self._cool_down(
+                        LLMUnavailable("LLM unavailable (bad response: not a chat completion)")
+                    )
                 usage = completion.usage
                 self._log_call(
                     mode,
@@ -419,4 +436,21 @@ def _feedback(exc: ValidationError, finish_reason: str) -> str:
         + "\n".join(lines)
         + cut
         + "\nReply again with only one JSON object that fixes these errors."
+    )
+
+
+def _is_chat_completion(completion: object) -> bool:
+    """True if `completion` has the shape the client reads: a list of choices, each with a
+    message whose content is text or None, and integer token counts when usage is given."""
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        content = getattr(getattr(choice, "message", None), "content", 0)
+        if content is not None and not isinstance(content, str):
+            return False
+    usage = getattr(completion, "usage", None)
+    return usage is None or all(
+        isinstance(getattr(usage, name, None), int)
+        for name in ("prompt_tokens", "completion_tokens")
     )

@@ -77,6 +77,28 @@ class ConnectionOwner(Protocol):
     def claim_arm_id(self, conn: ArmConnection, arm_id: str) -> bool: ...
 
 
+class MessageCount(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class CallMeter(Protocol):
+    """One method's gRPC client metrics: `start`/`end` around a call, ``inc`` per message."""
+
+    @property
+    def msg_sent(self) -> MessageCount: ...
+    @property
+    def msg_received(self) -> MessageCount: ...
+    def start(self) -> float: ...
+    def end(self, code: grpc.StatusCode, started: float) -> None: ...
+
+
+class RPCMetrics(Protocol):
+    """The gRPC client metrics of arm connections (telemetry.grpc_client.ClientMetrics)."""
+
+    def interceptors(self) -> list[grpc.aio.ClientInterceptor]: ...
+    def meter(self, grpc_type: str, method: str) -> CallMeter: ...
+
+
 @dataclass(slots=True)
 class ArmStats:
     """Moving-window health of an arm, for routing and ListArms."""
@@ -85,7 +107,22 @@ class ArmStats:
     failed: int = 0
     success_rate: float = 1.0
     mean_latency_s: float = 0.0
+    # Outcomes seen before this connection (by other replicas, or before a restart).
+    earlier: int = 0
     ALPHA: float = field(default=0.1, repr=False)
+
+    @property
+    def samples(self) -> int:
+        """How many outcomes the moving averages stand for."""
+        return self.earlier + self.succeeded + self.failed
+
+    def start_from(self, success_rate: float, mean_latency_s: float, samples: int) -> None:
+        """Carry on from what was seen of the arm before (when nothing was seen here yet)."""
+        if self.succeeded or self.failed:
+            return
+        self.success_rate = min(1.0, max(0.0, success_rate))
+        self.mean_latency_s = max(0.0, mean_latency_s)
+        self.earlier = max(0, samples)
 
     def record(self, ok: bool, latency_s: float) -> None:
         if ok:
@@ -116,6 +153,7 @@ class Backoff:
 
 # Outcomes that mean "this arm could not take it", not "the subtask failed": re-route them.
 _REQUEUE_REASONS = frozenset({"ARM_DRAINING", "CREDIT_EXCEEDED"})
+_EXECUTE = f"/{arm_pb.DESCRIPTOR.services_by_name['ArmService'].full_name}/Execute"
 
 
 class ArmConnection:
@@ -129,6 +167,7 @@ class ArmConnection:
         channel_options: list[tuple[str, int | str]],
         credentials: grpc.ChannelCredentials | None = None,
         health_service: str = "",
+        rpc_metrics: RPCMetrics | None = None,
     ) -> None:
         self.address = address
         self.descriptor: arm_pb.ArmDescriptor | None = None
@@ -137,10 +176,20 @@ class ArmConnection:
         self.in_flight: dict[str, Pending] = {}
         self._owner = owner
         self._health_service = health_service
+        # NOTE: the interceptors count unary and server-stream calls only; Execute is counted
+        # here (a stream-stream interceptor would slow every message down).
+        interceptors = rpc_metrics.interceptors() if rpc_metrics is not None else None
+        self._execute_meter = (
+            rpc_metrics.meter("bidi_stream", _EXECUTE) if rpc_metrics is not None else None
+        )
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=channel_options)
+            self._channel = grpc.aio.insecure_channel(
+                address, options=channel_options, interceptors=interceptors
+            )
         else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
+            self._channel = grpc.aio.secure_channel(
+                address, credentials, options=channel_options, interceptors=interceptors
+            )
         self._stub = arm_grpc.ArmServiceStub(self._channel)
         self._health_stub = health_pb2_grpc.HealthStub(self._channel)
         self._outbox: asyncio.Queue[arm_pb.ExecuteRequest] = asyncio.Queue()
@@ -247,10 +296,20 @@ class ArmConnection:
             await asyncio.sleep(backoff.next())
 
     async def _run_stream(self, backoff: Backoff) -> None:
+        meter = self._execute_meter
+        started = meter.start() if meter is not None else 0.0
+        received = meter.msg_received if meter is not None else None
+        # NOTE: the stream ends OK at EOF, with the error's code on an RPC error; anything else
+        # ends it by call.cancel() below.
+        code = grpc.StatusCode.CANCELLED
         call = self._stub.Execute()
         writer: asyncio.Task[None] | None = None
         try:
             first = await asyncio.wait_for(call.read(), HELLO_TIMEOUT_S)
+            if first is grpc.aio.EOF:
+                code = grpc.StatusCode.OK
+            elif received is not None:
+                received.inc()
             if first is grpc.aio.EOF or not first.HasField("hello"):
                 raise ProtocolViolation("first message on Execute must be Hello")
             descriptor = first.hello.descriptor
@@ -272,18 +331,29 @@ class ArmConnection:
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
+                    code = grpc.StatusCode.OK
                     self._log.info("arm_stream_ended")
                     return
+                if received is not None:
+                    received.inc()
                 self._on_message(msg)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            raise
         finally:
             if writer is not None:
                 writer.cancel()
             call.cancel()
+            if meter is not None:
+                meter.end(code, started)
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         outbox = self._outbox
+        sent = self._execute_meter.msg_sent if self._execute_meter is not None else None
         while True:
             await call.write(await outbox.get())
+            if sent is not None:
+                sent.inc()
 
     def _on_message(self, msg: arm_pb.ExecuteResponse) -> None:
         kind = msg.WhichOneof("kind")

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 
-from .connection import ArmConnection, MeshEvent, Outcome, Pending
+from .connection import ArmConnection, MeshEvent, Outcome, Pending, RPCMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +48,12 @@ class Mesh:
         default_timeout_s: float = 60.0,
         max_failovers: int = 3,
         picker: Callable[[list[ArmConnection], str], ArmConnection] | None = None,
+        rpc_metrics: RPCMetrics | None = None,
     ) -> None:
+        """`rpc_metrics` counts the gRPC calls of every arm connection (client side)."""
         self._channel_options = channel_options
         self._credentials = credentials
+        self._rpc_metrics = rpc_metrics
         self._default_timeout_s = default_timeout_s
         self._max_failovers = max_failovers
         self._pick = picker or least_loaded
@@ -66,7 +70,11 @@ class Mesh:
         conn = self._by_address.get(address)
         if conn is None:
             conn = ArmConnection(
-                address, self, channel_options=self._channel_options, credentials=self._credentials
+                address,
+                self,
+                channel_options=self._channel_options,
+                credentials=self._credentials,
+                rpc_metrics=self._rpc_metrics,
             )
             self._by_address[address] = conn
             conn.start()
@@ -256,6 +264,20 @@ class Mesh:
             pending.connection = None
             pending.failovers += 1
             subtask_id = pending.dispatch.subtask_id
+            if not _readable(pending.dispatch):
+                # NOTE: checked only here, off the hot path: the arm could not parse this
+                # dispatch and dropped its stream; sending it again would drop the next one.
+                failure = mesh_failure(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "DISPATCH_TOO_DEEP",
+                    "the subtask's input or context is nested deeper than protobuf's 100 "
+                    "levels, so no arm can read it",
+                    retryable=False,
+                )
+                pending.future.set_result(
+                    Outcome(conn.arm_id, pending.dispatch.attempt, failure=failure)
+                )
+                continue
             if pending.failovers > self._max_failovers:
                 failure = mesh_failure(
                     grpc.StatusCode.UNAVAILABLE,
@@ -283,6 +305,17 @@ class Mesh:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def _readable(dispatch: arm_pb.Dispatch) -> bool:
+    """True if an arm can parse `dispatch` on its Execute stream (protobuf's depth limit)."""
+    try:
+        arm_pb.ExecuteRequest.FromString(
+            arm_pb.ExecuteRequest(dispatch=dispatch).SerializeToString()
+        )
+    except DecodeError:
+        return False
+    return True
 
 
 def least_loaded(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:

@@ -1,23 +1,38 @@
 """Task store: the TaskStore port, the event-log projection, and its adapters.
 
 `open_store(settings)` is the one place an adapter is chosen: process memory by default, or
-PostgreSQL (migrated at start-up) when `settings.postgres_dsn` is set.
+PostgreSQL (migrated at start-up) when `settings.postgres_dsn` is set. `open_cache(settings)` does
+the same for the cache (store/cache.py): process memory by default, Redis with `redis_url`.
 """
 
 from __future__ import annotations
 
 from orchestrator_svc.config import Settings
+from orchestrator_svc.store.cache import (
+    Cache,
+    InMemoryCache,
+    RedisCache,
+    cache_key,
+    open_cache,
+)
 from orchestrator_svc.store.memory import InMemoryTaskStore
 from orchestrator_svc.store.migrate import MigrationError, migrate
 from orchestrator_svc.store.ports import (
     IdempotencyConflict,
+    LeaseLost,
     StoreClosed,
     StoreError,
+    StoreUnavailable,
     TaskClosed,
+    TaskLeases,
     TaskNotFound,
     TaskStore,
 )
-from orchestrator_svc.store.postgres import CorruptRecord, PostgresTaskStore, StoreUnavailable
+from orchestrator_svc.store.postgres import (
+    CorruptRecord,
+    PostgresTaskStore,
+    default_owner,
+)
 from orchestrator_svc.store.projection import (
     TERMINAL_SUBTASK_STATES,
     TERMINAL_TASK_STATES,
@@ -28,19 +43,26 @@ from orchestrator_svc.store.projection import (
 __all__ = [
     "TERMINAL_SUBTASK_STATES",
     "TERMINAL_TASK_STATES",
+    "Cache",
     "CorruptRecord",
     "IdempotencyConflict",
+    "InMemoryCache",
     "InMemoryTaskStore",
+    "LeaseLost",
     "MigrationError",
     "PostgresTaskStore",
+    "RedisCache",
     "StoreClosed",
     "StoreError",
     "StoreUnavailable",
     "TaskClosed",
+    "TaskLeases",
     "TaskNotFound",
     "TaskStore",
     "apply",
+    "cache_key",
     "migrate",
+    "open_cache",
     "open_store",
     "subtask_id_for",
 ]
@@ -80,4 +102,6 @@ async def open_store(
         connect_timeout_s=connect_timeout_s,
         retry_initial_s=retry_initial_s,
         retry_max_s=retry_max_s,
+        owner=default_owner(settings.replica_name or None),
+        lease_ttl_s=settings.lease_ttl_s,
     )

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from orchestrator_svc.store.ports import (
+    WATCH_BATCH_BYTES,
     IdempotencyConflict,
     StoreClosed,
     TaskClosed,
@@ -101,7 +102,10 @@ class InMemoryTaskStore(TaskStore):
         log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
         return copy_message(stored), True
 
-    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> int:
+    async def append(
+        self, task_id: str, events: Sequence[pb.TaskEvent], *, as_owner: bool = False
+    ) -> int:
+        # NOTE: one process, one owner: there is no other replica to fence off.
         self._check_open()
         task_log = self._log(task_id)
         if task_log.finished:
@@ -154,19 +158,33 @@ class InMemoryTaskStore(TaskStore):
         return page, ""
 
     async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[pb.TaskEvent]:
+        async for batch in self.watch_batches(task_id, after_seq, 1):
+            yield batch[0]
+
+    async def watch_batches(
+        self, task_id: str, after_seq: int, max_events: int
+    ) -> AsyncIterator[builtins.list[pb.TaskEvent]]:
         self._check_open()
         if after_seq < 0:
             raise ValueError(f"after_seq must be at least 0 (got {after_seq})")
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1 (got {max_events})")
         task_log = self._log(task_id)
         # seq n is stored at events[n - 1], so the next event to yield is events[after_seq].
         index = after_seq
         while True:
             grown = task_log.grown()
             if index < len(task_log.events):
-                event = task_log.events[index]
-                index += 1
-                yield copy_message(event)
-                if event.HasField("finished"):
+                batch = []
+                size = 0
+                for event in task_log.events[index : index + max_events]:
+                    batch.append(copy_message(event))
+                    size += event.ByteSize()
+                    if size >= WATCH_BATCH_BYTES:
+                        break
+                index += len(batch)
+                yield batch
+                if batch[-1].HasField("finished"):
                     return
             elif task_log.finished:
                 return

@@ -19,10 +19,9 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import structlog
 
-from orchestrator_svc.store.ports import StoreError
+from orchestrator_svc.store.ports import StoreError, StoreUnavailable
 from orchestrator_svc.store.postgres import (
     TRANSIENT_ERRORS,
-    StoreUnavailable,
     close_quietly,
     describe_dsn,
     retry_until_reachable,

@@ -6,19 +6,27 @@ Errors::
     +-- TaskNotFound         no task with that id
     +-- IdempotencyConflict  request_id already used with a different request body
     +-- TaskClosed           the task's log already ends with a `finished` event
+    +-- LeaseLost            another replica took over the task (its lease expired)
     +-- StoreClosed          the store was closed
+    +-- StoreUnavailable     the database cannot be reached or did not answer in time
 
-Adapters (in-memory now, PostgreSQL later) implement `TaskStore` with the same behaviour; the
-shared test suite in tests/store/ is the executable definition of that behaviour.
+Adapters (in process memory, PostgreSQL) implement `TaskStore` with the same behaviour; the
+shared test suite in tests/store/ is the executable definition of that behaviour. A store that
+several orchestrator replicas share also implements `TaskLeases`: the replica that runs a task
+holds its lease, and a dead replica's tasks are claimed and resumed by another.
 """
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Collection, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from octollm.v1 import orchestrator_service_pb2 as pb
+
+# A batch of watched events stops growing past this many bytes (far below gRPC's 16 MiB cap).
+WATCH_BATCH_BYTES = 1 << 20
 
 
 class StoreError(Exception):
@@ -53,6 +61,19 @@ class TaskClosed(StoreError):
         self.task_id = task_id
 
 
+class LeaseLost(StoreError):
+    """An owner append to a task whose lease another replica holds now."""
+
+    def __init__(self, task_id: str, owner: str) -> None:
+        super().__init__(f"task {task_id!r} is now run by replica {owner!r}; this replica lost it")
+        self.task_id = task_id
+        self.owner = owner
+
+
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached, refused the connection, or was too slow."""
+
+
 class StoreClosed(StoreError):
     """The store was closed; pending watchers get this too."""
 
@@ -73,8 +94,15 @@ class TaskStore(Protocol):
         """
         ...
 
-    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> int:
+    async def append(
+        self, task_id: str, events: Sequence[pb.TaskEvent], *, as_owner: bool = False
+    ) -> int:
         """Append events to the task's log and return the seq of the last one (its last_seq).
+
+        `as_owner` says the caller runs the task: a store with leases then refuses the batch
+        with LeaseLost when another replica holds the task's lease (a fence against a replica
+        that was presumed dead). Other appends (e.g. a CancelTask served by any replica) are
+        not fenced.
 
         NOTE: it does not return the projected task: tasks with many subtasks would make every
         append pay for a copy the hot path never reads; call get() when the task is wanted.
@@ -112,6 +140,76 @@ class TaskStore(Protocol):
         """
         ...
 
+    def watch_batches(
+        self, task_id: str, after_seq: int, max_events: int
+    ) -> AsyncIterator[builtins.list[pb.TaskEvent]]:
+        """watch(), but each step yields every event available at once (at least one, at most
+        `max_events`, and no more than about WATCH_BATCH_BYTES of them): what was appended
+        together is yielded together."""
+        ...
+
     async def close(self) -> None:
         """Release resources; later calls and pending watchers raise StoreClosed."""
+        ...
+
+
+@runtime_checkable
+class TaskLeases(Protocol):
+    """Leases on unfinished tasks, for stores that several orchestrator replicas share.
+
+    `create()` gives the new task's lease to this store's `owner` for `lease_ttl_s`; the
+    `finished` event releases it. The owner keeps it with `renew()`; when it stops renewing
+    (it died, or lost the database), the lease expires and `claim_expired()` on another
+    replica takes it over.
+    """
+
+    @property
+    def owner(self) -> str:
+        """This replica's lease owner id (unique per process)."""
+        ...
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """How long a lease lasts without renewal."""
+        ...
+
+    async def renew(self) -> set[str]:
+        """Extend every lease this owner holds; return the ids of the tasks still held."""
+        ...
+
+    async def claim_expired(self, limit: int) -> builtins.list[pb.Task]:
+        """Take over up to `limit` unfinished tasks whose lease expired; return them as stored.
+
+        Claims skip rows other replicas are claiming or writing (FOR UPDATE SKIP LOCKED), so
+        concurrent claimers never take the same task.
+        """
+        ...
+
+    async def release(self, task_ids: Collection[str]) -> None:
+        """Let other replicas claim these tasks at once (a hand-off at shutdown)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRecord:
+    """What replicas have seen of one arm: outcome counts and moving averages."""
+
+    arm_id: str
+    arm_type: str
+    succeeded: int
+    failed: int
+    success_rate: float
+    mean_latency_s: float
+
+
+@runtime_checkable
+class ArmHistory(Protocol):
+    """Arm statistics kept in a store that several orchestrator replicas share."""
+
+    async def add_arm_records(self, records: Sequence[ArmRecord]) -> None:
+        """Add each record's counts to the arm's totals and keep its moving averages."""
+        ...
+
+    async def arm_records(self, arm_ids: Collection[str]) -> dict[str, ArmRecord]:
+        """The stored record of each of these arms that has one."""
         ...

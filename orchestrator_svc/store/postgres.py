@@ -28,6 +28,8 @@ import builtins
 import contextlib
 import datetime
 import hashlib
+import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -45,10 +47,16 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 # NOTE: the batch rules, copies and page tokens are the in-memory store's own, so both
 # adapters refuse the same batches and hand out interchangeable tokens.
 from orchestrator_svc.store.ports import (
+    WATCH_BATCH_BYTES,
+    ArmHistory,
+    ArmRecord,
     IdempotencyConflict,
+    LeaseLost,
     StoreClosed,
     StoreError,
+    StoreUnavailable,
     TaskClosed,
+    TaskLeases,
     TaskNotFound,
     TaskStore,
 )
@@ -85,10 +93,6 @@ _MAX_BATCH_EVENTS = 4096
 _INT64 = range(-(2**63), 2**63)
 
 
-class StoreUnavailable(StoreError):
-    """PostgreSQL cannot be reached, refused the connection, or did not answer in time."""
-
-
 class CorruptRecord(StoreError):
     """A stored task or event does not decode: a poisoned body, or an event of unknown kind."""
 
@@ -104,7 +108,11 @@ class CorruptRecord(StoreError):
 _SCHEMA_STATE = """
 SELECT current_schema() AS schema,
        to_regclass('task_events') IS NOT NULL AND to_regclass('idempotency_keys') IS NOT NULL
-           AS migrated
+           AND EXISTS (
+               SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'tasks'
+                 AND column_name = 'lease_owner'
+           ) AS migrated
 """
 _CLAIM_KEY = """
 INSERT INTO idempotency_keys (request_id, fingerprint, task_id) VALUES ($1, $2, $3)
@@ -117,14 +125,15 @@ FROM idempotency_keys AS k JOIN tasks AS t USING (task_id)
 WHERE k.request_id = $1
 """
 _INSERT_TASK = """
-INSERT INTO tasks (task_id, request_id, create_time, create_ns, update_time, state, body)
-VALUES ($1, NULLIF($2, ''), $3, $4, $3, $5, $6)
+INSERT INTO tasks (task_id, request_id, create_time, create_ns, update_time, state, body,
+                   lease_owner, lease_expires)
+VALUES ($1, NULLIF($2, ''), $3, $4, $3, $5, $6, $7, now() + make_interval(secs => $8))
 ON CONFLICT (task_id) DO NOTHING
 RETURNING true
 """
 _GET_TASK = "SELECT finished, body FROM tasks WHERE task_id = $1"
 _LOCK_TASKS = """
-SELECT task_id::text AS task_id, finished, body FROM tasks
+SELECT task_id::text AS task_id, finished, body, lease_owner FROM tasks
 WHERE task_id = ANY($1::uuid[])
 ORDER BY task_id
 FOR UPDATE
@@ -138,12 +147,62 @@ WITH appended AS (
 ), projected AS (
     UPDATE tasks AS t
     SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
-        update_time = p.update_time
+        update_time = p.update_time,
+        lease_owner = CASE WHEN p.finished THEN NULL ELSE t.lease_owner END,
+        lease_expires = CASE WHEN p.finished THEN NULL ELSE t.lease_expires END
     FROM unnest($5::uuid[], $6::integer[], $7::bigint[], $8::boolean[], $9::bytea[],
                 $10::timestamptz[]) AS p (task_id, state, last_seq, finished, body, update_time)
     WHERE t.task_id = p.task_id
 )
 SELECT pg_notify($11, payload) FROM unnest($12::text[]) AS payload
+"""
+# NOTE: ordered locking (by task_id, as appends lock), so a renewal and a group commit never
+# deadlock over the same rows.
+_RENEW_LEASES = """
+UPDATE tasks AS t SET lease_expires = now() + make_interval(secs => $2)
+FROM (
+    SELECT task_id FROM tasks WHERE lease_owner = $1 AND NOT finished
+    ORDER BY task_id
+    FOR UPDATE
+) AS held
+WHERE t.task_id = held.task_id
+RETURNING t.task_id::text AS task_id
+"""
+_CLAIM_EXPIRED = """
+WITH expired AS (
+    SELECT task_id, lease_owner AS previous FROM tasks
+    WHERE NOT finished AND (lease_expires IS NULL OR lease_expires < now())
+    ORDER BY lease_expires NULLS FIRST
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks AS t SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2)
+FROM expired
+WHERE t.task_id = expired.task_id
+RETURNING t.task_id::text AS task_id, t.body, expired.previous
+"""
+_QUARANTINE = """
+UPDATE tasks SET lease_owner = 'quarantined', lease_expires = 'infinity' WHERE task_id = $1
+"""
+_RELEASE_LEASES = """
+UPDATE tasks SET lease_expires = now()
+WHERE lease_owner = $1 AND task_id = ANY($2::uuid[]) AND NOT finished
+"""
+_ADD_ARM_RECORDS = """
+INSERT INTO arm_stats AS a (arm_id, arm_type, succeeded, failed, success_rate, mean_latency_s)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+                     $5::double precision[], $6::double precision[])
+ON CONFLICT (arm_id) DO UPDATE
+SET arm_type = EXCLUDED.arm_type,
+    succeeded = a.succeeded + EXCLUDED.succeeded,
+    failed = a.failed + EXCLUDED.failed,
+    success_rate = EXCLUDED.success_rate,
+    mean_latency_s = EXCLUDED.mean_latency_s,
+    updated_at = now()
+"""
+_ARM_RECORDS = """
+SELECT arm_id, arm_type, succeeded, failed, success_rate, mean_latency_s
+FROM arm_stats WHERE arm_id = ANY($1::text[])
 """
 _READ_EVENTS = """
 SELECT seq, body FROM task_events
@@ -267,6 +326,7 @@ class _Append:
     task_id: str
     events: list[pb.TaskEvent]
     done: asyncio.Future[int]
+    as_owner: bool = False
 
 
 @dataclass(eq=False)
@@ -275,6 +335,7 @@ class _Locked:
 
     task: pb.Task
     finished: bool
+    lease_owner: str | None = None
     changed: bool = False
     subtask_index: dict[str, int] = field(default_factory=dict)
 
@@ -306,7 +367,7 @@ class _Followed:
         grown.set()
 
 
-class PostgresTaskStore(TaskStore):
+class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
     """TaskStore on PostgreSQL via an asyncpg pool; build it with `PostgresTaskStore.connect`.
 
     The schema must already be migrated (`store.migrate` or `open_store`). Use it from one
@@ -326,8 +387,12 @@ class PostgresTaskStore(TaskStore):
         connect_timeout_s: float,
         retry_initial_s: float,
         retry_max_s: float,
+        owner: str,
+        lease_ttl_s: float,
     ) -> None:
         self._pool = pool
+        self._owner = owner
+        self._lease_ttl_s = lease_ttl_s
         self._connect_listener = connect_listener
         self._channel = channel
         self._group_commit = group_commit
@@ -366,11 +431,14 @@ class PostgresTaskStore(TaskStore):
         retry_initial_s: float = 0.2,
         retry_max_s: float = 2.0,
         channel: str | None = None,
+        owner: str | None = None,
+        lease_ttl_s: float = 10.0,
     ) -> PostgresTaskStore:
         """Open a pool to `dsn` (waiting up to `startup_wait_s` for the server) and return a store.
 
         `server_settings` go to every session (e.g. {"search_path": "tenant_a"}); the NOTIFY
-        channel defaults to one per schema (`channel_for`). Raises StoreUnavailable if the
+        channel defaults to one per schema (`channel_for`). `owner` names this replica in task
+        leases (default: host, pid and a random suffix). Raises StoreUnavailable if the
         server cannot be reached, StoreError if the schema is not migrated.
         """
         settings = dict(server_settings or {})
@@ -430,6 +498,8 @@ class PostgresTaskStore(TaskStore):
             connect_timeout_s=connect_timeout_s,
             retry_initial_s=retry_initial_s,
             retry_max_s=retry_max_s,
+            owner=owner or default_owner(),
+            lease_ttl_s=lease_ttl_s,
         )
 
     @property
@@ -469,6 +539,8 @@ class PostgresTaskStore(TaskStore):
                     stored.create_time.ToNanoseconds(),
                     stored.state,
                     stored.SerializeToString(),
+                    self._owner,
+                    self._lease_ttl_s,
                 )
                 if not inserted:
                     # NOTE: raising rolls back the idempotency key claimed above too.
@@ -476,7 +548,9 @@ class PostgresTaskStore(TaskStore):
         log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
         return stored, True
 
-    async def append(self, task_id: str, events: Sequence[pb.TaskEvent]) -> int:
+    async def append(
+        self, task_id: str, events: Sequence[pb.TaskEvent], *, as_owner: bool = False
+    ) -> int:
         self._check_open()
         if not _is_task_id(task_id):
             raise TaskNotFound(task_id)
@@ -495,7 +569,9 @@ class PostgresTaskStore(TaskStore):
             if not stored.HasField("time"):
                 stored.time.CopyFrom(now)
             stamped.append(stored)
-        request = _Append(task_id, stamped, asyncio.get_running_loop().create_future())
+        request = _Append(
+            task_id, stamped, asyncio.get_running_loop().create_future(), as_owner=as_owner
+        )
 
         if self._group_commit:
             self._queue.append(request)
@@ -539,9 +615,17 @@ class PostgresTaskStore(TaskStore):
         return page, ""
 
     async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[pb.TaskEvent]:
+        async for batch in self.watch_batches(task_id, after_seq, 1):
+            yield batch[0]
+
+    async def watch_batches(
+        self, task_id: str, after_seq: int, max_events: int
+    ) -> AsyncIterator[builtins.list[pb.TaskEvent]]:
         self._check_open()
         if after_seq < 0:
             raise ValueError(f"after_seq must be at least 0 (got {after_seq})")
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1 (got {max_events})")
         if not _is_task_id(task_id):
             raise TaskNotFound(task_id)
         # NOTE: follow BEFORE the first read, so an append committed in between wakes us.
@@ -563,12 +647,22 @@ class PostgresTaskStore(TaskStore):
                 grown = followed.grown()
                 if followed.latest > cursor:
                     rows = await self._fetch_patiently(_READ_EVENTS, task_id, cursor, _WATCH_PAGE)
+                    batch: builtins.list[pb.TaskEvent] = []
+                    size = 0
                     for event_row in rows:
                         event = _decode_event(task_id, event_row["seq"], event_row["body"])
-                        cursor = event.seq
-                        yield event
-                        if event.HasField("finished"):
-                            return
+                        batch.append(event)
+                        size += len(event_row["body"])
+                        end = event.HasField("finished")
+                        if end or len(batch) == max_events or size >= WATCH_BATCH_BYTES:
+                            cursor = event.seq
+                            yield batch
+                            if end:
+                                return
+                            batch, size = [], 0
+                    if batch:
+                        cursor = batch[-1].seq
+                        yield batch
                     if rows:
                         continue
                 await grown.wait()
@@ -604,6 +698,89 @@ class PostgresTaskStore(TaskStore):
             log.warning("postgres_pool_close_failed", error=f"{type(exc).__name__}: {exc}")
             self._pool.terminate()
         log.info("postgres_store_closed", channel=self._channel)
+
+    # --- TaskLeases ----------------------------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    @property
+    def lease_ttl_s(self) -> float:
+        return self._lease_ttl_s
+
+    async def renew(self) -> set[str]:
+        self._check_open()
+        with self._reported("renew"):
+            rows = await self._fetch(_RENEW_LEASES, self._owner, self._lease_ttl_s)
+        return {row["task_id"] for row in rows}
+
+    async def claim_expired(self, limit: int) -> builtins.list[pb.Task]:
+        self._check_open()
+        if limit < 1:
+            return []
+        with self._reported("claim"):
+            rows = await self._fetch(_CLAIM_EXPIRED, self._owner, self._lease_ttl_s, limit)
+        claimed = []
+        for row in rows:
+            try:
+                task = _decode_task(row["task_id"], row["body"])
+            except CorruptRecord as exc:
+                # NOTE: reported once and set aside (no replica claims it again), so a poisoned
+                # row cannot become a claim-crash loop; the task stays readable for an operator.
+                log.error("corrupt_task_quarantined", task_id=row["task_id"], error=str(exc))
+                with self._reported("claim"):
+                    async with self._session() as conn:
+                        await conn.execute(_QUARANTINE, row["task_id"])
+                continue
+            log.info("task_lease_claimed", task_id=task.task_id, previous_owner=row["previous"])
+            claimed.append(task)
+        return claimed
+
+    async def release(self, task_ids: Collection[str]) -> None:
+        self._check_open()
+        ids = [task_id for task_id in task_ids if _is_task_id(task_id)]
+        if not ids:
+            return
+        with self._reported("release"):
+            async with self._session() as conn:
+                await conn.execute(_RELEASE_LEASES, self._owner, ids)
+
+    # --- ArmHistory ----------------------------------------------------------------------------
+
+    async def add_arm_records(self, records: Sequence[ArmRecord]) -> None:
+        self._check_open()
+        if not records:
+            return
+        with self._reported("arm_stats"):
+            async with self._session() as conn:
+                await conn.execute(
+                    _ADD_ARM_RECORDS,
+                    [r.arm_id for r in records],
+                    [r.arm_type for r in records],
+                    [r.succeeded for r in records],
+                    [r.failed for r in records],
+                    [min(1.0, max(0.0, r.success_rate)) for r in records],
+                    [max(0.0, r.mean_latency_s) for r in records],
+                )
+
+    async def arm_records(self, arm_ids: Collection[str]) -> dict[str, ArmRecord]:
+        self._check_open()
+        if not arm_ids:
+            return {}
+        with self._reported("arm_stats"):
+            rows = await self._fetch(_ARM_RECORDS, list(arm_ids))
+        return {
+            row["arm_id"]: ArmRecord(
+                row["arm_id"],
+                row["arm_type"],
+                row["succeeded"],
+                row["failed"],
+                row["success_rate"],
+                row["mean_latency_s"],
+            )
+            for row in rows
+        }
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -732,7 +909,9 @@ class PostgresTaskStore(TaskStore):
             for row in await conn.fetch(_LOCK_TASKS, task_ids):
                 try:
                     locked[row["task_id"]] = _Locked(
-                        _decode_task(row["task_id"], row["body"]), row["finished"]
+                        _decode_task(row["task_id"], row["body"]),
+                        row["finished"],
+                        row["lease_owner"],
                     )
                 except CorruptRecord as exc:
                     log.error("corrupt_task_row", task_id=row["task_id"], error=str(exc))
@@ -749,6 +928,10 @@ class PostgresTaskStore(TaskStore):
                     continue
                 if held.finished:
                     results.append(TaskClosed(request.task_id))
+                    continue
+                if request.as_owner and held.lease_owner not in (None, self._owner):
+                    log.warning("task_lease_lost", task_id=request.task_id, owner=held.lease_owner)
+                    results.append(LeaseLost(request.task_id, held.lease_owner))
                     continue
                 for event in request.events:
                     event.seq = held.task.last_seq + 1
@@ -907,6 +1090,11 @@ class PostgresTaskStore(TaskStore):
                 f"PostgreSQL failed during {operation}: {type(exc).__name__}: {exc}"
             )
         return exc
+
+
+def default_owner(name: str | None = None) -> str:
+    """A lease owner id unique to this process: `name` (or the host name), pid, a random part."""
+    return f"{name or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:

@@ -1,4 +1,5 @@
-"""Prometheus metrics: standard gRPC server metrics plus the mesh's own, on a separate HTTP port.
+"""Prometheus metrics: standard gRPC server and client metrics plus the mesh's own, on a separate
+HTTP port.
 
 Every metric is listed in the README ("Metrics"). Each orchestrator owns a registry, so several
 can live in one process (tests). Live state (queues, credits, health) is read at scrape time by a
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 from arm_sdk.metrics_http import MetricsEndpoint
 
 from ..mesh import Mesh
+from .grpc_client import ClientMetrics
 
 _SUBTASK_OUTCOMES = {
     pb.SUBTASK_STATE_SUCCEEDED: "succeeded",
@@ -63,6 +65,8 @@ class Metrics:
         self.rpc_in_flight = Gauge(
             "grpc_server_in_flight", "RPCs being handled now.", method, registry=r
         )
+        # The orchestrator's calls to arms; give it to the Mesh (rpc_metrics=).
+        self.client = ClientMetrics(r, _BUCKETS)
         self.tasks_accepted = Counter(
             "octollm_tasks_accepted_total", "Tasks accepted by SubmitTask.", registry=r
         )
@@ -125,6 +129,17 @@ class Metrics:
             "Spend in US dollars reported by arms.",
             registry=r,
         )
+        self.cache_requests = Counter(
+            "octollm_cache_requests_total",
+            "Cache lookups by namespace (llm, plan, result) and outcome (hit, miss, error, "
+            "skipped: Redis not asked while its breaker is open).",
+            ["namespace", "outcome"],
+            registry=r,
+        )
+
+    def observe_cache(self, namespace: str, outcome: str) -> None:
+        """Count one cache lookup (the cache adapters' observer)."""
+        self.cache_requests.labels(namespace, outcome).inc()
 
     def observe_llm(self, step: str, tokens: int, cost_usd: float) -> None:
         """Count one brain step that used the LLM (tokens > 0), with what it spent."""

@@ -367,11 +367,22 @@ def test_list_oversized_token() -> None:
 
 
 def test_watch_request() -> None:
-    """validate_watch returns the canonical id and after_seq; negative after_seq is refused."""
+    """validate_watch returns the id, after_seq and batch size; out-of-range ones are refused."""
     assert validate_watch(pb.WatchTaskRequest(task_id=TASK_ID.upper(), after_seq=3)) == (
         TASK_ID,
         3,
+        0,
     )
+    assert validate_watch(pb.WatchTaskRequest(task_id=TASK_ID, max_batch_size=1000))[2] == 1000
+    for size in (-1, 1001):
+        err = _raised(
+            lambda size=size: validate_watch(  # type: ignore[misc]
+                pb.WatchTaskRequest(task_id=TASK_ID, max_batch_size=size)
+            )
+        )
+        _assert_error(
+            err, grpc.StatusCode.INVALID_ARGUMENT, "BATCH_SIZE_OUT_OF_RANGE", "max_batch_size"
+        )
     err = _raised(lambda: validate_watch(pb.WatchTaskRequest(task_id=TASK_ID, after_seq=-1)))
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "NEGATIVE_AFTER_SEQ", "after_seq")
     err = _raised(lambda: validate_watch(pb.WatchTaskRequest(after_seq=1)))

@@ -38,6 +38,7 @@ def test_channel_options_detect_dead_peers() -> None:
     assert dict(grpc_options.CHANNEL_OPTIONS) == {
         "grpc.keepalive_time_ms": 10_000,
         "grpc.keepalive_timeout_ms": 5_000,
+        "grpc.http2.ping_timeout_ms": 5_000,
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.http2.max_pings_without_data": 0,
         "grpc.max_receive_message_length": 16 * MIB,
@@ -53,6 +54,7 @@ def test_server_options_permit_the_client_ping_rate() -> None:
     assert options == {
         "grpc.keepalive_time_ms": 20_000,
         "grpc.keepalive_timeout_ms": 5_000,
+        "grpc.http2.ping_timeout_ms": 5_000,
         "grpc.http2.min_recv_ping_interval_without_data_ms": 5_000,
         "grpc.http2.max_ping_strikes": 0,
         "grpc.keepalive_permit_without_calls": 1,

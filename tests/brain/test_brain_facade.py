@@ -196,7 +196,8 @@ def test_public_surface() -> None:
     """The packages export exactly their documented public names."""
     assert set(brain_pkg.__all__) == {
         "WEIGHT_AVAILABILITY", "WEIGHT_CAPABILITY", "WEIGHT_COST", "WEIGHT_SUCCESS",
-        "ArmCapability", "ArmScore", "ArmView", "Brain", "CriterionCheck", "ExecutionPlan",
+        "ArmCapability", "ArmScore", "ArmView", "Brain", "CriterionCheck", "Episode",
+        "EpisodeStep", "ExecutionPlan", "StepProvenance",
         "HeuristicIntentParser", "HeuristicPlanner", "IntegrateOutcome", "Integration",
         "LLMIntegrator", "LLMIntentParser", "LLMPlanner", "LLMValidator", "NoArmsAvailable",
         "ParseOutcome", "ParsedIntent", "PlanBudget", "PlanOutcome", "PlanProblem",
@@ -205,7 +206,8 @@ def test_public_surface() -> None:
         "sink_ids", "validate", "validate_plan",
     }  # fmt: skip
     assert set(llm_pkg.__all__) == {
-        "NO_USAGE", "RESPONSE_FORMAT_MODES", "JSONCompleter", "LLMError", "LLMInvalidOutput",
+        "NO_USAGE", "RESPONSE_FORMAT_MODES", "CachedCompleter", "JSONCompleter", "LLMError",
+        "LLMInvalidOutput",
         "LLMRateLimited", "LLMRejected", "LLMUnavailable", "LLMUsage",
         "OpenAICompatibleClient", "ResponseFormatMode",
     }  # fmt: skip

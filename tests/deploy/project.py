@@ -8,15 +8,13 @@ from pathlib import Path
 from orchestrator_svc.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Wired into compose and the Kubernetes Secret ahead of their implementation (issue 7).
-FUTURE_SETTINGS = frozenset({"OCTOLLM_POSTGRES_DSN", "OCTOLLM_REDIS_URL", "OCTOLLM_QDRANT_URL"})
 IMAGE_NAME = "octollm-mesh"
 
 
 def setting_names() -> set[str]:
-    """Every environment variable the orchestrator reads, plus the announced future ones."""
+    """Every environment variable the orchestrator reads."""
     prefix = str(Settings.model_config.get("env_prefix", ""))
-    return {f"{prefix}{name}".upper() for name in Settings.model_fields} | FUTURE_SETTINGS
+    return {f"{prefix}{name}".upper() for name in Settings.model_fields}
 
 
 def default_shutdown_grace_s() -> float:

@@ -102,6 +102,18 @@ async def test_watch_replays_after_seq_without_gaps_or_duplicates(mesh: Any) -> 
     assert await collect(stub, task.task_id, after_seq=full[-1].seq) == []
 
 
+async def test_watch_in_batches_carries_the_same_log_in_fewer_messages(mesh: Any) -> None:
+    """max_batch_size: responses carry `events` (never `event`), together the whole log."""
+    _, stub = mesh
+    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=dag_plan()))).task
+    full = await collect(stub, task.task_id)
+    request = pb.WatchTaskRequest(task_id=task.task_id, max_batch_size=4)
+    responses = [r async for r in stub.WatchTask(request, timeout=30)]
+    assert all(not r.HasField("event") and 1 <= len(r.events) <= 4 for r in responses)
+    assert [e for r in responses for e in r.events] == full
+    assert len(responses) < len(full)
+
+
 async def test_list_tasks_pages_newest_first_and_filters(mesh: Any) -> None:
     """ListTasks pages with tokens and filters by state."""
     _, stub = mesh

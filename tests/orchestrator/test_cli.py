@@ -94,3 +94,14 @@ async def test_submit_sends_the_client_token(start_arm, start_orchestrator) -> N
     assert code == 1
     assert "UNAUTHENTICATED" in err
     assert "Traceback" not in err
+
+
+def test_the_commands_run_on_uvloop_unless_asked_not_to() -> None:
+    """OCTOLLM_EVENT_LOOP: auto and uvloop pick uvloop (a dependency), asyncio the default."""
+    import uvloop
+
+    from orchestrator_svc.cli import loop_factory
+
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None

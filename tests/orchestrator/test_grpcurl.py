@@ -9,7 +9,8 @@ from tests.tools import grpcurl
 
 
 async def test_grpcurl_list_describe_health_submit_get(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
-    """grpcurl lists and describes services, checks health, submits a task and reads it back."""
+    """grpcurl lists and describes services, checks and lists health, submits a task and reads
+    it back."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([echo.address], wait_for=("echo",))
     address = orch.address
@@ -34,6 +35,8 @@ async def test_grpcurl_list_describe_health_submit_get(start_arm, start_orchestr
 
     health = json.loads(await grpcurl(address, "grpc.health.v1.Health/Check"))
     assert health == {"status": "SERVING"}
+    listed = json.loads(await grpcurl(address, "grpc.health.v1.Health/List"))
+    assert listed["statuses"]["octollm.v1.OrchestratorService"] == {"status": "SERVING"}
 
     submitted = json.loads(
         await grpcurl(

@@ -90,3 +90,39 @@ async def test_unreachable_postgres_fails_start_with_a_clear_error(start_orchest
             postgres_startup_wait_s=0.5,
         )
     assert "127.0.0.1:1" in str(err.value)
+
+
+async def test_replicas_share_what_they_saw_of_each_arm(
+    pg_dsn: str, start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """arm_stats: A's outcomes are in the database; B starts the same arm from them."""
+    sleeper = await start_arm(REFERENCE_ARMS["sleep"]())
+    a = await start_orchestrator([sleeper.address], wait_for=("sleep",), postgres_dsn=pg_dsn)
+    stub = connect(a.address)
+    for fail in ("", "", "fatal"):
+        plan = pb.Plan()
+        step = plan.steps.add(step_id="nap", arm_type="sleep")
+        step.input.update({"seconds": 0.01, **({"fail": fail} if fail else {})})
+        task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=plan))).task
+        async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+            pass
+    assert a.arm_history is not None
+    await a.arm_history.tick()
+    (arm,) = (await stub.ListArms(pb.ListArmsRequest())).arms
+    db = await asyncpg.connect(pg_dsn, timeout=5)
+    try:
+        row = await db.fetchrow("SELECT * FROM arm_stats WHERE arm_id = $1", arm.descriptor.arm_id)
+    finally:
+        await db.close()
+    assert (row["arm_type"], row["succeeded"], row["failed"]) == ("sleep", 2, 1)
+    assert row["success_rate"] == pytest.approx(arm.success_rate)
+
+    b = await start_orchestrator([sleeper.address], wait_for=("sleep",), postgres_dsn=pg_dsn)
+    assert b.arm_history is not None
+    await b.arm_history.tick()
+    (seen_on_b,) = (await connect(b.address).ListArms(pb.ListArmsRequest())).arms
+    assert seen_on_b.success_rate == pytest.approx(arm.success_rate)
+    assert seen_on_b.success_rate < 1.0
+    assert (seen_on_b.succeeded, seen_on_b.failed) == (0, 0)  # "since it connected" here
+    (conn,) = b.mesh.arms()
+    assert conn.stats.samples == 3

@@ -364,3 +364,48 @@ async def test_struct_payloads_survive_the_log(store: TaskStore, new_task: NewTa
     (event,) = await _collect(store.watch(task_id, 0))
     assert event.finished.result.outputs == outputs
     assert (await store.get(task_id)).result.outputs == outputs
+
+
+async def _collect_batches(
+    batches: AsyncIterator[list[pb.TaskEvent]],
+) -> list[list[pb.TaskEvent]]:
+    async def drain() -> list[list[pb.TaskEvent]]:
+        return [batch async for batch in batches]
+
+    return await asyncio.wait_for(drain(), HANG_GUARD)
+
+
+async def test_watch_batches_replays_in_chunks_of_at_most_max_events(
+    store: TaskStore, new_task: NewTask
+) -> None:
+    """A replayed log of 7 events comes as 3 + 3 + 1, in order, ending with `finished`."""
+    task_id = await _created(store, new_task)
+    await store.append(task_id, [_progress(i / 10) for i in range(6)])
+    await store.append(task_id, [_finished()])
+    batches = await _collect_batches(store.watch_batches(task_id, 0, 3))
+    assert [[e.seq for e in batch] for batch in batches] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert batches[-1][-1].HasField("finished")
+
+
+async def test_watch_batches_yields_events_appended_together_together(
+    store: TaskStore, new_task: NewTask
+) -> None:
+    """Live: each append's events arrive as one batch, after those already stored."""
+    task_id = await _created(store, new_task)
+    await store.append(task_id, [_state(pb.TASK_STATE_PARSING)])
+    batches = store.watch_batches(task_id, 0, 100)
+    first = await asyncio.wait_for(anext(batches), HANG_GUARD)
+    assert [e.seq for e in first] == [1]
+    await store.append(task_id, [_progress(0.5), _state(pb.TASK_STATE_PLANNING), _finished()])
+    rest = await _collect_batches(batches)
+    assert [[e.seq for e in batch] for batch in rest] == [[2, 3, 4]]
+
+
+async def test_watch_batches_after_seq_and_bad_sizes(store: TaskStore, new_task: NewTask) -> None:
+    """after_seq skips what the watcher has; a batch size below 1 is refused."""
+    task_id = await _created(store, new_task)
+    await store.append(task_id, [_progress(0.1), _progress(0.2), _finished()])
+    batches = await _collect_batches(store.watch_batches(task_id, 2, 10))
+    assert [[e.seq for e in batch] for batch in batches] == [[3]]
+    with pytest.raises(ValueError, match="max_events"):
+        await anext(store.watch_batches(task_id, 0, 0))

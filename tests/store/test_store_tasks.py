@@ -23,24 +23,31 @@ def _at(seconds: int) -> dict[str, object]:
 
 
 def test_public_surface() -> None:
-    """The store package exports exactly its port, errors, projection, adapters and opener."""
+    """The store package exports exactly its ports, errors, projection, adapters and openers."""
     assert sorted(store_pkg.__all__) == sorted(
         [
             "TERMINAL_SUBTASK_STATES",
             "TERMINAL_TASK_STATES",
+            "Cache",
             "CorruptRecord",
             "IdempotencyConflict",
+            "InMemoryCache",
             "InMemoryTaskStore",
+            "LeaseLost",
             "MigrationError",
             "PostgresTaskStore",
+            "RedisCache",
             "StoreClosed",
             "StoreError",
             "StoreUnavailable",
             "TaskClosed",
+            "TaskLeases",
             "TaskNotFound",
             "TaskStore",
             "apply",
+            "cache_key",
             "migrate",
+            "open_cache",
             "open_store",
             "subtask_id_for",
         ]

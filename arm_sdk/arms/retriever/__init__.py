@@ -98,7 +98,9 @@ def build(
     # NOTE: a query waits at most a few seconds for an ingest holding a local store, then
     # answers from BM25 alone (the corpus file is readable throughout).
     config = dataclasses.replace(StoreConfig.from_env(store_path), lock_wait_s=QUERY_LOCK_WAIT_S)
-    search = HybridSearch(DocumentStore(config), embedder or embedder_from_env())
+    search = HybridSearch(
+        DocumentStore(config), embedder if embedder is not None else embedder_from_env()
+    )
     arm = Arm(
         arm_type="retriever",
         description=(
@@ -112,6 +114,9 @@ def build(
         output_schema=OUTPUT_SCHEMA,
         arm_id=arm_id,
     )
+    # NOTE: the store (a Qdrant client in server mode) is opened here, so closed here; an
+    # embedder passed in is the caller's to close.
+    arm.on_stop(search.aclose if embedder is None else search.store.aclose)
 
     @arm.handler
     async def retrieve(inp: SubtaskInput) -> SubtaskOutput:

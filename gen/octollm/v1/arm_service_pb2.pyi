@@ -65,6 +65,7 @@ class ArmDescriptor(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DETERMINISTIC_FIELD_NUMBER: _builtins.int
     arm_id: _builtins.str
     """Stable id of this arm instance, unique in the mesh (e.g. "echo-7f9c")."""
     arm_type: _builtins.str
@@ -77,6 +78,13 @@ class ArmDescriptor(_message.Message):
     """Version of the arm's implementation."""
     description: _builtins.str
     """One-line human description of what the arm does."""
+    deterministic: _builtins.bool
+    """True when the arm's output depends only on the dispatch's description,
+    input (dependencies included), context and acceptance criteria, so the
+    orchestrator may reuse a cached Result of the same arm type and version
+    instead of dispatching the same work again. False (the default) means
+    every dispatch runs.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Capabilities the arm offers, e.g. "python", "code_generation"."""
@@ -101,10 +109,11 @@ class ArmDescriptor(_message.Message):
         max_concurrency: _builtins.int = ...,
         version: _builtins.str = ...,
         description: _builtins.str = ...,
+        deterministic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input_schema", b"input_schema", "output_schema", b"output_schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm_id", b"arm_id", "arm_type", b"arm_type", "capabilities", b"capabilities", "cost_tier", b"cost_tier", "description", b"description", "input_schema", b"input_schema", "max_concurrency", b"max_concurrency", "output_schema", b"output_schema", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm_id", b"arm_id", "arm_type", b"arm_type", "capabilities", b"capabilities", "cost_tier", b"cost_tier", "description", b"description", "deterministic", b"deterministic", "input_schema", b"input_schema", "max_concurrency", b"max_concurrency", "output_schema", b"output_schema", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

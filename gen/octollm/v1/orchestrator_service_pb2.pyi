@@ -794,19 +794,26 @@ class WatchTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Id of the task."""
     after_seq: _builtins.int
     """Replay only events with seq greater than this; 0 replays everything."""
+    max_batch_size: _builtins.int
+    """0 (the default): one event per response, in `WatchTaskResponse.event`. 1..1000: up to
+    this many consecutive events per response, in `WatchTaskResponse.events`; events recorded
+    together (or replayed) arrive together, so following a fast task costs fewer messages.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        max_batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "max_batch_size", b"max_batch_size", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -814,23 +821,29 @@ Global___WatchTaskRequest: _TypeAlias = WatchTaskRequest  # noqa: Y015
 
 @_typing.final
 class WatchTaskResponse(_message.Message):
-    """WatchTaskResponse carries one task event."""
+    """WatchTaskResponse carries the next task event, or the next few in order."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___TaskEvent:
-        """The event."""
+        """The next event (when the request's max_batch_size is 0)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]:
+        """The next events, consecutive and in seq order (when the request's max_batch_size is set)."""
 
     def __init__(
         self,
         *,
         event: Global___TaskEvent | None = ...,
+        events: _abc.Iterable[Global___TaskEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
