@@ -88,20 +88,22 @@ def _split(n: int, size: int) -> list[int]:
 
 
 async def mesh_figures(
-    n_subtasks: int, n_dags: int, warmup: int, *, postgres: bool = False
+    arm_addresses: list[str], n_subtasks: int, n_dags: int, warmup: int, *, postgres: bool = False
 ) -> Figures:
     """Throughput and DAG latency through `octollm serve` and the echo arm."""
     if postgres:
         async with pg_schema() as dsn:
-            return await _mesh_figures(n_subtasks, n_dags, warmup, {"OCTOLLM_POSTGRES_DSN": dsn})
-    return await _mesh_figures(n_subtasks, n_dags, warmup, {})
+            env = {"OCTOLLM_POSTGRES_DSN": dsn}
+            return await _mesh_figures(arm_addresses, n_subtasks, n_dags, warmup, env)
+    return await _mesh_figures(arm_addresses, n_subtasks, n_dags, warmup, {})
 
 
-async def _mesh_figures(n_subtasks: int, n_dags: int, warmup: int, env: dict[str, str]) -> Figures:
+async def _mesh_figures(
+    arm_addresses: list[str], n_subtasks: int, n_dags: int, warmup: int, env: dict[str, str]
+) -> Figures:
     figures: Figures = {}
     async with (
-        arm_host("echo") as arms,
-        orchestrator(arms.addresses, env={**MESH_ENV, **env}) as orch,
+        orchestrator(arm_addresses, env={**MESH_ENV, **env}) as orch,
         Client([orch.address]) as client,
     ):
         # Warm-up: connections, code paths, the arm's handler.
@@ -375,13 +377,16 @@ async def _mesh_results(
     systems: list[str], n_subtasks: int, n_dags: int, warmup: int
 ) -> dict[str, Figures]:
     results: dict[str, Figures] = {}
-    for system in systems:
-        try:
-            results[system] = await mesh_figures(
-                n_subtasks, n_dags, warmup, postgres=system == "mesh-pg"
-            )
-        except Unavailable as exc:
-            results[system] = {"skipped": str(exc)}
+    if not systems:
+        return results
+    async with arm_host("echo") as arms:
+        for system in systems:
+            try:
+                results[system] = await mesh_figures(
+                    arms.addresses, n_subtasks, n_dags, warmup, postgres=system == "mesh-pg"
+                )
+            except Unavailable as exc:
+                results[system] = {"skipped": str(exc)}
     return results
 
 

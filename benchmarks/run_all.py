@@ -43,7 +43,7 @@ BENCHMARKS: dict[str, dict[str, list[str]]] = {
         "quick": ["--quick"],
         "full": [],
         "smoke": [
-            *("--tasks", "10", "--growth-tasks", "5,10", "--growth-arms", "1,2"),
+            *("--tasks", "10", "--growth-tasks", "5", "--growth-arms", "1"),
             *("--arm-tasks", "5", "--queued", "20", "--probes", "3", "--slow-delay-s", "0.2"),
         ],
     },

@@ -44,6 +44,7 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 
 from benchmarks._mesh import (
     ArmSpec,
+    Child,
     Client,
     Unavailable,
     arm_host,
@@ -98,6 +99,7 @@ class Run:
     seconds: float
     latencies: list[float]
     errors: int
+    first_error: str = ""
 
 
 async def run_tasks(
@@ -110,9 +112,10 @@ async def run_tasks(
     watches = asyncio.Semaphore(watch_window or n)
     latencies: list[float] = []
     errors = 0
+    first_error = ""
 
     async def one() -> None:
-        nonlocal errors
+        nonlocal errors, first_error
         started = time.perf_counter()
         submit_on, watch_on = client.stub_pair(elsewhere)
         try:
@@ -120,15 +123,23 @@ async def run_tasks(
                 task_id = await client.submit(DAG, submit_on)
             async with watches:
                 final = await client.wait(task_id, watch_on)
-        except Exception:
+        except Exception as exc:
             errors += 1
+            first_error = first_error or f"{type(exc).__name__}: {exc}"[:200]
             return
         latencies.append((time.perf_counter() - started) * 1e3)
-        errors += final != pb.TASK_STATE_SUCCEEDED
+        if final != pb.TASK_STATE_SUCCEEDED:
+            errors += 1
+            first_error = first_error or f"a task ended {pb.TaskState.Name(final)}"
 
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(n)))
-    return Run(time.perf_counter() - started, latencies, errors)
+    return Run(time.perf_counter() - started, latencies, errors, first_error)
+
+
+def _note(orch: Child, run: Run) -> str:
+    """What the orchestrator logged and the first error, if any."""
+    return "; ".join(n for n in (problems_note(log_problems(orch)), run.first_error) if n)
 
 
 def _verdict(ok: bool) -> str:
@@ -184,7 +195,7 @@ async def scale_rows(
 def _scale_row(label: str, n: int, run: Run, peaks: Sequence[float], logged: Counter[str]) -> str:
     peak_text = "/".join(f"{p:.0f}" for p in peaks)
     ok = max(peaks) < RSS_TARGET_MIB and run.errors == 0
-    note = problems_note(logged)
+    note = "; ".join(n for n in (problems_note(logged), run.first_error) if n)
     return (
         f"  {label:<44}{run.errors:>7}{run.seconds:>9.2f}{n / run.seconds:>9.0f}"
         f"{percentile(run.latencies, 50):>9.0f}{percentile(run.latencies, 99):>9.0f}"
@@ -211,7 +222,7 @@ async def task_growth_rows(arm_addresses: Sequence[str], sizes: Sequence[int]) -
             idle = memory_mib(orch.pid)[0]
             run = await run_tasks(client, n, watch_window=WATCH_WINDOW)
             peak = memory_mib(orch.pid)[1]
-            note = problems_note(log_problems(orch))
+            note = _note(orch, run)
         per_task_ms.append(run.seconds / n * 1e3)
         per_task_kib.append((peak - idle) * 1024 / n)
         lines.append(
@@ -258,7 +269,7 @@ async def arm_growth_rows(counts: Sequence[int], n_tasks: int) -> list[str]:
                     base_idle, base_count = idle, count
                 run = await run_tasks(client, n_tasks, watch_window=100)
                 peak = memory_mib(orch.pid)[1]
-                note = problems_note(log_problems(orch))
+                note = _note(orch, run)
         per_task_ms.append(run.seconds / n_tasks * 1e3)
         per_arm = (idle - base_idle) * 1024 / (count - base_count) if count > base_count else 0
         per_arm_text = f"{per_arm:>9.0f}" if count > base_count else f"{'-':>9}"
@@ -288,7 +299,7 @@ async def _probe(client: Client, n: int) -> list[float]:
     for _ in range(n):
         ms, final = await client.run_task(DAG)
         if final != pb.TASK_STATE_SUCCEEDED:
-            raise RuntimeError(f"a probe DAG ended {pb.TaskState.Name(final)}")  # type: ignore[arg-type]
+            raise RuntimeError(f"a probe DAG ended {pb.TaskState.Name(final)}")
         latencies.append(ms)
     return latencies
 
@@ -338,8 +349,8 @@ async def flow_rows(n_queued: int, n_probes: int, delay_s: float) -> list[str]:
             nonlocal max_in_flight
             while True:
                 samples.append(memory_mib(orch.pid)[0])
-                arms = await client.stub().ListArms(pb.ListArmsRequest(arm_type="slow"))
-                max_in_flight = max([max_in_flight, *(a.in_flight for a in arms.arms)])
+                listed = await client.stub().ListArms(pb.ListArmsRequest(arm_type="slow"))
+                max_in_flight = max([max_in_flight, *(a.in_flight for a in listed.arms)])
                 await asyncio.sleep(0.2)
 
         sampler = asyncio.create_task(sample())

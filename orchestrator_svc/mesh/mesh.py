@@ -264,18 +264,12 @@ class Mesh:
             pending.connection = None
             pending.failovers += 1
             subtask_id = pending.dispatch.subtask_id
-            if not _readable(pending.dispatch):
-                # NOTE: checked only here, off the hot path: the arm could not parse this
-                # dispatch and dropped its stream; sending it again would drop the next one.
-                failure = mesh_failure(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "DISPATCH_TOO_DEEP",
-                    "the subtask's input or context is nested deeper than protobuf's 100 "
-                    "levels, so no arm can read it",
-                    retryable=False,
-                )
+            undeliverable = self._undeliverable(pending.dispatch)
+            if undeliverable is not None:
+                # NOTE: checked only here, off the hot path: the stream broke while this was in
+                # flight, and sending it again would break the next stream too.
                 pending.future.set_result(
-                    Outcome(conn.arm_id, pending.dispatch.attempt, failure=failure)
+                    Outcome(conn.arm_id, pending.dispatch.attempt, failure=undeliverable)
                 )
                 continue
             if pending.failovers > self._max_failovers:
@@ -302,20 +296,35 @@ class Mesh:
             self._pump(lost[0].arm_type)
             _report_queued(lost)
 
+    def _undeliverable(self, dispatch: arm_pb.Dispatch) -> common_pb2.Failure | None:
+        """Why no arm can take `dispatch` on an Execute stream, or None if one can: larger than
+        the channel may send, or nested past protobuf's 100 levels (the arm cannot parse it)."""
+        limit = int(dict(self._channel_options).get("grpc.max_send_message_length", 4 << 20))
+        try:
+            request = arm_pb.ExecuteRequest(dispatch=dispatch)
+            size = request.ByteSize()
+            if size > limit:
+                return mesh_failure(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "DISPATCH_TOO_LARGE",
+                    f"the subtask's dispatch is {size} bytes, more than the {limit} an arm "
+                    "stream carries",
+                    retryable=False,
+                )
+            arm_pb.ExecuteRequest.FromString(request.SerializeToString())
+        except DecodeError:
+            return mesh_failure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "DISPATCH_TOO_DEEP",
+                "the subtask's input or context is nested deeper than protobuf's 100 levels, "
+                "so no arm can read it",
+                retryable=False,
+            )
+        return None
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-
-
-def _readable(dispatch: arm_pb.Dispatch) -> bool:
-    """True if an arm can parse `dispatch` on its Execute stream (protobuf's depth limit)."""
-    try:
-        arm_pb.ExecuteRequest.FromString(
-            arm_pb.ExecuteRequest(dispatch=dispatch).SerializeToString()
-        )
-    except DecodeError:
-        return False
-    return True
 
 
 def least_loaded(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:

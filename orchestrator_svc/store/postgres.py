@@ -32,7 +32,7 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -90,6 +90,8 @@ _MAX_IDENTIFIER_BYTES = 63
 _WATCH_PAGE = 256
 _MAX_BATCH_APPENDS = 512
 _MAX_BATCH_EVENTS = 4096
+# Projections of tasks this store writes to (the ones its replica runs), most recent last.
+_MAX_HELD_PROJECTIONS = 10_000
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -158,6 +160,31 @@ SELECT pg_notify($11, payload) FROM unnest($12::text[]) AS payload
 """
 # NOTE: ordered locking (by task_id, as appends lock), so a renewal and a group commit never
 # deadlock over the same rows.
+# NOTE: the append of a task whose projection this store holds (it runs the task): one
+# statement, so one round trip and its own transaction. The row is updated only if the log
+# is where the held projection says (no other writer got in) and, for an owner append, the
+# lease is still this replica's; the events go in only for rows that were updated.
+_WRITE_HELD_APPENDS = """
+WITH projected AS (
+    UPDATE tasks AS t
+    SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
+        update_time = p.update_time,
+        lease_owner = CASE WHEN p.finished THEN NULL ELSE t.lease_owner END,
+        lease_expires = CASE WHEN p.finished THEN NULL ELSE t.lease_expires END
+    FROM unnest($5::uuid[], $6::integer[], $7::bigint[], $8::boolean[], $9::bytea[],
+                $10::timestamptz[], $12::bigint[], $13::boolean[])
+         AS p (task_id, state, last_seq, finished, body, update_time, prior_seq, fenced)
+    WHERE t.task_id = p.task_id AND t.last_seq = p.prior_seq AND NOT t.finished
+      AND (NOT p.fenced OR t.lease_owner IS NULL OR t.lease_owner = $14)
+    RETURNING t.task_id, t.last_seq
+), appended AS (
+    INSERT INTO task_events (task_id, seq, kind, body)
+    SELECT e.task_id, e.seq, e.kind, e.body
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[]) AS e (task_id, seq, kind, body)
+    JOIN projected USING (task_id)
+)
+SELECT task_id::text AS task_id, pg_notify($11, task_id::text || ':' || last_seq) FROM projected
+"""
 _RENEW_LEASES = """
 UPDATE tasks AS t SET lease_expires = now() + make_interval(secs => $2)
 FROM (
@@ -410,6 +437,8 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         self._task_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # watching
         self._followed: dict[str, _Followed] = {}
+        # task_id -> its projection as this store last committed it (see _write_held)
+        self._held: OrderedDict[str, _Locked] = OrderedDict()
         self._listener: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._listener_settled = asyncio.Event()
@@ -546,6 +575,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     # NOTE: raising rolls back the idempotency key claimed above too.
                     raise ValueError(f"task {stored.task_id!r} already exists")
         log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
+        self._hold(_Locked(copy_message(stored), False, self._owner))
         return stored, True
 
     async def append(
@@ -734,6 +764,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                         await conn.execute(_QUARANTINE, row["task_id"])
                 continue
             log.info("task_lease_claimed", task_id=task.task_id, previous_owner=row["previous"])
+            self._hold(_Locked(copy_message(task), False, self._owner))
             claimed.append(task)
         return claimed
 
@@ -870,7 +901,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
     async def _commit(self, batch: builtins.list[_Append]) -> None:
         """Commit `batch` in one transaction and settle each caller's future; never raises."""
         try:
-            results, changed = await self._write(batch)
+            results, changed = await self._write_all(batch)
         except asyncio.CancelledError:
             for request in batch:
                 _settle(request, StoreClosed())
@@ -897,6 +928,101 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                 followed.advance(last_seq)
         for request, result in zip(batch, results, strict=True):
             _settle(request, result)
+
+    def _hold(self, held: _Locked) -> None:
+        """Keep a task's projection for the one-statement append path (see _write_held)."""
+        task_id = held.task.task_id
+        if held.finished:
+            self._held.pop(task_id, None)
+            return
+        self._held[task_id] = held
+        self._held.move_to_end(task_id)
+        if len(self._held) > _MAX_HELD_PROJECTIONS:
+            self._held.popitem(last=False)
+
+    async def _write_all(
+        self, batch: builtins.list[_Append]
+    ) -> tuple[builtins.list[int | StoreError], dict[str, int]]:
+        """Write a batch: held tasks in one statement, the rest (and any held task that
+        another writer changed meanwhile) through the locking transaction."""
+        done: dict[_Append, int | StoreError] = {}
+        changed: dict[str, int] = {}
+        if any(request.task_id in self._held for request in batch):
+            done, changed = await self._write_held(batch)
+        rest = [request for request in batch if request not in done]
+        if rest:
+            results, locked_changed = await self._write(rest)
+            done.update(zip(rest, results, strict=True))
+            changed.update(locked_changed)
+        return [done[request] for request in batch], changed
+
+    async def _write_held(
+        self, batch: builtins.list[_Append]
+    ) -> tuple[dict[_Append, int | StoreError], dict[str, int]]:
+        """The appends of `batch` to held tasks, in one statement; (their results, the new
+        last_seq of each task written). Requests left out of the results (a task not held,
+        or one whose row moved on without this store) go through _write."""
+        pending: dict[str, builtins.list[tuple[_Append, int | StoreError]]] = {}
+        fenced: dict[str, bool] = {}
+        prior: dict[str, int] = {}
+        appended: builtins.list[pb.TaskEvent] = []
+        for request in batch:
+            held = self._held.get(request.task_id)
+            if held is None:
+                continue
+            prior.setdefault(request.task_id, held.task.last_seq)
+            fenced[request.task_id] = fenced.get(request.task_id, False) or request.as_owner
+            outcomes = pending.setdefault(request.task_id, [])
+            if held.finished:
+                outcomes.append((request, TaskClosed(request.task_id)))
+                continue
+            for event in request.events:
+                event.seq = held.task.last_seq + 1
+                event.task_id = request.task_id
+                apply(held.task, event, held.subtask_index)
+                appended.append(event)
+            held.finished = request.events[-1].HasField("finished")
+            outcomes.append((request, held.task.last_seq))
+        written = {task_id: self._held[task_id] for task_id in pending}
+        tasks = [held.task for held in written.values()]
+        try:
+            async with self._session() as conn:
+                rows = await conn.fetch(
+                    _WRITE_HELD_APPENDS,
+                    [event.task_id for event in appended],
+                    [event.seq for event in appended],
+                    [event.WhichOneof("kind") for event in appended],
+                    [event.SerializeToString() for event in appended],
+                    list(written),
+                    [task.state for task in tasks],
+                    [task.last_seq for task in tasks],
+                    [held.finished for held in written.values()],
+                    [task.SerializeToString() for task in tasks],
+                    [task.update_time.ToDatetime(tzinfo=datetime.UTC) for task in tasks],
+                    self._channel,
+                    [prior[task_id] for task_id in written],
+                    [fenced[task_id] for task_id in written],
+                    self._owner,
+                )
+        except BaseException:
+            # NOTE: the held projections already took these events: forget them (the row is
+            # re-read by the next append), whatever the outcome in the database was.
+            for task_id in written:
+                self._held.pop(task_id, None)
+            raise
+        updated = {row["task_id"] for row in rows}
+        done: dict[_Append, int | StoreError] = {}
+        changed: dict[str, int] = {}
+        for task_id, held in written.items():
+            if task_id not in updated:
+                # Another writer got in (a cancel through another replica, a takeover):
+                # the locking path decides what these appends get.
+                self._held.pop(task_id, None)
+                continue
+            done.update(pending[task_id])
+            changed[task_id] = held.task.last_seq
+            self._hold(held)
+        return done, changed
 
     async def _write(
         self, batch: builtins.list[_Append]
@@ -964,6 +1090,11 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     self._channel,
                     [f"{task.task_id}:{task.last_seq}" for task in tasks],
                 )
+        for held in changed.values():
+            if held.lease_owner == self._owner:
+                self._hold(held)
+            else:
+                self._held.pop(held.task.task_id, None)
         return results, {task_id: held.task.last_seq for task_id, held in changed.items()}
 
     @contextlib.asynccontextmanager

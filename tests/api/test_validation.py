@@ -299,6 +299,38 @@ def test_malformed_plan_wins_over_unserved_arm() -> None:
     _invalid_submit(_submit(plan=plan), "PLAN_CYCLE", "plan.steps")
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_in_json(number: float) -> None:
+    """NaN and infinities (valid doubles, not JSON) in context or a step input are
+    NON_FINITE_NUMBER naming the field and the path to the number."""
+    context = struct_pb2.Struct()
+    context.update({"ok": 1.5, "deep": {"list": [0, {"x": number}]}})
+    message = _invalid_submit(_submit(context=context), "NON_FINITE_NUMBER", "context")
+    assert "context['deep']['list'][1]['x']" in message
+    plan = _steps(("a", "coder", []))
+    plan.steps[0].input.update({"n": number})
+    _invalid_submit(_submit(plan=plan), "NON_FINITE_NUMBER", "plan.steps[0].input")
+
+
+def test_json_nested_too_deep() -> None:
+    """Objects and lists nested more than 20 deep in context or a step input are TOO_DEEP;
+    20 deep passes."""
+
+    def nested(depth: int) -> struct_pb2.Struct:
+        value: Any = {}  # the innermost object, inside the list inside the context
+        for _ in range(depth - 3):
+            value = {"k": value}
+        struct = struct_pb2.Struct()
+        struct.update({"k": [value]})  # a list counts as a level too
+        return struct
+
+    validate_submit(_submit(context=nested(20)), ARMS)
+    _invalid_submit(_submit(context=nested(21)), "TOO_DEEP", "context")
+    plan = _steps(("a", "coder", []))
+    plan.steps[0].input.CopyFrom(nested(21))
+    _invalid_submit(_submit(plan=plan), "TOO_DEEP", "plan.steps[0].input")
+
+
 def test_fingerprint_ignores_request_id_only() -> None:
     """The fingerprint is stable across request_ids and map order, and changes with the body."""
     context_a = struct_pb2.Struct()

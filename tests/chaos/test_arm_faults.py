@@ -1,5 +1,5 @@
 """Arm faults in one orchestrator process: an arm frozen without FIN, an arm killed with -9,
-a dispatch no arm can read. Every accepted task ends terminal with a consistent history.
+a dispatch no arm can read or receive. Every accepted task ends terminal with a consistent history.
 
 The faulty arms are real `octollm arm sleep` processes, so they can be frozen (SIGSTOP: the
 kernel keeps the TCP connection open and acknowledges data, the process answers nothing, not
@@ -20,10 +20,12 @@ from typing import Any
 
 import grpc
 import pytest
+from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
+from arm_sdk.grpc_options import MAX_MESSAGE_BYTES
 from orchestrator_svc.server import Orchestrator
 from tests.chaos.history import assert_consistent_history, finished_history
 
@@ -230,3 +232,22 @@ async def test_dispatch_no_arm_can_read_fails_its_step_not_the_arm(
     again = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=short))).task
     _, fine = await finished_history(stub, again.task_id, timeout_s=WAIT_S)
     assert fine.state == pb.TASK_STATE_SUCCEEDED
+
+
+async def test_dispatch_larger_than_the_stream_carries_fails_once(
+    start_arm, start_orchestrator
+) -> None:  # type: ignore[no-untyped-def]
+    """A dispatch over the 16 MiB message limit breaks the stream it was sent on once; then it
+    fails DISPATCH_TOO_LARGE (not failed over again and again) and the arm serves on."""
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    await routable_with_credit(orch, 1)
+    huge = arm_pb.Dispatch(subtask_id="huge", attempt=1)
+    huge.input.update({"blob": "x" * (MAX_MESSAGE_BYTES + 1)})
+    outcome = await orch.mesh.execute("echo", huge, timeout_s=WAIT_S)
+    assert outcome.failure is not None
+    assert (outcome.failure.reason, outcome.failure.retryable) == ("DISPATCH_TOO_LARGE", False)
+    assert outcome.attempt == 1
+    await routable_with_credit(orch, 1)
+    fine = await orch.mesh.execute("echo", arm_pb.Dispatch(subtask_id="fine"), timeout_s=WAIT_S)
+    assert fine.result is not None

@@ -194,6 +194,26 @@ async def test_5xx_is_retried_then_unavailable(
     assert len(fake.requests) == 3
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>502 Bad Gateway</html>",
+        '{"id": "chatcmpl-1", "choices": [{"mess',
+        {"choices": "none", "usage": -1},
+        {"choices": [{"message": {"content": 7}}]},
+    ],
+    ids=["html", "truncated", "wrong-shape", "non-text-content"],
+)
+async def test_a_200_that_is_no_chat_completion_is_unavailable(
+    body: Any, start_fake: StartFake, make_client: MakeClient
+) -> None:
+    """HTTP 200 whose body is not JSON, or not a chat completion, raises LLMUnavailable (the
+    brain falls back), never the SDK's JSONDecodeError or an AttributeError."""
+    fake = await start_fake([Reply(body=body)])
+    with pytest.raises(LLMUnavailable, match="bad response"):
+        await ask(make_client(fake.base_url))
+
+
 async def test_5xx_then_good(start_fake: StartFake, make_client: MakeClient) -> None:
     """A transient HTTP 502 followed by an answer succeeds."""
     fake = await start_fake([error(502, "bad gateway"), completion(GOOD)])

@@ -164,9 +164,12 @@ async def test_corrupt_task_row_fails_only_that_task(
 ) -> None:
     """A poisoned task row raises CorruptRecord for it; appends to other tasks still commit."""
     await pg_schema.migrate()
+    creator = await pg_schema.open_store()
+    poisoned, _ = await creator.create(new_task(), "fp")
+    healthy, _ = await creator.create(new_task(), "fp")
+    # NOTE: another replica's store: the creator holds the projections it wrote and would
+    # write them over the poisoned body instead of reading it.
     store = await pg_schema.open_store()
-    poisoned, _ = await store.create(new_task(), "fp")
-    healthy, _ = await store.create(new_task(), "fp")
     connection = await pg_schema.connect()
     await connection.execute(
         "UPDATE tasks SET body = '\\xffffffff'::bytea WHERE task_id = $1", poisoned.task_id
@@ -228,7 +231,11 @@ async def test_close_releases_every_connection(pg_schema: PgSchema, new_task: Ne
         )
         return count
 
-    assert await sessions() >= 2  # the pool, and the LISTEN connection
+    async def listening() -> None:
+        while await sessions() < 2:  # the pool, and the watcher's LISTEN connection
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(listening(), HANG_GUARD)
     await store.close()
     with pytest.raises(StoreClosed):
         await watcher
@@ -344,3 +351,20 @@ def test_notify_channel_is_per_schema_and_valid() -> None:
     assert channel_for("public") == "octollm_task_events"
     assert len(channels) == 4
     assert all(len(channel.encode()) <= 63 for channel in channels)
+
+
+async def test_a_writer_that_holds_the_projection_notices_another_writer(
+    replicas: tuple[PostgresTaskStore, PostgresTaskStore], new_task: NewTask
+) -> None:
+    """A appends from its held projection; when B wrote in between, A re-reads: no gap, no
+    duplicate seq, and the projection has both writers' events."""
+    a, b = replicas
+    task, _ = await a.create(new_task(), "fp")
+    assert await a.append(task.task_id, [_progress("a1")], as_owner=True) == 1
+    assert await b.append(task.task_id, [_progress("b1"), _progress("b2")]) == 3
+    assert await a.append(task.task_id, [_progress("a2")], as_owner=True) == 4
+    assert await a.append(task.task_id, [_finished()], as_owner=True) == 5
+    events = await _collect(b.watch(task.task_id, 0))
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert [e.subtask_progress.message for e in events[:4]] == ["a1", "b1", "b2", "a2"]
+    assert (await b.get(task.task_id)).last_seq == 5
