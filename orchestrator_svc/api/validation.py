@@ -33,6 +33,7 @@ MAX_PAGE_TOKEN_CHARS = 1024
 MAX_ARM_ID_CHARS = 128
 MAX_JSON_DEPTH = 20
 _MAX_DURATION_NANOS = 999_999_999
+_MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's range, ~10,000 years
 
 # NOTE: matched with fullmatch: `$` would also accept a trailing newline.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -256,6 +257,14 @@ def _check_budget(budget: common_pb2.Budget) -> None:
         raise invalid_argument(
             "budget.max_time",
             f"budget.max_time.nanos must be at most {_MAX_DURATION_NANOS} (got {max_time.nanos})",
+            "INVALID_DURATION",
+        )
+    if max_time.seconds > _MAX_DURATION_SECONDS:
+        # NOTE: beyond google.protobuf.Duration's range no JSON client could show the task.
+        raise invalid_argument(
+            "budget.max_time",
+            f"budget.max_time.seconds must be at most {_MAX_DURATION_SECONDS} "
+            f"(got {max_time.seconds})",
             "INVALID_DURATION",
         )
 

@@ -76,6 +76,7 @@ class TaskEventLog:
         self.usage = usage
         self.last_seq = last_seq
         self.lost: StoreError | None = None
+        self.ended = False  # the `finished` event was emitted
         self._buffer: list[pb.TaskEvent] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -83,6 +84,7 @@ class TaskEventLog:
         if self.lost is not None:
             return
         event.usage.CopyFrom(self.usage)
+        self.ended = self.ended or event.HasField("finished")
         self._buffer.append(event)
         if self._observe is not None:
             self._observe(event)

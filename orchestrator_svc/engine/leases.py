@@ -61,7 +61,9 @@ class LeaseKeeper:
         running = self._runner.running_ids()
         held = await self._leases.renew()
         for task_id in running - held:
-            self._runner.abandon(task_id, "its lease is gone: another replica runs it now")
+            # NOTE: a task whose end was just committed holds no lease, and is not lost.
+            if not self._runner.ended(task_id):
+                self._runner.abandon(task_id, "its lease is gone: another replica runs it now")
         unrun = held - self._runner.running_ids()
         # NOTE: idle for two ticks in a row: a task just accepted is not started yet for a
         # moment, so one tick is not enough to call it stranded (a run that failed on the

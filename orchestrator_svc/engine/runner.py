@@ -162,6 +162,11 @@ class TaskRunner:
     def abandoned(self, task_id: str) -> bool:
         return task_id in self._abandoned
 
+    def ended(self, task_id: str) -> bool:
+        """True once the task's run has recorded its terminal event (it may still be flushing)."""
+        run = self._runs.get(task_id)
+        return run is not None and run.events.ended
+
     async def cancel(self, task_id: str, reason: str) -> None:
         """Cancel a running task and wait until its CANCELLED state is recorded."""
         runner = self._running.get(task_id)

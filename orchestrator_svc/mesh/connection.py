@@ -31,7 +31,7 @@ class ProtocolViolation(Exception):
     """The arm broke the Execute protocol badly enough that the stream is closed."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Pending:
     """A subtask the mesh is responsible for until it has an outcome."""
 
@@ -43,6 +43,7 @@ class Pending:
     connection: ArmConnection | None = None
     failovers: int = 0
     avoid_arm: str = ""
+    withdrawn: bool = False  # cancelled or expired while queued: the queue skips it
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ or the subtask's deadline passes. An accepted subtask is never dropped: it ends 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import defaultdict, deque
 from collections.abc import Callable
 
@@ -61,6 +60,7 @@ class Mesh:
         self._by_arm_id: dict[str, ArmConnection] = {}
         self._by_type: dict[str, list[ArmConnection]] = defaultdict(list)
         self._queues: dict[str, deque[Pending]] = defaultdict(deque)
+        self._withdrawn: dict[str, int] = defaultdict(int)  # withdrawn entries left in a queue
         self._changed = asyncio.Event()
 
     # -- membership --------------------------------------------------------------------------
@@ -125,7 +125,11 @@ class Mesh:
 
     def queue_depths(self) -> dict[str, int]:
         """Subtasks waiting for credit, by arm type (safe to call from another thread)."""
-        return {arm_type: len(queue) for arm_type, queue in list(self._queues.items())}
+        withdrawn = dict(self._withdrawn)
+        return {
+            arm_type: len(queue) - withdrawn.get(arm_type, 0)
+            for arm_type, queue in list(self._queues.items())
+        }
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -197,8 +201,19 @@ class Mesh:
         if pending.connection is not None:
             pending.connection.cancel(pending.dispatch.subtask_id, reason)
             return
-        with contextlib.suppress(ValueError):
-            self._queues[pending.arm_type].remove(pending)
+        queue = self._queues.get(pending.arm_type)
+        if not queue or pending.withdrawn:
+            return
+        pending.withdrawn = True
+        if queue[-1] is pending:
+            queue.pop()
+            return
+        # NOTE: left in place (the pump skips it) and swept out once withdrawn entries are
+        # half the queue: withdrawing one of n queued subtasks must not cost a scan of n.
+        self._withdrawn[pending.arm_type] += 1
+        if self._withdrawn[pending.arm_type] * 2 > len(queue):
+            self._queues[pending.arm_type] = deque(p for p in queue if not p.withdrawn)
+            self._withdrawn[pending.arm_type] = 0
 
     def _pump(self, arm_type: str) -> None:
         queue = self._queues.get(arm_type)
@@ -210,6 +225,9 @@ class Mesh:
         now = asyncio.get_running_loop().time()
         while queue and ready:
             pending = queue.popleft()
+            if pending.withdrawn:
+                self._withdrawn[arm_type] = max(0, self._withdrawn[arm_type] - 1)
+                continue
             if pending.future.done():
                 continue
             conn = self._pick(ready, pending.avoid_arm)

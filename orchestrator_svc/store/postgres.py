@@ -151,15 +151,19 @@ WITH appended AS (
     SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
         update_time = p.update_time,
         lease_owner = CASE WHEN p.finished THEN NULL ELSE t.lease_owner END,
-        lease_expires = CASE WHEN p.finished THEN NULL ELSE t.lease_expires END
+        lease_expires = CASE
+            WHEN p.finished THEN NULL
+            WHEN p.fenced AND t.lease_owner = $14
+                THEN greatest(t.lease_expires, now() + make_interval(secs => $15))
+            ELSE t.lease_expires
+        END
     FROM unnest($5::uuid[], $6::integer[], $7::bigint[], $8::boolean[], $9::bytea[],
-                $10::timestamptz[]) AS p (task_id, state, last_seq, finished, body, update_time)
+                $10::timestamptz[], $13::boolean[])
+         AS p (task_id, state, last_seq, finished, body, update_time, fenced)
     WHERE t.task_id = p.task_id
 )
 SELECT pg_notify($11, payload) FROM unnest($12::text[]) AS payload
 """
-# NOTE: ordered locking (by task_id, as appends lock), so a renewal and a group commit never
-# deadlock over the same rows.
 # NOTE: the append of a task whose projection this store holds (it runs the task): one
 # statement, so one round trip and its own transaction. The row is updated only if the log
 # is where the held projection says (no other writer got in) and, for an owner append, the
@@ -170,7 +174,12 @@ WITH projected AS (
     SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
         update_time = p.update_time,
         lease_owner = CASE WHEN p.finished THEN NULL ELSE t.lease_owner END,
-        lease_expires = CASE WHEN p.finished THEN NULL ELSE t.lease_expires END
+        lease_expires = CASE
+            WHEN p.finished THEN NULL
+            WHEN p.fenced AND t.lease_owner = $14
+                THEN greatest(t.lease_expires, now() + make_interval(secs => $15))
+            ELSE t.lease_expires
+        END
     FROM unnest($5::uuid[], $6::integer[], $7::bigint[], $8::boolean[], $9::bytea[],
                 $10::timestamptz[], $12::bigint[], $13::boolean[])
          AS p (task_id, state, last_seq, finished, body, update_time, prior_seq, fenced)
@@ -185,15 +194,19 @@ WITH projected AS (
 )
 SELECT task_id::text AS task_id, pg_notify($11, task_id::text || ':' || last_seq) FROM projected
 """
+# NOTE: rows an append holds are skipped, never waited for (so a renewal and a commit cannot
+# deadlock): an owner append extends the lease itself. Every lease still this owner's is
+# returned, renewed now or not (the main query does not see the CTE's update, nor need to).
 _RENEW_LEASES = """
-UPDATE tasks AS t SET lease_expires = now() + make_interval(secs => $2)
-FROM (
-    SELECT task_id FROM tasks WHERE lease_owner = $1 AND NOT finished
-    ORDER BY task_id
-    FOR UPDATE
-) AS held
-WHERE t.task_id = held.task_id
-RETURNING t.task_id::text AS task_id
+WITH renewed AS (
+    UPDATE tasks AS t SET lease_expires = now() + make_interval(secs => $2)
+    FROM (
+        SELECT task_id FROM tasks WHERE lease_owner = $1 AND NOT finished
+        FOR UPDATE SKIP LOCKED
+    ) AS free
+    WHERE t.task_id = free.task_id
+)
+SELECT task_id::text AS task_id FROM tasks WHERE lease_owner = $1 AND NOT finished
 """
 _CLAIM_EXPIRED = """
 WITH expired AS (
@@ -1003,6 +1016,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     [prior[task_id] for task_id in written],
                     [fenced[task_id] for task_id in written],
                     self._owner,
+                    self._lease_ttl_s,
                 )
         except BaseException:
             # NOTE: the held projections already took these events: forget them (the row is
@@ -1044,6 +1058,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     locked[row["task_id"]] = exc
 
             appended: builtins.list[pb.TaskEvent] = []
+            owned: dict[str, bool] = {}
             for request in batch:
                 held = locked.get(request.task_id)
                 if held is None:
@@ -1066,6 +1081,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     appended.append(event)
                 held.finished = request.events[-1].HasField("finished")
                 held.changed = True
+                owned[request.task_id] = owned.get(request.task_id, False) or request.as_owner
                 results.append(held.task.last_seq)
 
             changed = {
@@ -1089,6 +1105,9 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     [task.update_time.ToDatetime(tzinfo=datetime.UTC) for task in tasks],
                     self._channel,
                     [f"{task.task_id}:{task.last_seq}" for task in tasks],
+                    [owned.get(task_id, False) for task_id in changed],
+                    self._owner,
+                    self._lease_ttl_s,
                 )
         for held in changed.values():
             if held.lease_owner == self._owner:

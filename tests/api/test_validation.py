@@ -188,6 +188,11 @@ def test_too_many_acceptance_criteria() -> None:
             "INVALID_DURATION",
             "budget.max_time",
         ),
+        (
+            common_pb2.Budget(max_time=duration_pb2.Duration(seconds=315_576_000_001)),
+            "INVALID_DURATION",
+            "budget.max_time",
+        ),
     ],
 )
 def test_budget_fields(budget: common_pb2.Budget, reason: str, field: str) -> None:

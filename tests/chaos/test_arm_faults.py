@@ -108,8 +108,7 @@ def counting_sleep_arm(runs: Counter[tuple[str, int]]) -> Arm:
 async def test_frozen_arm_is_dropped_by_keepalive_and_its_subtask_fails_over(
     arm_process, start_arm, start_orchestrator, connect, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """An arm frozen mid-subtask (SIGSTOP, no FIN) is found dead by HTTP/2 keepalive; its
-    subtask runs again (attempt 2) on the replica and the task succeeds."""
+    """A SIGSTOPped arm is dropped by keepalive; its subtask reruns on the replica."""
     # NOTE: the production keepalive, five times faster (10 s + 5 s would be 15 s): only the
     # timers the production options set are scaled, so a missing one still fails the test.
     import orchestrator_svc.server as server_module
@@ -143,8 +142,7 @@ async def test_frozen_arm_is_dropped_by_keepalive_and_its_subtask_fails_over(
 async def test_frozen_arm_without_a_replica_fails_its_step_on_the_deadline(
     arm_process, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """With the only arm frozen (and keepalive not yet firing), the subtask deadline ends
-    each attempt: two longer retries, then the step and the task FAIL with DEADLINE_EXCEEDED."""
+    """With the only arm frozen, deadlines end 3 attempts; the task FAILS DEADLINE_EXCEEDED."""
     proc, frozen_address = await arm_process()
     orch = await start_orchestrator([frozen_address], wait_for=("sleep",), subtask_timeout_s=0.8)
     await routable_with_credit(orch, 1)
@@ -171,8 +169,7 @@ async def test_frozen_arm_without_a_replica_fails_its_step_on_the_deadline(
 async def test_arm_killed_under_load_loses_and_repeats_nothing(
     arm_process, start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """kill -9 of an arm running subtasks of several tasks: every task still succeeds, each
-    lost subtask reruns once on the replica, and every history is consistent."""
+    """kill -9 under load: all tasks succeed, each lost subtask reruns exactly once."""
     proc, doomed_address = await arm_process()
     runs: Counter[tuple[str, int]] = Counter()
     survivor = await start_arm(counting_sleep_arm(runs))
@@ -210,8 +207,7 @@ async def test_arm_killed_under_load_loses_and_repeats_nothing(
 async def test_dispatch_no_arm_can_read_fails_its_step_not_the_arm(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """Echo outputs nest their inputs, so a long echo chain outgrows protobuf's 100 levels: the
-    step fails DISPATCH_TOO_DEEP (not retried forever as ARM_LOST) and the arm keeps serving."""
+    """A dispatch nested past 100 levels fails DISPATCH_TOO_DEEP once, not as ARM_LOST."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([echo.address], wait_for=("echo",))
     stub = connect(orch.address)
@@ -237,8 +233,7 @@ async def test_dispatch_no_arm_can_read_fails_its_step_not_the_arm(
 async def test_dispatch_larger_than_the_stream_carries_fails_once(
     start_arm, start_orchestrator
 ) -> None:  # type: ignore[no-untyped-def]
-    """A dispatch over the 16 MiB message limit breaks the stream it was sent on once; then it
-    fails DISPATCH_TOO_LARGE (not failed over again and again) and the arm serves on."""
+    """A dispatch over 16 MiB breaks one stream, then fails DISPATCH_TOO_LARGE."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([echo.address], wait_for=("echo",))
     await routable_with_credit(orch, 1)

@@ -37,8 +37,7 @@ def sleep_plan(seconds: float, *step_ids: str) -> pb.Plan:
 async def test_budget_of_one_nanosecond_ends_deadline_exceeded(
     plan: pb.Plan | None, start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """budget.max_time = 1 ns is over before the task starts: DEADLINE_EXCEEDED, every
-    subtask settled, a consistent history."""
+    """budget.max_time = 1 ns: DEADLINE_EXCEEDED at once, every subtask settled."""
     sleep = await start_arm(REFERENCE_ARMS["sleep"]())
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([sleep.address, echo.address], wait_for=("sleep", "echo"))
@@ -58,8 +57,7 @@ async def test_budget_of_one_nanosecond_ends_deadline_exceeded(
 async def test_deadline_passing_mid_subtask_cancels_it_at_the_arm(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """A task deadline that passes while a subtask runs: the arm's handler is cancelled, the
-    subtask ends CANCELLED, the next step is SKIPPED, the task DEADLINE_EXCEEDED."""
+    """A deadline passing mid-subtask cancels it at the arm; the task DEADLINE_EXCEEDED."""
     started, cancelled = asyncio.Event(), asyncio.Event()
     arm = Arm(arm_type="slow")
 

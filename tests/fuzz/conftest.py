@@ -28,9 +28,14 @@ async def fuzz_mesh() -> AsyncIterator[FuzzMesh]:
     )
     orchestrator = await Orchestrator(settings).start()
     await orchestrator.wait_for_arms(set(arms), timeout_s=10)
-    # NOTE: large enough for the largest request the strategies build (2000 steps).
+    # NOTE: large enough for the largest request the strategies build (2000 steps), and for
+    # the Task of a wide echo plan: each output echoes the dependencies' outputs.
     channel = grpc.aio.insecure_channel(
-        orchestrator.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        orchestrator.address,
+        options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ],
     )
     try:
         yield FuzzMesh(orchestrator, arms, channel, pb_grpc.OrchestratorServiceStub(channel))

@@ -145,8 +145,7 @@ def test_repaired_plan_is_valid_or_explicitly_unrepairable(
 def test_repair_of_large_dense_plans_finishes(
     n: int, fan_in: int, arms: list[ArmCapability]
 ) -> None:
-    """Up to 2000 steps, each depending on its `fan_in` predecessors: validation and repair
-    finish (no recursion limit, no path explosion) even when no arm can run any step."""
+    """Validation and repair of up to 2000 densely linked, mostly unservable steps finish."""
     steps = tuple(
         PlannedStep(
             step_id=f"s{i}",

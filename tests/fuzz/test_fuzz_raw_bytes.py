@@ -166,8 +166,7 @@ async def call_raw(mesh: FuzzMesh, method: str, body: bytes) -> list[bytes] | gr
 async def test_raw_bytes_to_the_orchestrator_get_proper_statuses(
     fuzz_mesh: FuzzMesh, data: Any, method: str
 ) -> None:
-    """Any body to any OrchestratorService RPC: MALFORMED_REQUEST if it does not parse, else
-    OK or a client error with ErrorInfo; accepted tasks finish; the server keeps serving."""
+    """Any body to any RPC: MALFORMED_REQUEST if unparsable, else OK or a client error."""
     body = deep_submit(35) if data is None else data.draw(bodies(SEEDS[method]), label="body")
     message_class = request_class(method)
     replies = await call_raw(fuzz_mesh, method, body)
@@ -194,9 +193,7 @@ async def test_raw_bytes_to_the_orchestrator_get_proper_statuses(
 async def test_deep_contexts_are_refused_before_they_break_a_reader(
     fuzz_mesh: FuzzMesh, depth: int, reason: str | None
 ) -> None:
-    """A context 35 objects deep does not parse (protobuf reads 100 levels, three per object):
-    MALFORMED_REQUEST; 21..34 parse, but the Task, events and dispatches carrying them might
-    not, so TOO_DEEP; 20 deep is accepted and runs."""
+    """35 deep: MALFORMED_REQUEST; 21..34: TOO_DEEP (replies would not parse); 20: runs."""
     reply = await call_raw(fuzz_mesh, "SubmitTask", deep_submit(depth))
     if reason is not None:
         assert isinstance(reply, grpc.aio.AioRpcError), reply
@@ -258,8 +255,7 @@ async def test_raw_bytes_to_describe_arm(fuzz_mesh: FuzzMesh, body: bytes) -> No
 async def test_raw_frames_to_execute_end_the_stream_cleanly(
     fuzz_mesh: FuzzMesh, frames: list[bytes]
 ) -> None:
-    """Execute with any frames: Hello first, every reply parses, the stream ends OK, and the
-    arm keeps serving the orchestrator."""
+    """Execute with any frames: Hello, parsable replies, status OK; the arm serves on."""
     arm = fuzz_mesh.arms["echo"]
     async with grpc.aio.insecure_channel(arm.address) as channel:
         call = channel.stream_stream(f"/{ARM_SERVICE}/Execute")(timeout=CALL_TIMEOUT_S)
@@ -288,8 +284,7 @@ async def test_raw_frames_to_execute_end_the_stream_cleanly(
 
 
 async def test_dispatch_the_arm_cannot_read_fails_only_that_subtask(fuzz_mesh: FuzzMesh) -> None:
-    """A Dispatch whose input holds NaN (not JSON) gets SubtaskFailure BAD_DISPATCH and its
-    slot back; the same stream then runs the next subtask."""
+    """A Dispatch holding NaN fails BAD_DISPATCH; the same stream runs the next one."""
     arm = fuzz_mesh.arms["echo"]
     poison = arm_pb.Dispatch(subtask_id="poison", attempt=1)
     poison.input.update({"x": math.nan})

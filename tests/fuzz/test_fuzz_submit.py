@@ -13,9 +13,10 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from hypothesis import event, example, given
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from tests.chaos.history import assert_consistent_history, finished_history
@@ -229,6 +230,12 @@ def struct_is_finite(struct: struct_pb2.Struct) -> bool:
     return all(finite(v) for v in struct.fields.values())
 
 
+def statistic(label: str) -> None:
+    """Count `label` in hypothesis's statistics (when running under @given)."""
+    if currently_in_test_context():
+        event(label)
+
+
 def bucket(n: int) -> str:
     """A size class of `n` steps, for hypothesis's statistics."""
     return next(f"<={top}" for top in (1, 10, 100, 1000, 10**9) if n <= top)
@@ -250,7 +257,7 @@ async def check_submit(mesh: FuzzMesh, request: pb.SubmitTaskRequest) -> None:
     if isinstance(response, grpc.aio.AioRpcError):
         assert response.code() in CLIENT_ERRORS, f"{response.code().name}: {response.details()}"
         info = error_info(response)
-        event(f"{response.code().name}/{info.reason}")
+        statistic(f"{response.code().name}/{info.reason}")
         if response.code() == grpc.StatusCode.INVALID_ARGUMENT and info.reason != MALFORMED:
             assert info.metadata.get("field"), f"{info.reason} names no field"
         return
@@ -259,10 +266,13 @@ async def check_submit(mesh: FuzzMesh, request: pb.SubmitTaskRequest) -> None:
     assert all(struct_is_finite(s.input) for s in request.plan.steps)
     accepted = response.task
     steps = len(request.plan.steps)
-    event("accepted, planned by the brain" if not steps else f"accepted, {bucket(steps)} steps")
+    statistic("accepted, planned by the brain" if not steps else f"accepted, {bucket(steps)} steps")
     assert accepted.task_id
     events, task = await finished_history(mesh.stub, accepted.task_id, timeout_s=TASK_WAIT_S)
     assert_consistent_history(events, task)
+    # grpcurl and every proto3-JSON client must be able to show what they read.
+    for message in (task, *events):
+        json_format.MessageToJson(message)
     # A crash of the task runner is recorded as INTERNAL: never an acceptable end.
     assert task.failure.code != grpc.StatusCode.INTERNAL.value[0], task.failure
 
@@ -277,11 +287,21 @@ async def check_submit(mesh: FuzzMesh, request: pb.SubmitTaskRequest) -> None:
     )
 )
 @example(request=pb.SubmitTaskRequest(goal=GOAL, plan=chain(1000)))
-@example(request=pb.SubmitTaskRequest(goal=GOAL, plan=chain(1000, width=500)))
 @example(request=pb.SubmitTaskRequest(goal=GOAL, plan=chain(2000)))
 async def test_submit_answers_ok_or_a_precise_client_error(
     fuzz_mesh: FuzzMesh, request: pb.SubmitTaskRequest
 ) -> None:
-    """Any SubmitTaskRequest gets OK or INVALID_ARGUMENT/FAILED_PRECONDITION/ALREADY_EXISTS/
-    RESOURCE_EXHAUSTED with ErrorInfo; accepted tasks end terminal with a consistent log."""
+    """Any SubmitTask: OK or a client error with ErrorInfo; accepted tasks end consistent."""
     await check_submit(fuzz_mesh, request)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/store: the Task holds every step output twice (subtasks[].output and "
+    "result.outputs) and echo-like outputs carry their dependencies' outputs, so 500 steps "
+    "feeding 500 more make a 23 MB Task: GetTask fails RESOURCE_EXHAUSTED (server send limit "
+    "16 MiB, no ErrorInfo) and the accepted task can never be read back",
+)
+async def test_an_accepted_wide_plan_stays_readable(fuzz_mesh: FuzzMesh) -> None:
+    """1000 echo steps (500 feeding 500) finish and can be read back with GetTask."""
+    await check_submit(fuzz_mesh, pb.SubmitTaskRequest(goal=GOAL, plan=chain(1000, width=500)))

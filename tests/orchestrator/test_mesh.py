@@ -21,6 +21,7 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from arm_sdk import Arm, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
 from orchestrator_svc.server import Orchestrator
+from tests.chaos.history import assert_consistent_history
 
 GOAL = "Exercise the mesh under test conditions"
 
@@ -58,6 +59,44 @@ async def test_never_more_in_flight_than_credited(start_arm, start_orchestrator)
         while conn.credits < 2:
             await asyncio.sleep(0.01)
     assert conn.credits == 2
+
+
+async def test_cancelled_queued_subtasks_are_never_dispatched(
+    start_arm, start_orchestrator
+) -> None:  # type: ignore[no-untyped-def]
+    """40 subtasks wait for one credit; cancelling 25 of them drops them from the queue (its
+    depth says so) and only the other 15 ever reach the arm."""
+    arm = Arm(arm_type="narrow", max_concurrency=1)
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        seen.append(int(inp.input["n"]))
+        await release.wait()
+        return {"n": inp.input["n"]}
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator([server.address], wait_for=("narrow",))
+    calls = [
+        asyncio.create_task(orch.mesh.execute("narrow", dispatch(f"s{i}", n=i), timeout_s=60))
+        for i in range(40)
+    ]
+    async with asyncio.timeout(10):
+        while orch.mesh.queue_depths().get("narrow") != 39:
+            await asyncio.sleep(0.01)
+    doomed = [calls[i] for i in range(1, 40) if i % 3 != 0][:25]
+    for call in doomed:
+        call.cancel()
+    await asyncio.wait(doomed)
+    assert orch.mesh.queue_depths()["narrow"] == 39 - 25
+    release.set()
+    kept = [c for c in calls if c not in doomed]
+    outcomes = await asyncio.gather(*kept)
+    assert all(o.result is not None for o in outcomes)
+    assert sorted(seen) == sorted(int(o.result.output["n"]) for o in outcomes if o.result)
+    assert len(seen) == 15
+    assert orch.mesh.queue_depths()["narrow"] == 0
 
 
 async def test_deadline_is_sent_and_enforced(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
@@ -138,13 +177,16 @@ async def test_arm_killed_mid_subtask_fails_over_to_a_replica(
         step.input.update({"seconds": 1.5})
     stub = connect(orch.address)
     task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=plan))).task
+    events = []
     async for response in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        events.append(response.event)
         sub = response.event.subtask_changed.subtask
         if sub.state == pb.SUBTASK_STATE_RUNNING and sub.arm_id == doomed_id:
             os.kill(proc.pid, signal.SIGKILL)
         if response.event.HasField("finished"):
             break
     done = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+    assert_consistent_history(events, done)
     assert done.state == pb.TASK_STATE_SUCCEEDED
     assert proc.wait(5) == -signal.SIGKILL
     assert {s.provenance.arm_id for s in done.subtasks} == {survivor.arm_id}
