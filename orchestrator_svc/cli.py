@@ -11,10 +11,16 @@ octollm watch TASK_ID            follow a task's events
 
 from __future__ import annotations
 
+import os
+
+# NOTE: before grpc is imported. The commands run on uvloop, whose subprocesses (the executor
+# arm's sandbox launcher) start with fork(), which runs grpc's fork handlers in the child; they
+# can abort it (SIGABRT before exec). No command forks a process that goes on using grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path

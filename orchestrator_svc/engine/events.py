@@ -16,6 +16,12 @@ log = structlog.get_logger(__name__)
 
 # How long a task keeps retrying its appends while the store is unavailable, before it fails.
 STORE_OUTAGE_S = 120.0
+# How long an event that only says work is under way may wait for the next event that records
+# an outcome, so that a fast subtask costs one append (and one watcher message), not two.
+DEFER_S = 0.005
+_UNDER_WAY = frozenset(
+    {pb.SUBTASK_STATE_READY, pb.SUBTASK_STATE_DISPATCHED, pb.SUBTASK_STATE_RUNNING}
+)
 _RETRY_INITIAL_S = 0.05
 _RETRY_MAX_S = 2.0
 
@@ -45,7 +51,10 @@ class TaskEventLog:
     while the previous append was in flight into one store call (group commit).
 
     `emit` never blocks, so synchronous callbacks (arm progress) can record events; `flush`
-    waits until everything emitted so far is in the store.
+    waits until everything emitted so far is in the store. Events that only say work is under
+    way (a subtask waiting, dispatched or running; progress) may wait up to DEFER_S for the next
+    event that records something, and go into the store with it, in order; each is stamped
+    with the time it was emitted.
 
     Appends are made as the task's owner. When the store is briefly unavailable (a PostgreSQL
     restart), the batch is retried with backoff for up to `outage_s`; an append whose outcome
@@ -78,33 +87,65 @@ class TaskEventLog:
         self.lost: StoreError | None = None
         self.ended = False  # the `finished` event was emitted
         self._buffer: list[pb.TaskEvent] = []
+        self._urgent = False  # the buffer holds an event that must not wait
+        self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
 
     def emit(self, event: pb.TaskEvent) -> None:
         if self.lost is not None:
             return
         event.usage.CopyFrom(self.usage)
+        if not event.HasField("time"):
+            event.time.GetCurrentTime()
         self.ended = self.ended or event.HasField("finished")
         self._buffer.append(event)
+        self._urgent = self._urgent or not _may_wait(event)
         if self._observe is not None:
             self._observe(event)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain(), name=f"events {self._task_id}")
+        self._kick()
 
     async def flush(self) -> None:
-        while self._writer is not None and not self._writer.done():
+        """Wait until every event emitted so far is in the store (deferred ones included)."""
+        while True:
+            if self._buffer and self.lost is None:
+                self._urgent = True
+                self._kick()
+            if self._writer is None or self._writer.done():
+                break
             await asyncio.shield(self._writer)
-        if self._writer is not None and self._writer.done() and not self._writer.cancelled():
+        if self._writer is not None and not self._writer.cancelled():
             self._writer.result()  # surface a store failure to the task runner
 
+    def _kick(self) -> None:
+        """Start the writer when something must be written now, else arm the deferral timer."""
+        if self._writer is not None and not self._writer.done():
+            return  # it looks at the buffer again when its append is done
+        if not self._buffer or self.lost is not None:
+            return
+        if self._urgent:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._writer = asyncio.create_task(self._drain(), name=f"events {self._task_id}")
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(DEFER_S, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._urgent = True
+        self._kick()
+
     async def _drain(self) -> None:
-        while self._buffer and self.lost is None:
+        while self._buffer and self._urgent and self.lost is None:
             batch: Sequence[pb.TaskEvent] = self._buffer
             self._buffer = []
+            self._urgent = False
             started = time.perf_counter()
             await self._append(batch)
             if self._record_append is not None:
                 self._record_append(time.perf_counter() - started)
+        if self._buffer and self.lost is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(DEFER_S, self._due)
 
     async def _append(self, batch: Sequence[pb.TaskEvent]) -> None:
         loop = asyncio.get_running_loop()
@@ -151,10 +192,24 @@ class TaskEventLog:
         if self.lost is None:
             self.lost = StoreError(why)
             self._buffer.clear()
+            self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _lose(self, why: StoreError) -> None:
         self.lost = why
         self._buffer.clear()
+        self._cancel_timer()
         log.warning("task_events_refused", task_id=self._task_id, reason=str(why))
         if self._on_lost is not None:
             self._on_lost(why)
+
+
+def _may_wait(event: pb.TaskEvent) -> bool:
+    """Progress, and a subtask waiting, dispatched or running: nothing anyone acts on."""
+    if event.HasField("subtask_progress"):
+        return True
+    return event.HasField("subtask_changed") and event.subtask_changed.subtask.state in _UNDER_WAY

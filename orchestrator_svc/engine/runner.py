@@ -657,7 +657,13 @@ class TaskRun:
 
         try:
             while graph.is_active() and failed is None:
-                for step_id in graph.get_ready():
+                ready = graph.get_ready()
+                if ready:
+                    # NOTE: what a step acts on (the plan, its dependencies' results) is
+                    # committed before it is dispatched: a crash never loses an input that a
+                    # dispatched step already used. One commit per wave of ready steps.
+                    await self.events.flush()
+                for step_id in ready:
                     runner = asyncio.create_task(run_step(steps[step_id]))
                     runner.add_done_callback(functools.partial(_report_done, finished, step_id))
                     running[step_id] = runner
@@ -669,9 +675,6 @@ class TaskRun:
                 if outcome.result is not None:
                     self.outputs[step_id] = outcome.result.output
                     self.confidences[step_id] = outcome.result.confidence
-                    # NOTE: a result is committed before anything acts on it: a dependant is
-                    # never dispatched with an input the log could lose in a crash.
-                    await self.events.flush()
                     graph.done(step_id)
                     over = self._over_budget()
                     if over is not None:

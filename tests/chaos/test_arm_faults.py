@@ -188,6 +188,11 @@ async def test_arm_killed_under_load_loses_and_repeats_nothing(
         for i in range(4)
     ]
     await running_on(orch, doomed_id, n=3)
+    # NOTE: every one of the 12 subtasks dispatched before the kill, so the lost ones are
+    # exactly those in flight on the doomed arm (none is sent to it after).
+    async with asyncio.timeout(WAIT_S):
+        while sum(len(c.in_flight) for c in orch.mesh.arms()) < 12:
+            await asyncio.sleep(0.01)
     lost = set(orch.mesh.arm(doomed_id).in_flight)  # type: ignore[union-attr]
     os.kill(proc.pid, signal.SIGKILL)
     histories = await asyncio.gather(

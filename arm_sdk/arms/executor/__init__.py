@@ -27,6 +27,10 @@ INTERNAL           SANDBOX_SETUP_FAILED the sandbox could not be set up or exec 
 Output beyond the limit is not a Failure: the run is killed at once and the result carries
 the first ``OUTPUT_BYTES`` (stdout and stderr together) with ``truncated: true``.
 
+Serving it on uvloop (as ``octollm arm`` does) needs ``GRPC_ENABLE_FORK_SUPPORT=false`` set
+before grpc is imported (the ``octollm`` commands set it): uvloop starts subprocesses with
+fork(), which runs grpc's fork handlers in the child, and they can abort it before exec.
+
 What is enforced (settings are ``OCTOLLM_EXECUTOR_*``; see ``_settings.py``):
 
 - **Allowlist**: ``ALLOWLIST`` names, resolved on ``SANDBOX_PATH`` to absolute paths at start;
