@@ -1,4 +1,4 @@
-"""Every benchmark in one command: dispatch, dag, peers, scale; then one table of the targets.
+"""Every benchmark in one command: dispatch, dag, durability, peers, scale; then one table.
 
     python -m benchmarks                 # quick sizes (several minutes in all)
     python -m benchmarks --full          # the issue's sizes
@@ -33,6 +33,11 @@ BENCHMARKS: dict[str, dict[str, list[str]]] = {
         "quick": ["--tasks", "50", "--warmup", "5", "--sizes", "100,1000"],
         "full": [],
         "smoke": ["--tasks", "3", "--warmup", "1", "--sizes", "10"],
+    },
+    "durability": {
+        "quick": ["--tasks", "300", "--dag-tasks", "50"],
+        "full": [],
+        "smoke": ["--tasks", "5", "--dag-tasks", "2"],
     },
     "peers": {
         "quick": ["--quick"],

@@ -16,12 +16,10 @@ log = structlog.get_logger(__name__)
 
 # How long a task keeps retrying its appends while the store is unavailable, before it fails.
 STORE_OUTAGE_S = 120.0
-# How long an event that only says work is under way may wait for the next event that records
-# an outcome, so that a fast subtask costs one append (and one watcher message), not two.
+# How long an event may wait to share an append with the events after it: events that come
+# close together (a fast subtask's dispatch and result, a wave of results) cost one commit and
+# one watcher message. `finished` never waits, and flush() sends everything at once.
 DEFER_S = 0.005
-_UNDER_WAY = frozenset(
-    {pb.SUBTASK_STATE_READY, pb.SUBTASK_STATE_DISPATCHED, pb.SUBTASK_STATE_RUNNING}
-)
 _RETRY_INITIAL_S = 0.05
 _RETRY_MAX_S = 2.0
 
@@ -51,10 +49,10 @@ class TaskEventLog:
     while the previous append was in flight into one store call (group commit).
 
     `emit` never blocks, so synchronous callbacks (arm progress) can record events; `flush`
-    waits until everything emitted so far is in the store. Events that only say work is under
-    way (a subtask waiting, dispatched or running; progress) may wait up to DEFER_S for the next
-    event that records something, and go into the store with it, in order; each is stamped
-    with the time it was emitted.
+    waits until everything emitted so far is in the store: the runner flushes before it acts on
+    what the events record (before it dispatches a wave of steps). Until then an event may wait
+    up to DEFER_S for the events after it, to go into the store with them, in order; each is
+    stamped with the time it was emitted. `finished` is written at once.
 
     Appends are made as the task's owner. When the store is briefly unavailable (a PostgreSQL
     restart), the batch is retried with backoff for up to `outage_s`; an append whose outcome
@@ -99,7 +97,7 @@ class TaskEventLog:
             event.time.GetCurrentTime()
         self.ended = self.ended or event.HasField("finished")
         self._buffer.append(event)
-        self._urgent = self._urgent or not _may_wait(event)
+        self._urgent = self._urgent or event.HasField("finished")
         if self._observe is not None:
             self._observe(event)
         self._kick()
@@ -206,10 +204,3 @@ class TaskEventLog:
         log.warning("task_events_refused", task_id=self._task_id, reason=str(why))
         if self._on_lost is not None:
             self._on_lost(why)
-
-
-def _may_wait(event: pb.TaskEvent) -> bool:
-    """Progress, and a subtask waiting, dispatched or running: nothing anyone acts on."""
-    if event.HasField("subtask_progress"):
-        return True
-    return event.HasField("subtask_changed") and event.subtask_changed.subtask.state in _UNDER_WAY

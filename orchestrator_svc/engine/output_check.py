@@ -1,4 +1,4 @@
-"""Checking an arm's output against the JSON Schema its descriptor declares."""
+"""Checking an arm's output: nesting every client can read, and the arm's declared JSON Schema."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from octollm.v1 import common_pb2
 
 from ..mesh import mesh_failure
 
+# NOTE: protobuf's Python reader stops at about 65 message levels and each JSON level is two
+# (Struct, Value); the events, tasks and dispatches that carry an output (a dependant's input:
+# Dispatch, input, dependencies, step) add up to 6 more. 24 leaves room for all of them.
+MAX_OUTPUT_DEPTH = 24
+
 
 class OutputChecker:
     """Validates outputs per arm id; compiled validators are cached per (arm, schema)."""
@@ -23,7 +28,19 @@ class OutputChecker:
     def check(
         self, descriptor: arm_pb.ArmDescriptor | None, output: struct_pb2.Struct
     ) -> common_pb2.Failure | None:
-        """A retryable INVALID_OUTPUT Failure when `output` breaks the arm's output schema."""
+        """A Failure when `output` nests past MAX_OUTPUT_DEPTH (OUTPUT_TOO_DEEP: no client
+        could read the task) or breaks the arm's output schema (retryable INVALID_OUTPUT)."""
+        depth = struct_depth(output)
+        if depth > MAX_OUTPUT_DEPTH:
+            arm_id = descriptor.arm_id if descriptor is not None else ""
+            return mesh_failure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "OUTPUT_TOO_DEEP",
+                f"arm {arm_id or '?'} returned output nested {depth} objects and lists deep, "
+                f"more than the {MAX_OUTPUT_DEPTH} every reader of the task can parse",
+                retryable=False,
+                metadata={"arm_id": arm_id, "depth": str(depth)},
+            )
         if descriptor is None or not descriptor.output_schema.fields:
             return None
         validator = self._validator(descriptor)
@@ -54,3 +71,19 @@ class OutputChecker:
                 # NOTE: an arm with a broken schema is not the output's fault: do not check.
                 self._validators[key] = None
         return self._validators[key]
+
+
+def struct_depth(struct: struct_pb2.Struct) -> int:
+    """How many objects and lists deep `struct` nests (itself counts 1)."""
+    deepest = 1
+    pending: list[tuple[int, struct_pb2.Value]] = [(2, v) for v in struct.fields.values()]
+    while pending:
+        depth, value = pending.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "struct_value":
+            deepest = max(deepest, depth)
+            pending.extend((depth + 1, v) for v in value.struct_value.fields.values())
+        elif kind == "list_value":
+            deepest = max(deepest, depth)
+            pending.extend((depth + 1, v) for v in value.list_value.values)
+    return deepest

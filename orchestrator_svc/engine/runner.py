@@ -252,6 +252,7 @@ class TaskRun:
                     self.confidences[sub.step_id] = sub.confidence
         self.deadline = 0.0
         self.side_calls = 0  # judge and safety calls made outside the plan, for their ids
+        self.waves = 0  # waves of ready steps dispatched so far
         # What planning and integration see: the safety arm's redaction when OCTOLLM_SAFETY=on.
         self.goal = task.goal
         self.constraints = list(task.constraints)
@@ -348,6 +349,10 @@ class TaskRun:
             guarded,
         )
         self.log.info("task_resumed", steps_done=done, steps=len(plan.steps))
+
+    def _plan_in_task_row(self) -> bool:
+        """The plan came with the task, so it was committed with the task itself."""
+        return self.task.HasField("plan") and bool(self.task.plan.steps) and not self.resumed
 
     def _steps_not_done(self, plan: pb.Plan) -> set[str]:
         return {step.step_id for step in plan.steps if step.step_id not in self.outputs}
@@ -658,11 +663,13 @@ class TaskRun:
         try:
             while graph.is_active() and failed is None:
                 ready = graph.get_ready()
-                if ready:
+                if ready and (self.waves or not self._plan_in_task_row()):
                     # NOTE: what a step acts on (the plan, its dependencies' results) is
                     # committed before it is dispatched: a crash never loses an input that a
-                    # dispatched step already used. One commit per wave of ready steps.
+                    # dispatched step already used. One commit per wave of ready steps (none
+                    # for the first wave of a plan that came with the task: its row has it).
                     await self.events.flush()
+                self.waves += bool(ready)
                 for step_id in ready:
                     runner = asyncio.create_task(run_step(steps[step_id]))
                     runner.add_done_callback(functools.partial(_report_done, finished, step_id))

@@ -90,6 +90,7 @@ _MAX_IDENTIFIER_BYTES = 63
 _WATCH_PAGE = 256
 _MAX_BATCH_APPENDS = 512
 _MAX_BATCH_EVENTS = 4096
+_RECENT_EVENTS = 256
 # Projections of tasks this store writes to (the ones its replica runs), most recent last.
 _MAX_HELD_PROJECTIONS = 10_000
 _INT64 = range(-(2**63), 2**63)
@@ -392,10 +393,27 @@ class _Followed:
     latest: int = 0
     watchers: int = 0
     _grown: asyncio.Event = field(default_factory=asyncio.Event)
+    # The latest events this store committed itself, contiguous: local watchers read them here
+    # instead of from the table.
+    recent: deque[pb.TaskEvent] = field(default_factory=lambda: deque(maxlen=_RECENT_EVENTS))
 
     def grown(self) -> asyncio.Event:
         """The event set when `latest` next grows (take it BEFORE reading the table)."""
         return self._grown
+
+    def committed(self, events: Sequence[pb.TaskEvent]) -> None:
+        """Keep events this store just committed (their seqs follow what is kept, or restart)."""
+        if self.recent and events and events[0].seq != self.recent[-1].seq + 1:
+            self.recent.clear()
+        self.recent.extend(events)
+
+    def after(self, cursor: int) -> builtins.list[pb.TaskEvent] | None:
+        """Copies of every event from cursor+1 to `latest`, if all of them are kept, else None."""
+        recent = self.recent
+        if not recent or recent[0].seq > cursor + 1 or recent[-1].seq < self.latest:
+            return None
+        start = cursor + 1 - recent[0].seq
+        return [copy_message(recent[i]) for i in range(start, len(recent))]
 
     def advance(self, seq: int) -> None:
         if seq > self.latest:
@@ -565,27 +583,33 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         stored.last_seq = 0
         create_time = stored.create_time.ToDatetime(tzinfo=datetime.UTC)
 
+        row = (
+            stored.task_id,
+            stored.request_id,
+            create_time,
+            stored.create_time.ToNanoseconds(),
+            stored.state,
+            stored.SerializeToString(),
+            self._owner,
+            self._lease_ttl_s,
+        )
         with self._reported("create"):
-            async with self._session() as conn, conn.transaction():
-                if stored.request_id:
-                    claimed = await conn.fetchval(
-                        _CLAIM_KEY, stored.request_id, fingerprint, stored.task_id
-                    )
-                    if not claimed:
-                        return await self._created_before(conn, stored.request_id, fingerprint)
-                inserted = await conn.fetchval(
-                    _INSERT_TASK,
-                    stored.task_id,
-                    stored.request_id,
-                    create_time,
-                    stored.create_time.ToNanoseconds(),
-                    stored.state,
-                    stored.SerializeToString(),
-                    self._owner,
-                    self._lease_ttl_s,
-                )
+            async with self._session() as conn:
+                if not stored.request_id:
+                    # NOTE: one statement, its own transaction: one round trip.
+                    inserted = await conn.fetchval(_INSERT_TASK, *row)
+                else:
+                    async with conn.transaction():
+                        claimed = await conn.fetchval(
+                            _CLAIM_KEY, stored.request_id, fingerprint, stored.task_id
+                        )
+                        if not claimed:
+                            return await self._created_before(conn, stored.request_id, fingerprint)
+                        inserted = await conn.fetchval(_INSERT_TASK, *row)
+                        if not inserted:
+                            # NOTE: raising rolls back the idempotency key claimed above too.
+                            raise ValueError(f"task {stored.task_id!r} already exists")
                 if not inserted:
-                    # NOTE: raising rolls back the idempotency key claimed above too.
                     raise ValueError(f"task {stored.task_id!r} already exists")
         log.debug("task_created", task_id=stored.task_id, request_id=stored.request_id)
         self._hold(_Locked(copy_message(stored), False, self._owner))
@@ -689,6 +713,14 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                 self._check_open()
                 grown = followed.grown()
                 if followed.latest > cursor:
+                    kept = followed.after(cursor)
+                    if kept is not None:
+                        for chunk in _chunks(kept, max_events):
+                            cursor = chunk[-1].seq
+                            yield chunk
+                            if chunk[-1].HasField("finished"):
+                                return
+                        continue
                     rows = await self._fetch_patiently(_READ_EVENTS, task_id, cursor, _WATCH_PAGE)
                     batch: builtins.list[pb.TaskEvent] = []
                     size = 0
@@ -935,6 +967,10 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             for request in batch:
                 _settle(request, error)
             return
+        for request, result in zip(batch, results, strict=True):
+            followed = self._followed.get(request.task_id)
+            if followed is not None and isinstance(result, int):
+                followed.committed(request.events)
         for task_id, last_seq in changed.items():
             followed = self._followed.get(task_id)
             if followed is not None:
@@ -997,21 +1033,11 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             held.finished = request.events[-1].HasField("finished")
             outcomes.append((request, held.task.last_seq))
         written = {task_id: self._held[task_id] for task_id in pending}
-        tasks = [held.task for held in written.values()]
         try:
             async with self._session() as conn:
                 rows = await conn.fetch(
                     _WRITE_HELD_APPENDS,
-                    [event.task_id for event in appended],
-                    [event.seq for event in appended],
-                    [event.WhichOneof("kind") for event in appended],
-                    [event.SerializeToString() for event in appended],
-                    list(written),
-                    [task.state for task in tasks],
-                    [task.last_seq for task in tasks],
-                    [held.finished for held in written.values()],
-                    [task.SerializeToString() for task in tasks],
-                    [task.update_time.ToDatetime(tzinfo=datetime.UTC) for task in tasks],
+                    *_append_args(appended, written),
                     self._channel,
                     [prior[task_id] for task_id in written],
                     [fenced[task_id] for task_id in written],
@@ -1090,21 +1116,11 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                 if isinstance(held, _Locked) and held.changed
             }
             if changed:
-                tasks = [held.task for held in changed.values()]
                 await conn.execute(
                     _WRITE_APPENDS,
-                    [event.task_id for event in appended],
-                    [event.seq for event in appended],
-                    [event.WhichOneof("kind") for event in appended],
-                    [event.SerializeToString() for event in appended],
-                    list(changed),
-                    [task.state for task in tasks],
-                    [task.last_seq for task in tasks],
-                    [held.finished for held in changed.values()],
-                    [task.SerializeToString() for task in tasks],
-                    [task.update_time.ToDatetime(tzinfo=datetime.UTC) for task in tasks],
+                    *_append_args(appended, changed),
                     self._channel,
-                    [f"{task.task_id}:{task.last_seq}" for task in tasks],
+                    [f"{held.task.task_id}:{held.task.last_seq}" for held in changed.values()],
                     [owned.get(task_id, False) for task_id in changed],
                     self._owner,
                     self._lease_ttl_s,
@@ -1240,6 +1256,41 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                 f"PostgreSQL failed during {operation}: {type(exc).__name__}: {exc}"
             )
         return exc
+
+
+def _chunks(
+    events: builtins.list[pb.TaskEvent], max_events: int
+) -> Iterator[builtins.list[pb.TaskEvent]]:
+    """`events` in order, at most `max_events` and about WATCH_BATCH_BYTES per chunk."""
+    chunk: builtins.list[pb.TaskEvent] = []
+    size = 0
+    for event in events:
+        chunk.append(event)
+        size += event.ByteSize()
+        if len(chunk) == max_events or size >= WATCH_BATCH_BYTES or event.HasField("finished"):
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _append_args(
+    events: Sequence[pb.TaskEvent], projections: dict[str, _Locked]
+) -> builtins.list[Any]:
+    """$1..$10 of both append statements: the new events, then each task's new projection."""
+    tasks = [held.task for held in projections.values()]
+    return [
+        [event.task_id for event in events],
+        [event.seq for event in events],
+        [event.WhichOneof("kind") for event in events],
+        [event.SerializeToString() for event in events],
+        list(projections),
+        [task.state for task in tasks],
+        [task.last_seq for task in tasks],
+        [held.finished for held in projections.values()],
+        [task.SerializeToString() for task in tasks],
+        [task.update_time.ToDatetime(tzinfo=datetime.UTC) for task in tasks],
+    ]
 
 
 def default_owner(name: str | None = None) -> str:

@@ -1,8 +1,9 @@
 """The benchmarks run and print their tables (tiny sizes; no figure is checked).
 
-One `python -m benchmarks --smoke --only peers,scale` run covers the runner, the peers table
-and the scale tables. The mesh rows must run (PostgreSQL rows too under CI, where PostgreSQL
-runs); Celery and Ray rows run when the `bench` extra is installed and say `skipped:` when not.
+One `python -m benchmarks --smoke --only durability,peers,scale` run covers the runner and the
+durability, peers and scale tables. The mesh rows must run (PostgreSQL rows too under CI,
+where PostgreSQL runs); Celery and Ray rows run when the `bench` extra is installed and say
+`skipped:` when not.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _FIGURES = r"\s{2,}[\d.]+"
 @pytest.fixture(scope="module")
 def output() -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--only", "peers,scale"],
+        [sys.executable, "-m", "benchmarks", "--smoke", "--only", "durability,peers,scale"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -84,3 +85,13 @@ def test_summary_gathers_the_verdicts(output: str) -> None:
     assert "peers (ok" in summary
     assert "scale (ok" in summary
     assert "mesh subtasks/s vs Celery" in summary
+
+
+def test_durability_table(output: str) -> None:
+    """Both stores have a row with figures, and the two ratios state their verdict."""
+    assert re.search("in-process" + _FIGURES, _row(output, "in-process "))
+    pg = _row(output, "PostgreSQL ")
+    assert re.search(_FIGURES, pg) or ("skipped:" in pg and not in_ci()), pg
+    if "skipped:" not in pg:
+        assert re.search(r"throughput\s+[\d.]+x\s+target >= 0.5x\s+(met|MISSED)", output)
+        assert re.search(r"DAG p50\s+[\d.]+x\s+target <= 1.5x\s+(met|MISSED)", output)

@@ -212,7 +212,8 @@ async def test_arm_killed_under_load_loses_and_repeats_nothing(
 async def test_dispatch_no_arm_can_read_fails_its_step_not_the_arm(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """A dispatch nested past 100 levels fails DISPATCH_TOO_DEEP once, not as ARM_LOST."""
+    """An echo chain whose outputs nest deeper each step fails once, precisely, before its
+    dispatches could break a stream: OUTPUT_TOO_DEEP (no reader could parse it), not ARM_LOST."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([echo.address], wait_for=("echo",))
     stub = connect(orch.address)
@@ -223,7 +224,7 @@ async def test_dispatch_no_arm_can_read_fails_its_step_not_the_arm(
     events, done = await finished_history(stub, task.task_id, timeout_s=WAIT_S)
     assert_consistent_history(events, done)
     assert done.state == pb.TASK_STATE_FAILED
-    assert done.failure.reason == "DISPATCH_TOO_DEEP"
+    assert done.failure.reason == "OUTPUT_TOO_DEEP"
     assert done.failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     failed = [s for s in done.subtasks if s.state == pb.SUBTASK_STATE_FAILED]
     assert len(failed) == 1

@@ -229,6 +229,40 @@ async def test_output_breaking_the_declared_schema_is_retried_then_fails(
     assert task.subtasks[0].output["count"] == 3
 
 
+async def test_output_nested_too_deep_fails_its_step_once_and_the_task_stays_readable(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """An output 30 objects deep fails OUTPUT_TOO_DEEP, not retried; the task reads back."""
+    from orchestrator_svc.engine.output_check import MAX_OUTPUT_DEPTH, struct_depth
+
+    calls = 0
+    arm = Arm(arm_type="burrow")
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        nested: dict[str, Any] = {"bottom": True}
+        for _ in range(29):
+            nested = {"down": nested}
+        return nested
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator([server.address], wait_for=("burrow",))
+    stub = connect(orch.address)
+    task = await run_task(
+        stub, pb.SubmitTaskRequest(goal=GOAL, plan=plan(("dig", "burrow", {}, ())))
+    )
+    assert task.state == pb.TASK_STATE_FAILED
+    assert task.failure.reason == "OUTPUT_TOO_DEEP"
+    assert (task.subtasks[0].attempt, calls) == (1, 1)
+    replay = [r async for r in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id))]
+    assert replay[-1].event.finished.state == pb.TASK_STATE_FAILED
+    shallow = pb.Task().result.outputs
+    shallow.update({"a": {"b": [1, {"c": 2}]}})
+    assert struct_depth(shallow) == 4 < MAX_OUTPUT_DEPTH
+
+
 async def test_fan_out_of_a_hundred_steps(stub: Any) -> None:
     """root -> 100 parallel steps -> sink: every step runs once and the sink sees all 100."""
     steps = [("root", "echo", {}, ())]
