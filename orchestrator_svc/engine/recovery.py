@@ -2,7 +2,8 @@
 
 | failure                                 | action                                | at most |
 |-----------------------------------------|---------------------------------------|---------|
-| DEADLINE_EXCEEDED (arm or mesh timeout) | retry with a 1.5x longer deadline     | 2       |
+| DEADLINE_EXCEEDED (arm or mesh timeout) | retry with a 1.5x longer deadline, on | 2       |
+|                                         | another arm when there is one         |         |
 | the arm was lost, drained or not there  | reroute, avoiding the arm that failed | 1       |
 | any other failure marked retryable      | retry after jittered backoff          | 3 [1]   |
 | not retryable                           | give up: the step fails               | -       |
@@ -62,7 +63,8 @@ class RecoveryBudget:
             return None
         self.used[kind] = n + 1
         if kind == "timeout":
-            return Retry(kind, 0.0, timeout_factor=TIMEOUT_GROWTH ** (n + 1))
+            # NOTE: the mesh uses the avoided arm still when it is the only one of its type.
+            return Retry(kind, 0.0, timeout_factor=TIMEOUT_GROWTH ** (n + 1), avoid_arm=arm_id)
         if kind == "reroute":
             return Retry(kind, 0.0, avoid_arm=arm_id)
         # Full jitter on an exponential base: 0.1 s, 0.2 s, 0.4 s caps.

@@ -20,13 +20,14 @@ def failure(code: grpc.StatusCode, reason: str, retryable: bool = True) -> commo
 
 
 def test_timeouts_retry_twice_with_longer_deadlines() -> None:
-    """DEADLINE_EXCEEDED: two retries, deadlines x1.5 then x2.25, then give up."""
+    """DEADLINE_EXCEEDED: two retries, deadlines x1.5 then x2.25, away from the arm that timed
+    out (when the type has another), then give up."""
     budget = RecoveryBudget()
     timeout = failure(grpc.StatusCode.DEADLINE_EXCEEDED, "SUBTASK_TIMEOUT")
     first, second = budget.next(timeout, "a"), budget.next(timeout, "a")
     assert first is not None
     assert second is not None
-    assert (first.kind, first.timeout_factor) == ("timeout", 1.5)
+    assert (first.kind, first.timeout_factor, first.avoid_arm) == ("timeout", 1.5, "a")
     assert second.timeout_factor == 2.25
     assert budget.next(timeout, "a") is None
 
