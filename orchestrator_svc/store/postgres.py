@@ -141,15 +141,9 @@ WHERE task_id = ANY($1::uuid[])
 ORDER BY task_id
 FOR UPDATE
 """
-# NOTE: one statement, one round trip: the events, the projections, and one notification per
-# task (delivered by PostgreSQL only when the transaction commits).
-_WRITE_APPENDS = """
-WITH appended AS (
-    INSERT INTO task_events (task_id, seq, kind, body)
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])
-), projected AS (
-    UPDATE tasks AS t
-    SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
+# How both append statements write a task's new projection: a `finished` releases the lease, an
+# owner's append ($14 the owner, $15 the TTL) extends it.
+_PROJECT = """SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
         update_time = p.update_time,
         lease_owner = CASE WHEN p.finished THEN NULL ELSE t.lease_owner END,
         lease_expires = CASE
@@ -158,6 +152,16 @@ WITH appended AS (
                 THEN greatest(t.lease_expires, now() + make_interval(secs => $15))
             ELSE t.lease_expires
         END
+"""
+# NOTE: one statement, one round trip: the events, the projections, and one notification per
+# task (delivered by PostgreSQL only when the transaction commits).
+_WRITE_APPENDS = f"""
+WITH appended AS (
+    INSERT INTO task_events (task_id, seq, kind, body)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])
+), projected AS (
+    UPDATE tasks AS t
+    {_PROJECT.strip()}
     FROM unnest($5::uuid[], $6::integer[], $7::bigint[], $8::boolean[], $9::bytea[],
                 $10::timestamptz[], $13::boolean[])
          AS p (task_id, state, last_seq, finished, body, update_time, fenced)
@@ -169,18 +173,10 @@ SELECT pg_notify($11, payload) FROM unnest($12::text[]) AS payload
 # statement, so one round trip and its own transaction. The row is updated only if the log
 # is where the held projection says (no other writer got in) and, for an owner append, the
 # lease is still this replica's; the events go in only for rows that were updated.
-_WRITE_HELD_APPENDS = """
+_WRITE_HELD_APPENDS = f"""
 WITH projected AS (
     UPDATE tasks AS t
-    SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
-        update_time = p.update_time,
-        lease_owner = CASE WHEN p.finished THEN NULL ELSE t.lease_owner END,
-        lease_expires = CASE
-            WHEN p.finished THEN NULL
-            WHEN p.fenced AND t.lease_owner = $14
-                THEN greatest(t.lease_expires, now() + make_interval(secs => $15))
-            ELSE t.lease_expires
-        END
+    {_PROJECT.strip()}
     FROM unnest($5::uuid[], $6::integer[], $7::bigint[], $8::boolean[], $9::bytea[],
                 $10::timestamptz[], $12::bigint[], $13::boolean[])
          AS p (task_id, state, last_seq, finished, body, update_time, prior_seq, fenced)
