@@ -121,9 +121,7 @@ class TaskEventLog:
         if not self._buffer or self.lost is not None:
             return
         if self._urgent:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._cancel_timer()
             self._writer = asyncio.create_task(self._drain(), name=f"events {self._task_id}")
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(DEFER_S, self._due)
@@ -188,9 +186,12 @@ class TaskEventLog:
     def stop_recording(self, why: str) -> None:
         """Drop this and every later event: the task is handed to another replica."""
         if self.lost is None:
-            self.lost = StoreError(why)
-            self._buffer.clear()
-            self._cancel_timer()
+            self._drop(StoreError(why))
+
+    def _drop(self, why: StoreError) -> None:
+        self.lost = why
+        self._buffer.clear()
+        self._cancel_timer()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -198,9 +199,7 @@ class TaskEventLog:
             self._timer = None
 
     def _lose(self, why: StoreError) -> None:
-        self.lost = why
-        self._buffer.clear()
-        self._cancel_timer()
+        self._drop(why)
         log.warning("task_events_refused", task_id=self._task_id, reason=str(why))
         if self._on_lost is not None:
             self._on_lost(why)

@@ -14,7 +14,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from orchestrator_svc.store.ports import (
-    WATCH_BATCH_BYTES,
     IdempotencyConflict,
     StoreClosed,
     TaskClosed,
@@ -28,6 +27,7 @@ from orchestrator_svc.store.shared import (
     copy_message,
     decode_page_token,
     encode_page_token,
+    event_batches,
     order_key,
 )
 
@@ -175,17 +175,12 @@ class InMemoryTaskStore(TaskStore):
         while True:
             grown = task_log.grown()
             if index < len(task_log.events):
-                batch = []
-                size = 0
-                for event in task_log.events[index : index + max_events]:
-                    batch.append(copy_message(event))
-                    size += event.ByteSize()
-                    if size >= WATCH_BATCH_BYTES:
-                        break
-                index += len(batch)
-                yield batch
-                if batch[-1].HasField("finished"):
-                    return
+                available = task_log.events[index:]
+                for batch in event_batches(map(copy_message, available), max_events):
+                    index += len(batch)
+                    yield batch
+                    if batch[-1].HasField("finished"):
+                        return
             elif task_log.finished:
                 return
             else:

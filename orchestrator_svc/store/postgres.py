@@ -47,7 +47,6 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 # NOTE: the batch rules, copies and page tokens are the in-memory store's own, so both
 # adapters refuse the same batches and hand out interchangeable tokens.
 from orchestrator_svc.store.ports import (
-    WATCH_BATCH_BYTES,
     ArmHistory,
     ArmRecord,
     IdempotencyConflict,
@@ -66,6 +65,7 @@ from orchestrator_svc.store.shared import (
     copy_message,
     decode_page_token,
     encode_page_token,
+    event_batches,
 )
 
 log = structlog.get_logger(__name__)
@@ -710,31 +710,18 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                 grown = followed.grown()
                 if followed.latest > cursor:
                     kept = followed.after(cursor)
-                    if kept is not None:
-                        for chunk in _chunks(kept, max_events):
-                            cursor = chunk[-1].seq
-                            yield chunk
-                            if chunk[-1].HasField("finished"):
-                                return
-                        continue
-                    rows = await self._fetch_patiently(_READ_EVENTS, task_id, cursor, _WATCH_PAGE)
-                    batch: builtins.list[pb.TaskEvent] = []
-                    size = 0
-                    for event_row in rows:
-                        event = _decode_event(task_id, event_row["seq"], event_row["body"])
-                        batch.append(event)
-                        size += len(event_row["body"])
-                        end = event.HasField("finished")
-                        if end or len(batch) == max_events or size >= WATCH_BATCH_BYTES:
-                            cursor = event.seq
-                            yield batch
-                            if end:
-                                return
-                            batch, size = [], 0
-                    if batch:
+                    rows = []
+                    if kept is None:
+                        rows = await self._fetch_patiently(
+                            _READ_EVENTS, task_id, cursor, _WATCH_PAGE
+                        )
+                    events = kept if kept is not None else _decoded(task_id, rows)
+                    for batch in event_batches(events, max_events):
                         cursor = batch[-1].seq
                         yield batch
-                    if rows:
+                        if batch[-1].HasField("finished"):
+                            return
+                    if kept is not None or rows:
                         continue
                 await grown.wait()
         finally:
@@ -1254,20 +1241,9 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         return exc
 
 
-def _chunks(
-    events: builtins.list[pb.TaskEvent], max_events: int
-) -> Iterator[builtins.list[pb.TaskEvent]]:
-    """`events` in order, at most `max_events` and about WATCH_BATCH_BYTES per chunk."""
-    chunk: builtins.list[pb.TaskEvent] = []
-    size = 0
-    for event in events:
-        chunk.append(event)
-        size += event.ByteSize()
-        if len(chunk) == max_events or size >= WATCH_BATCH_BYTES or event.HasField("finished"):
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
+def _decoded(task_id: str, rows: builtins.list[Any]) -> Iterator[pb.TaskEvent]:
+    for row in rows:
+        yield _decode_event(task_id, row["seq"], row["body"])
 
 
 def _append_args(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from .ports import TaskClosed
+from .ports import WATCH_BATCH_BYTES, TaskClosed
 from .projection import TERMINAL_TASK_STATES
 
 OrderKey = tuple[int, str]
@@ -66,3 +66,20 @@ def decode_page_token(token: str) -> OrderKey:
         case [int() as create_ns, str() as task_id] if not isinstance(create_ns, bool):
             return create_ns, task_id
     raise ValueError("malformed page token")
+
+
+def event_batches(events: Iterable[pb.TaskEvent], max_events: int) -> Iterator[list[pb.TaskEvent]]:
+    """`events` in order, in batches of at most `max_events` and about WATCH_BATCH_BYTES; a
+    batch ends with a `finished` event, and nothing follows it."""
+    batch: list[pb.TaskEvent] = []
+    size = 0
+    for event in events:
+        batch.append(event)
+        size += event.ByteSize()
+        if event.HasField("finished"):
+            break
+        if len(batch) == max_events or size >= WATCH_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
