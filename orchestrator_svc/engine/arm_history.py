@@ -8,21 +8,23 @@ that meets an arm another replica already knows, does not route it on priors alo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import structlog
 
 from ..mesh import ArmConnection, Mesh
 from ..store.ports import ArmHistory, ArmRecord, StoreError
+from .rounds import Rounds
 
 log = structlog.get_logger(__name__)
 
 INTERVAL_S = 2.0
 
 
-class ArmHistoryKeeper:
+class ArmHistoryKeeper(Rounds):
     """See the module docstring. `start()` once; `close()` flushes a last time."""
+
+    name = "arm_history"
 
     def __init__(self, history: ArmHistory, mesh: Mesh, *, interval_s: float = INTERVAL_S):
         self._history = history
@@ -30,27 +32,11 @@ class ArmHistoryKeeper:
         self.interval_s = interval_s
         # arm_id -> (succeeded, failed) of its connection when last written (or started from).
         self._written: dict[str, tuple[int, int]] = {}
-        self._loop: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._loop is None:
-            self._loop = asyncio.create_task(self._keep(), name="octollm-arm-history")
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await super().close()
         with contextlib.suppress(StoreError):
             await self.tick()
-
-    async def _keep(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except StoreError as exc:
-                log.warning("arm_history_tick_failed", error=str(exc))
-            await asyncio.sleep(self.interval_s)
 
     async def tick(self) -> None:
         """Start new arms from their records, then write what changed."""

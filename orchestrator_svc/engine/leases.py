@@ -9,19 +9,19 @@ the keeper logs and tries again on the next tick.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import structlog
 
-from ..store.ports import StoreError, TaskLeases, TaskNotFound
+from ..store.ports import TaskLeases, TaskNotFound
+from .rounds import Rounds
 from .runner import TaskRunner
 
 log = structlog.get_logger(__name__)
 
 
-class LeaseKeeper:
+class LeaseKeeper(Rounds):
     """See the module docstring. `start()` once; `stop_claiming()` at drain; `close()` last."""
+
+    name = "task_leases"
 
     def __init__(self, leases: TaskLeases, runner: TaskRunner, *, max_tasks: int) -> None:
         self._leases = leases
@@ -30,29 +30,10 @@ class LeaseKeeper:
         self.interval_s = leases.lease_ttl_s / 3
         self._claiming = True
         self._unrun: set[str] = set()  # held but not running here at the last tick
-        self._loop: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._loop is None:
-            self._loop = asyncio.create_task(self._keep(), name="octollm-task-leases")
 
     def stop_claiming(self) -> None:
         """Keep renewing what this replica runs, but take over nothing more (draining)."""
         self._claiming = False
-
-    async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-
-    async def _keep(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except StoreError as exc:
-                log.warning("task_leases_tick_failed", error=str(exc))
-            await asyncio.sleep(self.interval_s)
 
     async def tick(self) -> None:
         """One round: renew, let go of lost tasks, resume held-but-idle ones, claim expired."""
