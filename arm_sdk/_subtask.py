@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from google.protobuf import json_format
 from octollm.v1 import arm_service_pb2 as arm_pb
+
+from arm_sdk._structs import struct_to_dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +46,8 @@ class SubtaskInput:
             task_id=dispatch.task_id,
             step_id=dispatch.step_id,
             description=dispatch.description,
-            input=json_format.MessageToDict(dispatch.input),
-            context=json_format.MessageToDict(dispatch.context),
+            input=struct_to_dict(dispatch.input),
+            context=struct_to_dict(dispatch.context),
             acceptance_criteria=tuple(dispatch.acceptance_criteria),
             timeout=timeout_ns / 1e9 if timeout_ns else None,
             traceparent=dispatch.traceparent,

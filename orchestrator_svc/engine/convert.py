@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
+
+from arm_sdk._structs import struct_to_dict
 
 from ..brain import ArmCapability, ExecutionPlan, PlannedStep
 from ..mesh import ArmConnection
@@ -34,7 +36,7 @@ def plan_from_proto(plan: pb.Plan) -> ExecutionPlan:
                 step_id=s.step_id,
                 description=s.description,
                 arm_type=s.arm_type,
-                input=json_format.MessageToDict(s.input),
+                input=struct_to_dict(s.input),
                 depends_on=tuple(s.depends_on),
                 acceptance_criteria=tuple(s.acceptance_criteria),
             )
@@ -70,7 +72,7 @@ class OutputsView(Mapping[str, dict[str, Any]]):
     def __getitem__(self, step_id: str) -> dict[str, Any]:
         converted = self._converted.get(step_id)
         if converted is None:
-            converted = json_format.MessageToDict(self._outputs[step_id])
+            converted = struct_to_dict(self._outputs[step_id])
             self._converted[step_id] = converted
         return converted
 

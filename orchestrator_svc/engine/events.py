@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import structlog
+from google.protobuf import timestamp_pb2
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
@@ -22,6 +23,12 @@ STORE_OUTAGE_S = 120.0
 DEFER_S = 0.005
 _RETRY_INITIAL_S = 0.05
 _RETRY_MAX_S = 2.0
+
+
+def stamp_now(timestamp: timestamp_pb2.Timestamp) -> None:
+    """Set `timestamp` to now: Timestamp.GetCurrentTime's result without its datetime detour
+    (a tenth of the cost, paid on every event)."""
+    timestamp.seconds, timestamp.nanos = divmod(time.time_ns(), 1_000_000_000)
 
 
 def state_changed(
@@ -94,7 +101,7 @@ class TaskEventLog:
             return
         event.usage.CopyFrom(self.usage)
         if not event.HasField("time"):
-            event.time.GetCurrentTime()
+            stamp_now(event.time)
         self.ended = self.ended or event.HasField("finished")
         self._buffer.append(event)
         self._urgent = self._urgent or event.HasField("finished")

@@ -11,6 +11,8 @@ from jsonschema.exceptions import SchemaError
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 
+from arm_sdk._structs import struct_depth, struct_to_dict
+
 from ..mesh import mesh_failure
 
 # NOTE: protobuf's Python reader stops at about 65 message levels and each JSON level is two
@@ -46,7 +48,7 @@ class OutputChecker:
         validator = self._validator(descriptor)
         if validator is None:
             return None
-        data: Any = json_format.MessageToDict(output)
+        data: Any = struct_to_dict(output)
         error = next(iter(validator.iter_errors(data)), None)
         if error is None:
             return None
@@ -71,19 +73,3 @@ class OutputChecker:
                 # NOTE: an arm with a broken schema is not the output's fault: do not check.
                 self._validators[key] = None
         return self._validators[key]
-
-
-def struct_depth(struct: struct_pb2.Struct) -> int:
-    """How many objects and lists deep `struct` nests (itself counts 1)."""
-    deepest = 1
-    pending: list[tuple[int, struct_pb2.Value]] = [(2, v) for v in struct.fields.values()]
-    while pending:
-        depth, value = pending.pop()
-        kind = value.WhichOneof("kind")
-        if kind == "struct_value":
-            deepest = max(deepest, depth)
-            pending.extend((depth + 1, v) for v in value.struct_value.fields.values())
-        elif kind == "list_value":
-            deepest = max(deepest, depth)
-            pending.extend((depth + 1, v) for v in value.list_value.values)
-    return deepest

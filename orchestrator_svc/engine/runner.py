@@ -21,10 +21,12 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
+
+from arm_sdk._structs import struct_to_dict
 
 from ..brain import (
     Brain,
@@ -397,9 +399,7 @@ class TaskRun:
                 plan.plan_id = str(uuid.uuid4())
             return plan, ()
         self.move(pb.TASK_STATE_PARSING, "reading the goal", guarded)
-        parsed = await brain.parse(
-            self.goal, self.constraints, json_format.MessageToDict(task.context)
-        )
+        parsed = await brain.parse(self.goal, self.constraints, struct_to_dict(task.context))
         self._spend(parsed.usage, "parse")
         intent = parsed.intent
         self.domain = intent.domain
@@ -627,7 +627,7 @@ class TaskRun:
             self.log.warning("side_call_failed", arm_type=arm_type, reason=reason)
             return None
         self._spend_arm(outcome.result.provenance.usage)
-        return json_format.MessageToDict(outcome.result.output), outcome.arm_id
+        return struct_to_dict(outcome.result.output), outcome.arm_id
 
     def _spend_arm(self, usage: common_pb2.Usage) -> None:
         self.events.usage.tokens += usage.tokens
