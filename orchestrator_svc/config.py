@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     postgres_dsn: str = Field(
         "", description="PostgreSQL DSN for durable state; empty keeps state in process memory"
     )
+    retain_finished_tasks: int = Field(
+        10_000,
+        ge=1,
+        description="without PostgreSQL: finished tasks kept in process memory; beyond it the "
+        "oldest finished are forgotten (unfinished tasks always stay)",
+    )
     postgres_startup_wait_s: float = Field(
         10.0, ge=0, description="how long start-up waits (with backoff) for PostgreSQL"
     )

@@ -16,9 +16,10 @@ from ..engine import events as task_events
 from ..mesh import Mesh, mesh_failure
 from ..store.ports import StoreError, TaskClosed, TaskStore
 from ..store.projection import TERMINAL_TASK_STATES
+from ..store.shared import encode_page_token, order_key
 from ..telemetry import trace
 from ..telemetry.metrics import Metrics
-from . import validation
+from . import validation, views
 from .errors import ApiError, abort, failed_precondition, from_store_error, not_found
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -65,7 +66,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     getattr(task, name).CopyFrom(getattr(request, name))
             metadata = dict(context.invocation_metadata() or ())
             task.traceparent = trace.continue_or_start(str(metadata.get("traceparent", "")))
-            task.create_time.GetCurrentTime()
+            task_events.stamp_now(task.create_time)
             task.update_time.CopyFrom(task.create_time)
             stored, created = await self._store.create(task, validation.fingerprint(request))
         except ApiError as err:
@@ -80,7 +81,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         try:
             task_id = validation.validate_task_id(request.task_id)
-            return pb.GetTaskResponse(task=await self._store.get(task_id))
+            view = validation.validate_view(request.view, views.FULL)
+            return pb.GetTaskResponse(task=views.task_view(await self._store.get(task_id), view))
         except ApiError as err:
             await abort(context, err)
         except StoreError as err:
@@ -91,7 +93,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     ) -> pb.ListTasksResponse:
         try:
             page_size, token, states = validation.validate_list(request)
+            view = validation.validate_view(request.view, views.BASIC)
             tasks, next_token = await self._store.list(page_size, token, states)
+            if view == views.BASIC:
+                tasks = [views.basic_task(t) for t in tasks]
+            elif (fits := views.page_that_fits(tasks)) < len(tasks):
+                tasks = tasks[:fits]
+                next_token = encode_page_token(order_key(tasks[-1]))
         except ApiError as err:
             await abort(context, err)
         except ValueError:
@@ -117,7 +125,11 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 with contextlib.suppress(TaskClosed):  # it ended meanwhile: return how
                     await self._store.append(task_id, [event])
                 task = await self._store.get(task_id)
-            return pb.CancelTaskResponse(task=task)
+            try:
+                return pb.CancelTaskResponse(task=views.full_task(task))
+            except ApiError:
+                # NOTE: the cancel happened: say so, without the outputs that do not fit.
+                return pb.CancelTaskResponse(task=views.basic_task(task))
         except ApiError as err:
             await abort(context, err)
         except StoreError as err:
@@ -128,12 +140,14 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     ) -> AsyncIterator[pb.WatchTaskResponse]:
         try:
             task_id, after_seq, batch = validation.validate_watch(request)
+            view = validation.validate_view(request.view, views.FULL)
             if batch == 0:
                 async for event in self._store.watch(task_id, after_seq):
-                    yield pb.WatchTaskResponse(event=event)
+                    for shown in views.events_in_view((event,), view):
+                        yield pb.WatchTaskResponse(event=shown)
                 return
             async for events in self._store.watch_batches(task_id, after_seq, batch):
-                yield pb.WatchTaskResponse(events=events)
+                yield pb.WatchTaskResponse(events=views.events_in_view(events, view))
         except ApiError as err:
             await abort(context, err)
         except StoreError as err:

@@ -146,6 +146,22 @@ def validate_watch(req: pb.WatchTaskRequest) -> tuple[str, int, int]:
     return task_id, req.after_seq, req.max_batch_size
 
 
+_TASK_VIEWS = frozenset(pb.TaskView.values())
+
+
+def validate_view(
+    view: pb.TaskView.ValueType, default: pb.TaskView.ValueType
+) -> pb.TaskView.ValueType:
+    """Check a request's TaskView; return it, or `default` when it is unset."""
+    if view not in _TASK_VIEWS:
+        raise invalid_argument(
+            "view",
+            f"view must be TASK_VIEW_BASIC or TASK_VIEW_FULL, or unset (got {view})",
+            "UNKNOWN_TASK_VIEW",
+        )
+    return view or default
+
+
 def validate_arm_id(arm_id: str, field: str = "arm_id") -> str:
     """Check an arm id is present and at most 128 characters; return it."""
     if not arm_id:

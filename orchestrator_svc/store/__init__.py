@@ -85,7 +85,7 @@ async def open_store(
     the schema cannot be brought up to date.
     """
     if not settings.postgres_dsn:
-        return InMemoryTaskStore()
+        return InMemoryTaskStore(retain_finished=settings.retain_finished_tasks)
     dsn = settings.postgres_dsn
     await migrate(
         dsn,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import builtins
+import collections
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -62,17 +63,28 @@ class _TaskLog:
         grown.set()
 
 
+DEFAULT_RETAIN_FINISHED = 10_000
+
+
 class InMemoryTaskStore(TaskStore):
     """TaskStore kept in this process's memory; lost on exit.
+
+    Memory stays bounded: past `retain_finished` finished tasks, the one that finished first
+    is forgotten (its events, its projection and its idempotency key). Unfinished tasks are
+    never forgotten, and a watcher already following a forgotten task still reads it to the end.
 
     Every method mutates state without awaiting in between, so each call is atomic on the
     event loop. Not thread-safe: use it from one event loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, retain_finished: int = DEFAULT_RETAIN_FINISHED) -> None:
+        if retain_finished < 1:
+            raise ValueError(f"retain_finished must be at least 1 (got {retain_finished})")
         self._logs: dict[str, _TaskLog] = {}
         self._order: list[OrderKey] = []
         self._idempotency: dict[str, tuple[str, str]] = {}  # request_id -> (fingerprint, task_id)
+        self._retain_finished = retain_finished
+        self._finished: collections.deque[str] = collections.deque()  # task ids, oldest first
         self._closed = False
 
     async def create(self, task: pb.Task, fingerprint: str) -> tuple[pb.Task, bool]:
@@ -127,7 +139,20 @@ class InMemoryTaskStore(TaskStore):
             task_log.publish()
             if task_log.finished:
                 log.debug("task_log_closed", task_id=task_id, last_seq=task_log.task.last_seq)
+                self._finished.append(task_id)
+                while len(self._finished) > self._retain_finished:
+                    self._forget(self._finished.popleft())
         return task_log.task.last_seq
+
+    def _forget(self, task_id: str) -> None:
+        task = self._logs.pop(task_id).task
+        key = order_key(task)
+        index = bisect.bisect_left(self._order, key)
+        if index < len(self._order) and self._order[index] == key:
+            del self._order[index]
+        if task.request_id and self._idempotency.get(task.request_id, ("", ""))[1] == task_id:
+            del self._idempotency[task.request_id]
+        log.debug("task_forgotten", task_id=task_id, retained=self._retain_finished)
 
     async def get(self, task_id: str) -> pb.Task:
         self._check_open()

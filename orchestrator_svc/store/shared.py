@@ -69,13 +69,17 @@ def decode_page_token(token: str) -> OrderKey:
 
 
 def event_batches(events: Iterable[pb.TaskEvent], max_events: int) -> Iterator[list[pb.TaskEvent]]:
-    """`events` in order, in batches of at most `max_events` and about WATCH_BATCH_BYTES; a
-    batch ends with a `finished` event, and nothing follows it."""
+    """`events` in order, in batches of at most `max_events` and WATCH_BATCH_BYTES (an event
+    larger than that alone); a batch ends with a `finished` event, and nothing follows it."""
     batch: list[pb.TaskEvent] = []
     size = 0
     for event in events:
+        event_size = event.ByteSize()
+        if batch and size + event_size > WATCH_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
         batch.append(event)
-        size += event.ByteSize()
+        size += event_size
         if event.HasField("finished"):
             break
         if len(batch) == max_events or size >= WATCH_BATCH_BYTES:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from tests.chaos.history import assert_consistent_history, finished_history
+from tests.chaos.history import assert_consistent_history, finished_history, watch_until_finished
 from tests.fuzz.fuzzing import FuzzMesh, answer, any_text, error_info, fuzz_settings, identifiers
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -295,13 +295,33 @@ async def test_submit_answers_ok_or_a_precise_client_error(
     await check_submit(fuzz_mesh, request)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/store: the Task holds every step output twice (subtasks[].output and "
-    "result.outputs) and echo-like outputs carry their dependencies' outputs, so 500 steps "
-    "feeding 500 more make a 23 MB Task: GetTask fails RESOURCE_EXHAUSTED (server send limit "
-    "16 MiB, no ErrorInfo) and the accepted task can never be read back",
-)
 async def test_an_accepted_wide_plan_stays_readable(fuzz_mesh: FuzzMesh) -> None:
-    """1000 echo steps (500 feeding 500) finish and can be read back with GetTask."""
-    await check_submit(fuzz_mesh, pb.SubmitTaskRequest(goal=GOAL, plan=chain(1000, width=500)))
+    """1000 echo steps (500 feeding 500) finish and can be read back: the task with every
+    output is too large for one response, so GetTask says so precisely (TASK_TOO_LARGE) and
+    the BASIC view reads it; WatchTask replays the whole history, every output included."""
+    stub = fuzz_mesh.stub
+    request = pb.SubmitTaskRequest(goal=GOAL, plan=chain(1000, width=500))
+    accepted = (await stub.SubmitTask(request, timeout=30)).task
+    events = await watch_until_finished(stub, accepted.task_id, timeout_s=TASK_WAIT_S)
+    full = await answer(stub.GetTask(pb.GetTaskRequest(task_id=accepted.task_id), timeout=30))
+    assert isinstance(full, grpc.aio.AioRpcError)
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, full.details()
+    info = error_info(full)
+    assert info.reason == "TASK_TOO_LARGE"
+    assert int(info.metadata["size_bytes"]) > int(info.metadata["limit_bytes"])
+    basic = pb.GetTaskRequest(task_id=accepted.task_id, view=pb.TASK_VIEW_BASIC)
+    task = (await stub.GetTask(basic, timeout=30)).task
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+    assert_consistent_history(events, task, basic=True)
+    basic_events = await watch_until_finished(
+        stub, accepted.task_id, timeout_s=TASK_WAIT_S, view=pb.TASK_VIEW_BASIC
+    )
+    assert [e.seq for e in basic_events] == [e.seq for e in events]
+    assert not basic_events[-1].finished.result.HasField("outputs")
+    outputs = {
+        e.subtask_changed.subtask.step_id
+        for e in events
+        if e.subtask_changed.subtask.state == pb.SUBTASK_STATE_SUCCEEDED
+        and e.subtask_changed.subtask.HasField("output")
+    }
+    assert outputs == {s.step_id for s in request.plan.steps}

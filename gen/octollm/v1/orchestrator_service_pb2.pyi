@@ -200,6 +200,39 @@ ARM_HEALTH_DRAINING: ArmHealth.ValueType  # 4
 """The arm is shutting down: finishes in-flight work, takes nothing new."""
 Global___ArmHealth: _TypeAlias = ArmHealth  # noqa: Y015
 
+class _TaskView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_VIEW_UNSPECIFIED: _TaskView.ValueType  # 0
+    """The method's default: FULL for GetTask and WatchTask, BASIC for ListTasks."""
+    TASK_VIEW_BASIC: _TaskView.ValueType  # 1
+    """Everything but step outputs: Subtask.output and TaskResult.outputs are left empty (in
+    WatchTask, in SubtaskStateChanged and TaskFinished events too). The answer, states,
+    provenance, usage and validation are all there.
+    """
+    TASK_VIEW_FULL: _TaskView.ValueType  # 2
+    """Everything, step outputs included."""
+
+class TaskView(_TaskView, metaclass=_TaskViewEnumTypeWrapper):
+    """TaskView is how much of a task a read returns (AIP-157). Step outputs are most of a large
+    task: a FULL read of a task too large for one response (the server's 16 MiB message limit)
+    fails RESOURCE_EXHAUSTED with reason TASK_TOO_LARGE, and BASIC still reads it.
+    """
+
+TASK_VIEW_UNSPECIFIED: TaskView.ValueType  # 0
+"""The method's default: FULL for GetTask and WatchTask, BASIC for ListTasks."""
+TASK_VIEW_BASIC: TaskView.ValueType  # 1
+"""Everything but step outputs: Subtask.output and TaskResult.outputs are left empty (in
+WatchTask, in SubtaskStateChanged and TaskFinished events too). The answer, states,
+provenance, usage and validation are all there.
+"""
+TASK_VIEW_FULL: TaskView.ValueType  # 2
+"""Everything, step outputs included."""
+Global___TaskView: _TypeAlias = TaskView  # noqa: Y015
+
 @_typing.final
 class PlanStep(_message.Message):
     """PlanStep is one node of a plan's DAG."""
@@ -637,16 +670,20 @@ class GetTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Id of the task."""
+    view: Global___TaskView.ValueType
+    """How much of the task to return; unset means TASK_VIEW_FULL."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        view: Global___TaskView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,10 +722,15 @@ class ListTasksRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum tasks to return, 1-1000; 0 means 50."""
     page_token: _builtins.str
     """Token from a previous ListTasksResponse; empty for the first page."""
+    view: Global___TaskView.ValueType
+    """How much of each task to return; unset means TASK_VIEW_BASIC. With TASK_VIEW_FULL a page
+    ends early (with a next_page_token) where the next task would not fit in the response.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskState.ValueType]:
         """Only tasks in one of these states; empty means all."""
@@ -699,10 +741,11 @@ class ListTasksRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         states: _abc.Iterable[Global___TaskState.ValueType] | None = ...,
+        view: Global___TaskView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -771,7 +814,9 @@ class CancelTaskResponse(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task(self) -> Global___Task:
-        """The task (CANCELLED, or its earlier terminal state if already finished)."""
+        """The task (CANCELLED, or its earlier terminal state if already finished), in
+        TASK_VIEW_FULL, or in TASK_VIEW_BASIC when its outputs would not fit in the response.
+        """
 
     def __init__(
         self,
@@ -795,6 +840,7 @@ class WatchTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Id of the task."""
     after_seq: _builtins.int
@@ -804,16 +850,23 @@ class WatchTaskRequest(_message.Message):
     this many consecutive events per response, in `WatchTaskResponse.events`; events recorded
     together (or replayed) arrive together, so following a fast task costs fewer messages.
     """
+    view: Global___TaskView.ValueType
+    """How much of each event to send; unset means TASK_VIEW_FULL. An event too large for one
+    response in FULL (a TaskFinished whose result holds every output of a large task) fails
+    the stream RESOURCE_EXHAUSTED with reason EVENT_TOO_LARGE and its seq in the metadata:
+    resume from the seq before it with TASK_VIEW_BASIC.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
         max_batch_size: _builtins.int = ...,
+        view: Global___TaskView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "max_batch_size", b"max_batch_size", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "max_batch_size", b"max_batch_size", "task_id", b"task_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
