@@ -32,7 +32,7 @@ from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from pydantic import ValidationError
 
 from .client import follow, open_channel
-from .config import Settings, describe_errors
+from .config import ConfigFileError, Settings, describe_errors
 from .signals import wait_for_signal
 from .store import StoreError
 from .telemetry import configure_logging
@@ -185,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         for line in describe_errors(exc).splitlines():
             print(f"octollm: invalid configuration: {line}", file=sys.stderr)
+        return 2
+    except ConfigFileError as exc:
+        print(f"octollm: invalid configuration: {exc}", file=sys.stderr)
         return 2
     updates: dict[str, object] = {}
     if getattr(args, "listen", None):

@@ -2,14 +2,54 @@
 
 Lists are given as JSON (`OCTOLLM_ARM_ENDPOINTS='["127.0.0.1:50061","dns:///arms.local:50061"]'`)
 or comma-separated (`OCTOLLM_ARM_ENDPOINTS=127.0.0.1:50061,127.0.0.1:50062`).
+
+`OCTOLLM_CONFIG_FILE` names a TOML file of the same settings, keyed by their names without the
+prefix (`listen = "0.0.0.0:50051"`, `arm_endpoints = ["arms:50061"]`); environment variables
+override it. A missing or unreadable file, or a key that is not a setting, stops start-up with
+one line that says so (a typo in a file must not be silently ignored).
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_VARIABLE = "OCTOLLM_CONFIG_FILE"
+
+
+class ConfigFileError(ValueError):
+    """The configuration file cannot be used; the message names it and says why."""
+
+
+class _ConfigFile(TomlConfigSettingsSource):
+    """The TOML file OCTOLLM_CONFIG_FILE names, checked: it exists, parses, has only settings."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        if not path.is_file():
+            raise ConfigFileError(f"{CONFIG_FILE_VARIABLE}={str(path)!r}: no such file")
+        super().__init__(settings_cls, toml_file=path)
+        unknown = sorted(set(self.toml_data) - set(settings_cls.model_fields))
+        if unknown:
+            raise ConfigFileError(
+                f"{CONFIG_FILE_VARIABLE}={str(path)!r}: not settings: {', '.join(unknown)}"
+            )
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigFileError(f"{CONFIG_FILE_VARIABLE}={str(file_path)!r}: {exc}") from None
 
 
 class Settings(BaseSettings):
@@ -164,6 +204,21 @@ class Settings(BaseSettings):
         "text-embedding-3-small", description="embeddings model at that endpoint"
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments first, then OCTOLLM_* variables, then the OCTOLLM_CONFIG_FILE file."""
+        path = os.environ.get(CONFIG_FILE_VARIABLE, "").strip()
+        if not path:
+            return init_settings, env_settings
+        return init_settings, env_settings, _ConfigFile(settings_cls, Path(path))
+
     # NOTE: field validators, not a model validator: a model validator's error carries every
     # setting as its input, and describe_errors would print secrets such as the auth tokens.
     @field_validator("tls_key", "tls_client_ca", "arm_tls_key")
@@ -199,9 +254,12 @@ class Settings(BaseSettings):
 def describe_errors(exc: ValidationError) -> str:
     """One line per bad setting, naming the environment variable, for a start-up error."""
     prefix = Settings.model_config.get("env_prefix", "")
+    config_file = os.environ.get(CONFIG_FILE_VARIABLE, "").strip()
     lines = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
         variable = f"{prefix}{field}".upper()
+        if config_file and variable not in os.environ:
+            variable = f"{field} in {config_file}"
         lines.append(f"{variable}={error.get('input')!r}: {error['msg']}")
     return "\n".join(lines)
