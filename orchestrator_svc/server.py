@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 import structlog
@@ -32,6 +33,10 @@ from .telemetry.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+# How long one step of the shutdown (closing the server, the arm channels, the store, ...) may
+# take before it is abandoned with a warning: a close that hangs (a gRPC channel that never
+# finishes closing, say) must not keep the process from exiting.
+STOP_STEP_TIMEOUT_S = 5.0
 
 
 class Orchestrator:
@@ -181,15 +186,24 @@ class Orchestrator:
         # Every task has ended, so the streams still open are idle watches (e.g. health Watch):
         # give responses a moment to flush, then stop. NOTE: grpc.aio must not be stopped twice
         # concurrently (it can crash), so there is exactly one server.stop call.
-        await self.server.stop(min(max(deadline - loop.time(), 0.0), 1.0))
-        await self.discovery.close()
-        await self.mesh.close()
-        await self.store.close()
+        await _bounded("server", self.server.stop(min(max(deadline - loop.time(), 0.0), 1.0)))
+        await _bounded("discovery", self.discovery.close())
+        await _bounded("arm channels", self.mesh.close())
+        await _bounded("store", self.store.close())
         if self.cache is not None:
-            await self.cache.close()
-        await self.metrics.close()
+            await _bounded("cache", self.cache.close())
+        await _bounded("metrics", self.metrics.close())
         if self.runner.otel is not None:
-            await asyncio.to_thread(self.runner.otel.shutdown)
+            await _bounded("otel", asyncio.to_thread(self.runner.otel.shutdown))
         if self.llm is not None:
-            await self.llm.aclose()
+            await _bounded("llm client", self.llm.aclose())
         log.info("orchestrator_stopped")
+
+
+async def _bounded(step: str, closing: Awaitable[object]) -> None:
+    """One shutdown step, abandoned with a warning after STOP_STEP_TIMEOUT_S."""
+    try:
+        async with asyncio.timeout(STOP_STEP_TIMEOUT_S):
+            await closing
+    except TimeoutError:
+        log.warning("shutdown_step_abandoned", step=step, timeout_s=STOP_STEP_TIMEOUT_S)

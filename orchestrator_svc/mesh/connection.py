@@ -25,6 +25,8 @@ log = structlog.get_logger(__name__)
 
 MAX_CREDIT = 100_000  # NOTE: an arm granting more than this is misbehaving; cap, do not trust.
 HELLO_TIMEOUT_S = 5.0
+# How long close() waits for the connection's tasks, then for its channel, before giving up.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class ProtocolViolation(Exception):
@@ -251,9 +253,20 @@ class ArmConnection:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # NOTE: bounded: a gRPC call or channel that never finishes closing must not hold up
+        # the shutdown of every other connection.
+        stuck = []
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
+            stuck = [task.get_name() for task in pending]
         self._lose_stream()
-        await self._channel.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._channel.close()
+        except TimeoutError:
+            stuck.append("channel")
+        if stuck:
+            self._log.warning("arm_connection_close_stuck", stuck=stuck)
 
     # -- dispatch ----------------------------------------------------------------------------
 

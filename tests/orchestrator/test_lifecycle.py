@@ -79,3 +79,28 @@ async def test_graceful_shutdown_flips_health_then_drains(
         watcher.cancel()
     assert events[-1].finished.state == pb.TASK_STATE_SUCCEEDED
     assert statuses[:2] == [SERVING, NOT_SERVING]
+
+
+async def test_a_close_that_hangs_does_not_hang_the_shutdown(
+    start_arm, start_orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A shutdown step that never finishes is abandoned with a warning; the rest still runs."""
+    import structlog
+
+    from orchestrator_svc import server as server_module
+
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    monkeypatch.setattr(server_module, "STOP_STEP_TIMEOUT_S", 0.2)
+    never = asyncio.Event()
+
+    async def stuck_close() -> None:
+        await never.wait()
+
+    monkeypatch.setattr(orch.store, "close", stuck_close)
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(orch.stop(grace_s=0), 30)  # hang guard only
+    abandoned = [e for e in logs if e["event"] == "shutdown_step_abandoned"]
+    assert [e["step"] for e in abandoned] == ["store"]
+    assert logs[-1]["event"] == "orchestrator_stopped"
+    assert orch.mesh.arms() == []  # the steps around it ran: the arm channels are closed
