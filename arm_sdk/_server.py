@@ -18,6 +18,8 @@ log = structlog.get_logger(__name__)
 
 ARM_SERVICE_NAME = arm_pb.DESCRIPTOR.services_by_name["ArmService"].full_name
 STOP_HOOK_TIMEOUT_S = 5.0
+# How long past its grace the gRPC server may take to stop before the drain goes on without it.
+SERVER_STOP_SLACK_S = 5.0
 
 StopHook = Callable[[], Awaitable[None]]
 
@@ -117,7 +119,14 @@ class ArmServer:
             async with asyncio.timeout(max(deadline - loop.time(), 1.0)):
                 while runtime.sessions:  # noqa: ASYNC110 (once per drain, bounded)
                     await asyncio.sleep(0.01)
-        await self._server.stop(max(0.0, deadline - loop.time()))
+        grace_left = max(0.0, deadline - loop.time())
+        try:
+            # NOTE: bounded beyond the grace: a gRPC server that never finishes stopping must
+            # not keep the arm (and its stop hooks) from ending.
+            async with asyncio.timeout(grace_left + SERVER_STOP_SLACK_S):
+                await self._server.stop(grace_left)
+        except TimeoutError:
+            log.warning("arm_server_stop_abandoned", arm_id=self.arm_id)
         if self._runtime.metrics is not None:
             await asyncio.to_thread(self._runtime.metrics.close)
         for hook in reversed(self._stop_hooks):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from arm_sdk import ArmServer, SubtaskInput
@@ -151,6 +152,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _FLOOD_THEN_DRAIN = """
 import asyncio, gc
 import grpc
+import pytest
 from arm_sdk import SubtaskInput, report_progress
 from tests.arm_sdk.arm_stream import ArmStream, make_arm
 
@@ -190,3 +192,39 @@ async def test_drain_while_blocked_on_a_full_stream_does_not_crash() -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert out.decode().splitlines()[-1] == "survived"
+
+
+async def test_a_server_that_never_stops_does_not_hang_the_drain(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain gives the gRPC server its grace plus a bounded slack, then goes on: stop hooks
+    still run and the drain returns, with a warning naming what was abandoned."""
+    import structlog
+
+    from arm_sdk import _server
+
+    async def handler(inp: SubtaskInput) -> dict[str, Any]:
+        return {}
+
+    arm = make_arm(handler)
+    hooked = asyncio.Event()
+
+    @arm.on_stop
+    async def mark() -> None:
+        hooked.set()
+
+    server = await serve(arm)
+    grpc_server = server._server
+    real_stop = grpc_server.stop
+    never = asyncio.Event()
+
+    async def stuck_stop(grace: float | None) -> None:
+        await never.wait()
+
+    monkeypatch.setattr(_server, "SERVER_STOP_SLACK_S", 0.2)
+    monkeypatch.setattr(grpc_server, "stop", stuck_stop)
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(server.drain(grace=0), HANG_GUARD_S)
+    assert hooked.is_set()
+    assert "arm_server_stop_abandoned" in [e["event"] for e in logs]
+    await real_stop(0)  # the real server, stopped for the fixture's teardown
