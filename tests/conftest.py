@@ -17,6 +17,7 @@ from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from arm_sdk import Arm, ArmServer
 from orchestrator_svc.config import Settings
 from orchestrator_svc.server import Orchestrator
+from tests.store.postgres_schema import postgres_schema
 
 StartArm = Callable[[Arm], Awaitable[ArmServer]]
 StartOrchestrator = Callable[..., Awaitable[Orchestrator]]
@@ -59,6 +60,13 @@ async def start_orchestrator() -> AsyncIterator[StartOrchestrator]:
     yield start
     for orchestrator in started:
         await orchestrator.stop(grace_s=0)
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    """An orchestrator's postgres_dsn in a fresh schema of the test PostgreSQL (dropped after)."""
+    async with postgres_schema() as schema:
+        yield schema.search_path_dsn
 
 
 @pytest.fixture

@@ -1,23 +1,18 @@
-"""Helpers of the durability chaos tests: a throwaway schema, DAG plans, history checks."""
+"""Helpers of the durability chaos tests: DAG plans, replicas, history checks."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import subprocess
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import asyncpg
 import grpc
-import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
-
-from tests.store.postgres_schema import POSTGRES_DSN, require_postgres
 
 LEASE_TTL_S = 1.5
 # NOTE: hang guards for a 2-core machine, not speed targets.
@@ -28,28 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def pg_dsn() -> AsyncIterator[str]:
-    """A DSN whose sessions live in a fresh schema (dropped afterwards)."""
-    await require_postgres()
-    schema = f"chaos_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(POSTGRES_DSN, timeout=5)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await admin.close()
-    sep = "&" if "?" in POSTGRES_DSN else "?"
-    try:
-        yield f"{POSTGRES_DSN}{sep}search_path={schema}"
-    finally:
-        # NOTE: a fresh session: a chaos test may have restarted the server meanwhile.
-        admin = await asyncpg.connect(POSTGRES_DSN, timeout=30)
-        try:
-            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await admin.close()
 
 
 def fan_plan(seconds: float) -> pb.Plan:

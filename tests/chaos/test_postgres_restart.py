@@ -19,10 +19,8 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk.arms import REFERENCE_ARMS
-from tests.chaos.durable import WAIT_S, check_history, fan_plan, pg_dsn
+from tests.chaos.durable import WAIT_S, check_history, fan_plan
 from tests.tools import tool_unavailable
-
-__all__ = ["pg_dsn"]  # the fixture, used by name
 
 CLUSTERS = Path("/etc/postgresql")
 

@@ -25,12 +25,9 @@ from tests.chaos.durable import (
     fan_plan,
     free_port,
     history,
-    pg_dsn,
     wait_routable,
     wait_serving,
 )
-
-__all__ = ["pg_dsn"]  # the fixture, used by name
 
 
 @pytest.fixture

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk.arms import REFERENCE_ARMS
-from tests.store.postgres_schema import POSTGRES_DSN, require_postgres
 
 GOAL = "Summarise how replicas share the task log"
-
-
-@pytest.fixture
-async def pg_dsn() -> AsyncIterator[str]:
-    """A DSN whose sessions live in a fresh schema (dropped afterwards)."""
-    await require_postgres()
-    schema = f"orch_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(POSTGRES_DSN, timeout=5)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in POSTGRES_DSN else "?"
-    try:
-        yield f"{POSTGRES_DSN}{sep}search_path={schema}"
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
 
 
 async def test_task_runs_on_postgres_and_its_log_is_in_the_database(

@@ -3,10 +3,9 @@ response fails RESOURCE_EXHAUSTED with TASK_TOO_LARGE or EVENT_TOO_LARGE, never 
 
 from __future__ import annotations
 
-import uuid
+import contextlib
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
@@ -14,29 +13,21 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from arm_sdk.arms import REFERENCE_ARMS
 from orchestrator_svc.api import views
 from tests.orchestrator.test_api import GOAL, collect, error_info
-from tests.store.postgres_schema import POSTGRES_DSN, require_postgres
+from tests.store.postgres_schema import postgres_schema
 
 
 @pytest.fixture(params=["memory", "postgres"])
 async def stub(request, start_arm, start_orchestrator, connect):  # type: ignore[no-untyped-def]
     """A client of an orchestrator with an echo arm, on each store (views are the API's)."""
-    settings: dict[str, str] = {}
-    schema = f"views_{uuid.uuid4().hex[:12]}"
-    if request.param == "postgres":
-        await require_postgres()
-        admin = await asyncpg.connect(POSTGRES_DSN, timeout=5)
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
-        await admin.close()
-        sep = "&" if "?" in POSTGRES_DSN else "?"
-        settings["postgres_dsn"] = f"{POSTGRES_DSN}{sep}search_path={schema}"
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([echo.address], wait_for=("echo",), **settings)
-    yield connect(orch.address)
-    if request.param == "postgres":
-        await orch.stop(grace_s=0)
-        admin = await asyncpg.connect(POSTGRES_DSN, timeout=5)
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with contextlib.AsyncExitStack() as stack:
+        settings: dict[str, str] = {}
+        if request.param == "postgres":
+            schema = await stack.enter_async_context(postgres_schema())
+            settings["postgres_dsn"] = schema.search_path_dsn
+        echo = await start_arm(REFERENCE_ARMS["echo"]())
+        orch = await start_orchestrator([echo.address], wait_for=("echo",), **settings)
+        yield connect(orch.address)
+        await orch.stop(grace_s=0)  # before its schema is dropped
 
 
 def fan_in(width: int, text: str = "x") -> pb.Plan:

@@ -49,6 +49,12 @@ class PgSchema:
     _connections: list[Any] = field(default_factory=list)
 
     @property
+    def search_path_dsn(self) -> str:
+        """The DSN with this schema as its search_path, for an orchestrator's postgres_dsn."""
+        separator = "&" if "?" in self.dsn else "?"
+        return f"{self.dsn}{separator}search_path={self.name}"
+
+    @property
     def server_settings(self) -> dict[str, str]:
         """Session settings that put a connection in this schema (and name it after it)."""
         return {"search_path": self.name, "application_name": self.name}
@@ -84,14 +90,20 @@ async def postgres_schema() -> AsyncIterator[PgSchema]:
     """Create a uniquely named schema, yield it, then drop it with everything in it."""
     await require_postgres()
     name = f"octollm_test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(POSTGRES_DSN, timeout=5, command_timeout=30)
+    await _admin(f'CREATE SCHEMA "{name}"', connect_timeout_s=5)
+    schema = PgSchema(POSTGRES_DSN, name)
     try:
-        await admin.execute(f'CREATE SCHEMA "{name}"')
-        schema = PgSchema(POSTGRES_DSN, name)
-        try:
-            yield schema
-        finally:
-            await schema.aclose()
-            await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+        yield schema
+    finally:
+        await schema.aclose()
+        # NOTE: a fresh session: a chaos test may have restarted the server meanwhile.
+        await _admin(f'DROP SCHEMA "{name}" CASCADE', connect_timeout_s=30)
+
+
+async def _admin(sql: str, *, connect_timeout_s: float) -> None:
+    """Run one statement in its own session of the test server."""
+    admin = await asyncpg.connect(POSTGRES_DSN, timeout=connect_timeout_s, command_timeout=30)
+    try:
+        await admin.execute(sql)
     finally:
         await admin.close(timeout=5)
