@@ -26,14 +26,13 @@ FULL = pb.TASK_VIEW_FULL
 
 
 def basic_task(task: pb.Task) -> pb.Task:
-    """`task` without step outputs (the store's message is left as it is)."""
-    if not task.HasField("result") and not any(s.HasField("output") for s in task.subtasks):
-        return task
-    view = copy_message(task)
-    for sub in view.subtasks:
+    """`task` without step outputs, cleared in place: it is the caller's own copy, as the
+    store's get() and list() return them."""
+    for sub in task.subtasks:
         sub.ClearField("output")
-    view.result.ClearField("outputs")
-    return view
+    if task.HasField("result"):
+        task.result.ClearField("outputs")
+    return task
 
 
 def basic_event(event: pb.TaskEvent) -> pb.TaskEvent:

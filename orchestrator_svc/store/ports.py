@@ -123,7 +123,8 @@ class TaskStore(Protocol):
     async def list(
         self, page_size: int, page_token: str, states: Collection[int]
     ) -> tuple[builtins.list[pb.Task], str]:
-        """Return one page of tasks, newest first, and the next page's token ("" at the end).
+        """Return copies of one page of tasks, newest first, and the next page's token ("" at
+        the end).
 
         Order is create_time descending, then task_id descending, so pages are stable while
         tasks are created. `states` filters (empty means all). page_size must be >= 1. The
