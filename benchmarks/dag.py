@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import socket
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
+from benchmarks._mesh import orchestrator
 from benchmarks._raw import ROOT, run_raw
 from benchmarks.dispatch import STARTUP_TIMEOUT_S, echo_arm_process
 from orchestrator_svc.cli import loop_factory
@@ -143,40 +142,10 @@ async def floor_process(arm_address: str) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def orchestrator_process(arm_address: str) -> AsyncIterator[str]:
-    """`octollm serve` on a free port in a child process, dialling the echo arm."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "OCTOLLM_LISTEN": address,
-        "OCTOLLM_ARM_ENDPOINTS": arm_address,
-        "OCTOLLM_LOG_LEVEL": "warning",
-        "OCTOLLM_METRICS_PORT": "-1",
-        # NOTE: every task repeats the same echo work; the result cache would answer it.
-        "OCTOLLM_CACHE_TTL_S": "0",
-        "OCTOLLM_MEMORY": "false",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator_svc.cli", "serve", cwd=ROOT, env=env
-    )
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = pb_grpc.OrchestratorServiceStub(channel)
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                while True:
-                    try:
-                        arms = await stub.ListArms(pb.ListArmsRequest(), wait_for_ready=True)
-                    except grpc.aio.AioRpcError:
-                        arms = pb.ListArmsResponse()
-                    if any(a.health == pb.ARM_HEALTH_SERVING for a in arms.arms):
-                        break
-                    await asyncio.sleep(0.05)
-        yield address
-    finally:
-        proc.terminate()
-        await proc.wait()
+    """`octollm serve` in a child process dialling the echo arm (benchmarks._mesh settings:
+    quiet logs, no metrics port, no result cache: every task repeats the same echo work)."""
+    async with orchestrator([arm_address]) as child:
+        yield child.address
 
 
 async def end_to_end(
