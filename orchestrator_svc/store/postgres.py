@@ -381,6 +381,17 @@ class _Locked:
             (subtask.subtask_id, position) for position, subtask in enumerate(self.task.subtasks)
         )
 
+    def apply(self, task_id: str, events: Sequence[pb.TaskEvent], into: list[pb.TaskEvent]) -> int:
+        """Number `events` after the projection's last seq, project them, add them to `into`
+        (the rows to insert); the new last seq."""
+        for event in events:
+            event.seq = self.task.last_seq + 1
+            event.task_id = task_id
+            apply(self.task, event, self.subtask_index)
+            into.append(event)
+        self.finished = events[-1].HasField("finished")
+        return self.task.last_seq
+
 
 @dataclass(eq=False)
 class _Followed:
@@ -1008,13 +1019,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             if held.finished:
                 outcomes.append((request, TaskClosed(request.task_id)))
                 continue
-            for event in request.events:
-                event.seq = held.task.last_seq + 1
-                event.task_id = request.task_id
-                apply(held.task, event, held.subtask_index)
-                appended.append(event)
-            held.finished = request.events[-1].HasField("finished")
-            outcomes.append((request, held.task.last_seq))
+            outcomes.append((request, held.apply(request.task_id, request.events, appended)))
         written = {task_id: self._held[task_id] for task_id in pending}
         try:
             async with self._session() as conn:
@@ -1083,15 +1088,10 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     log.warning("task_lease_lost", task_id=request.task_id, owner=held.lease_owner)
                     results.append(LeaseLost(request.task_id, held.lease_owner))
                     continue
-                for event in request.events:
-                    event.seq = held.task.last_seq + 1
-                    event.task_id = request.task_id
-                    apply(held.task, event, held.subtask_index)
-                    appended.append(event)
-                held.finished = request.events[-1].HasField("finished")
+                last_seq = held.apply(request.task_id, request.events, appended)
                 held.changed = True
                 owned[request.task_id] = owned.get(request.task_id, False) or request.as_owner
-                results.append(held.task.last_seq)
+                results.append(last_seq)
 
             changed = {
                 task_id: held
