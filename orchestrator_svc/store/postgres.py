@@ -149,7 +149,8 @@ _PROJECT = """SET state = p.state, last_seq = p.last_seq, finished = p.finished,
         lease_expires = CASE
             WHEN p.finished THEN NULL
             WHEN p.fenced AND t.lease_owner = $14
-                THEN greatest(t.lease_expires, now() + make_interval(secs => $15))
+                 AND t.lease_expires < now() + make_interval(secs => $15 / 2)
+                THEN now() + make_interval(secs => $15)
             ELSE t.lease_expires
         END
 """
@@ -399,6 +400,7 @@ class _Followed:
 
     latest: int = 0
     watchers: int = 0
+    held: bool = False  # this store holds the task's projection (it runs the task)
     _grown: asyncio.Event = field(default_factory=asyncio.Event)
     # The latest events this store committed itself, contiguous: local watchers read them here
     # instead of from the table.
@@ -471,6 +473,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         self._queue: deque[_Append] = deque()
         self._queued = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._committer_conn: Any = None  # the group committer's own pooled connection
         # without group commit: one append per task at a time, in call order
         self._task_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # watching
@@ -508,7 +511,10 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         leases (default: host, pid and a random suffix). Raises StoreUnavailable if the
         server cannot be reached, StoreError if the schema is not migrated.
         """
-        settings = dict(server_settings or {})
+        # NOTE: every statement the store prepares looks rows up by key or takes a few small
+        # arrays; PostgreSQL would plan the array-heavy appends again on every execution (a
+        # fifth of an append's time), so the sessions keep one generic plan per statement.
+        settings = {"plan_cache_mode": "force_generic_plan", **(server_settings or {})}
 
         async def open_pool(attempt_timeout: float) -> Any:
             return await asyncpg.create_pool(
@@ -706,15 +712,16 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         followed = self._follow(task_id)
         try:
             await self._await_listener()
-            found = await self._fetch_patiently(
-                "SELECT last_seq, finished FROM tasks WHERE task_id = $1", task_id
-            )
-            if not found:
-                raise TaskNotFound(task_id)
-            row = found[0]
-            if row["finished"] and row["last_seq"] <= after_seq:
-                return
-            followed.advance(row["last_seq"])
+            if not followed.held:
+                found = await self._fetch_patiently(
+                    "SELECT last_seq, finished FROM tasks WHERE task_id = $1", task_id
+                )
+                if not found:
+                    raise TaskNotFound(task_id)
+                row = found[0]
+                if row["finished"] and row["last_seq"] <= after_seq:
+                    return
+                followed.advance(row["last_seq"])
             cursor = after_seq
             while True:
                 self._check_open()
@@ -752,6 +759,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                 await asyncio.wait_for(asyncio.shield(self._committer), self._timeout_s)
             self._committer.cancel()
             await asyncio.gather(self._committer, return_exceptions=True)
+        await self._give_back_committer_conn()
         while self._queue:
             _settle(self._queue.popleft(), StoreClosed())
         for background in (self._listener, self._poller):
@@ -887,6 +895,41 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                     conn.terminate()
                 raise
 
+    @contextlib.asynccontextmanager
+    async def _writer_session(self) -> AsyncIterator[Any]:
+        """The connection an append commits on. The group committer keeps one pooled
+        connection for as long as it works (a commit pays no pool acquire and release); one
+        that fails or is interrupted goes back to the pool, which drops or resets it, and the
+        next commit takes another."""
+        if not self._group_commit:
+            async with self._session() as conn:
+                yield conn
+            return
+        if self._committer_conn is None:
+            self._committer_conn = await self._pool.acquire(timeout=self._timeout_s)
+        conn = self._committer_conn
+        try:
+            yield conn
+        except asyncpg.PostgresError as exc:
+            # NOTE: the server refused a statement: the connection itself is fine.
+            if isinstance(exc, TRANSIENT_ERRORS):
+                await self._give_back_committer_conn(terminate=True)
+            raise
+        except BaseException as exc:
+            terminate = isinstance(exc, (*TRANSIENT_ERRORS, asyncpg.InterfaceError))
+            await self._give_back_committer_conn(terminate=terminate)
+            raise
+
+    async def _give_back_committer_conn(self, *, terminate: bool = False) -> None:
+        conn, self._committer_conn = self._committer_conn, None
+        if conn is None:
+            return
+        if terminate:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn, timeout=self._timeout_s)
+
     async def _fetch(self, sql: str, *args: Any) -> builtins.list[Any]:
         async with self._session() as conn:
             rows: builtins.list[Any] = await conn.fetch(sql, *args)
@@ -973,15 +1016,29 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             _settle(request, result)
 
     def _hold(self, held: _Locked) -> None:
-        """Keep a task's projection for the one-statement append path (see _write_held)."""
+        """Keep a task's projection for the one-statement append path (see _write_held), and
+        follow its log from here on: a watcher of a task this store runs starts from what the
+        store committed, without reading the table."""
         task_id = held.task.task_id
         if held.finished:
-            self._held.pop(task_id, None)
+            self._unhold(task_id)
             return
         self._held[task_id] = held
         self._held.move_to_end(task_id)
+        followed = self._followed.get(task_id)
+        if followed is None:
+            followed = self._followed[task_id] = _Followed(latest=held.task.last_seq)
+        followed.held = True
         if len(self._held) > _MAX_HELD_PROJECTIONS:
-            self._held.popitem(last=False)
+            self._unhold(next(iter(self._held)))
+
+    def _unhold(self, task_id: str) -> None:
+        self._held.pop(task_id, None)
+        followed = self._followed.get(task_id)
+        if followed is not None:
+            followed.held = False
+            if followed.watchers == 0:
+                del self._followed[task_id]
 
     async def _write_all(
         self, batch: builtins.list[_Append]
@@ -1022,7 +1079,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             outcomes.append((request, held.apply(request.task_id, request.events, appended)))
         written = {task_id: self._held[task_id] for task_id in pending}
         try:
-            async with self._session() as conn:
+            async with self._writer_session() as conn:
                 rows = await conn.fetch(
                     _WRITE_HELD_APPENDS,
                     *_append_args(appended, written),
@@ -1036,7 +1093,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             # NOTE: the held projections already took these events: forget them (the row is
             # re-read by the next append), whatever the outcome in the database was.
             for task_id in written:
-                self._held.pop(task_id, None)
+                self._unhold(task_id)
             raise
         updated = {row["task_id"] for row in rows}
         done: dict[_Append, int | StoreError] = {}
@@ -1045,7 +1102,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             if task_id not in updated:
                 # Another writer got in (a cancel through another replica, a takeover):
                 # the locking path decides what these appends get.
-                self._held.pop(task_id, None)
+                self._unhold(task_id)
                 continue
             done.update(pending[task_id])
             changed[task_id] = held.task.last_seq
@@ -1058,7 +1115,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         """One transaction: lock the rows, project, insert events, update rows, notify."""
         task_ids = list(dict.fromkeys(request.task_id for request in batch))
         results: builtins.list[int | StoreError] = []
-        async with self._session() as conn, conn.transaction():
+        async with self._writer_session() as conn, conn.transaction():
             locked: dict[str, _Locked | CorruptRecord] = {}
             for row in await conn.fetch(_LOCK_TASKS, task_ids):
                 try:
@@ -1112,7 +1169,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             if held.lease_owner == self._owner:
                 self._hold(held)
             else:
-                self._held.pop(held.task.task_id, None)
+                self._unhold(held.task.task_id)
         return results, {task_id: held.task.last_seq for task_id, held in changed.items()}
 
     @contextlib.asynccontextmanager
@@ -1140,7 +1197,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
 
     def _unfollow(self, task_id: str, followed: _Followed) -> None:
         followed.watchers -= 1
-        if followed.watchers == 0 and self._followed.get(task_id) is followed:
+        if followed.watchers == 0 and not followed.held and self._followed.get(task_id) is followed:
             del self._followed[task_id]
 
     async def _await_listener(self) -> None:

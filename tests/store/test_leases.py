@@ -139,3 +139,28 @@ async def test_a_poisoned_task_row_is_reported_once_and_never_claimed_again(
     assert again == []
     quarantined = [e for e in logs if e["event"] == "corrupt_task_quarantined"]
     assert [e["task_id"] for e in quarantined] == [bad.task_id]
+
+
+async def test_an_owner_append_extends_only_a_lease_that_is_running_out(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """More than half the TTL left: the append leaves the lease alone (the row update stays
+    cheap); less than half left: the append renews it for a whole TTL."""
+    (a,) = await _replicas(pg_schema, 1, ttl_s=30.0)
+    task, _ = await a.create(new_task(), "fp")
+    db = await pg_schema.connect()
+    lease_sql = "SELECT lease_expires - now() FROM tasks WHERE task_id = $1"
+    task_uuid = uuid.UUID(task.task_id)
+    before = await db.fetchval("SELECT lease_expires FROM tasks WHERE task_id = $1", task_uuid)
+    await a.append(task.task_id, [_step_started("one")], as_owner=True)
+    after = await db.fetchval("SELECT lease_expires FROM tasks WHERE task_id = $1", task_uuid)
+    assert after == before
+
+    await db.execute(
+        "UPDATE tasks SET lease_expires = now() + interval '5 seconds' WHERE task_id = $1",
+        task_uuid,
+    )
+    await a.append(task.task_id, [_step_started("two")], as_owner=True)
+    left = await db.fetchval(lease_sql, task_uuid)
+    assert left.total_seconds() > 25
+    assert await a.renew() == {task.task_id}

@@ -311,6 +311,35 @@ async def test_migrate_reports_unreachable_postgres() -> None:
         await asyncio.wait_for(migrate(dsn, startup_wait_s=0.2), HANG_GUARD)
 
 
+async def test_a_watcher_of_a_task_this_store_runs_starts_from_memory(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """The store that runs a task follows its log from create() on: a watcher that starts
+    after events were committed gets them without reading a table (both are renamed away
+    meanwhile), then follows the log to its end."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store()
+    created, _ = await store.create(new_task(), "fp")
+    await store.append(created.task_id, [_progress("one"), _progress("two")], as_owner=True)
+    observer = await pg_schema.connect()
+    await observer.execute(
+        "ALTER TABLE tasks RENAME TO tasks_away; ALTER TABLE task_events RENAME TO task_events_away"
+    )
+    watch = store.watch(created.task_id, 0)
+    try:
+        early = [await asyncio.wait_for(anext(watch), HANG_GUARD) for _ in range(2)]
+    finally:
+        await observer.execute(
+            "ALTER TABLE tasks_away RENAME TO tasks; "
+            "ALTER TABLE task_events_away RENAME TO task_events"
+        )
+    await store.append(created.task_id, [_finished()], as_owner=True)
+    rest = await _collect(watch)
+    assert [event.subtask_progress.message for event in early] == ["one", "two"]
+    assert [event.seq for event in [*early, *rest]] == [1, 2, 3]
+    assert rest[0].finished.result.answer == "42"
+
+
 async def test_store_recovers_when_postgres_drops_its_sessions(
     pg_schema: PgSchema, new_task: NewTask
 ) -> None:
