@@ -142,7 +142,8 @@ ORDER BY task_id
 FOR UPDATE
 """
 # How both append statements write a task's new projection: a `finished` releases the lease, an
-# owner's append ($14 the owner, $15 the TTL) extends it.
+# owner's append ($14 the owner, $15 the TTL) renews it once less than half of it is left (so
+# most appends change no indexed column, and the row update can skip the indexes).
 _PROJECT = """SET state = p.state, last_seq = p.last_seq, finished = p.finished, body = p.body,
         update_time = p.update_time,
         lease_owner = CASE WHEN p.finished THEN NULL ELSE t.lease_owner END,
@@ -193,8 +194,10 @@ WITH projected AS (
 SELECT task_id::text AS task_id, pg_notify($11, task_id::text || ':' || last_seq) FROM projected
 """
 # NOTE: rows an append holds are skipped, never waited for (so a renewal and a commit cannot
-# deadlock): an owner append extends the lease itself. Every lease still this owner's is
-# returned, renewed now or not (the main query does not see the CTE's update, nor need to).
+# deadlock): an owner append renews a lease with less than half its TTL left itself, and one
+# with more outlasts the next renewal round (a third of the TTL away). Every lease still this
+# owner's is returned, renewed now or not (the main query does not see the CTE's update, nor
+# need to).
 _RENEW_LEASES = """
 WITH renewed AS (
     UPDATE tasks AS t SET lease_expires = now() + make_interval(secs => $2)
@@ -905,6 +908,10 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             async with self._session() as conn:
                 yield conn
             return
+        if self._committer_conn is not None and _lost(self._committer_conn):
+            # NOTE: the server ended the session while it sat idle (asyncpg has already given
+            # it back to the pool): nothing was sent on it, so take another.
+            self._committer_conn = None
         if self._committer_conn is None:
             self._committer_conn = await self._pool.acquire(timeout=self._timeout_s)
         conn = self._committer_conn
@@ -1320,6 +1327,14 @@ def _append_args(
         [task.SerializeToString() for task in tasks],
         [task.update_time.ToDatetime(tzinfo=datetime.UTC) for task in tasks],
     ]
+
+
+def _lost(connection: Any) -> bool:
+    """True when a pooled connection is closed, or was detached from its proxy when it closed."""
+    try:
+        return bool(connection.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 def default_owner(name: str | None = None) -> str:

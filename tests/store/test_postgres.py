@@ -373,6 +373,36 @@ async def test_store_recovers_when_postgres_drops_its_sessions(
     assert [event.subtask_progress.message for event in events[:2]] == ["before", "after"]
 
 
+async def test_an_append_after_the_server_ended_the_idle_commit_session_succeeds(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """The group committer keeps one session; when the server ends it while it is idle, the
+    next append notices before sending anything and commits on a fresh session, first time."""
+    await pg_schema.migrate()
+    store = await pg_schema.open_store()
+    created, _ = await store.create(new_task(), "fp")
+    await store.append(created.task_id, [_progress("before")])
+    observer = await pg_schema.connect()
+    ours = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = $1 AND pid <> pg_backend_pid()"
+    )
+    await observer.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        pg_schema.name,
+    )
+    while await observer.fetchval(ours, pg_schema.name):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the store's event loop reads the closed sockets
+
+    assert (
+        await asyncio.wait_for(store.append(created.task_id, [_progress("after")]), HANG_GUARD) == 2
+    )
+    task = await store.get(created.task_id)
+    assert task.last_seq == 2
+
+
 def test_notify_channel_is_per_schema_and_valid() -> None:
     """Each schema gets its own NOTIFY channel, never longer than PostgreSQL's 63-byte limit."""
     long_a, long_b = "a" * 60 + "_one", "a" * 60 + "_two"
