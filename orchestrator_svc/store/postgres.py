@@ -86,6 +86,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # (MagicStack/asyncpg#784): the connection is broken, not the caller's request.
     asyncpg.InternalClientError,
 )
+# What leaves a session unusable: a transient failure, or asyncpg's own report of a connection
+# it already dropped.
+_BROKEN_SESSION_ERRORS = (*TRANSIENT_ERRORS, asyncpg.InterfaceError)
 _MAX_IDENTIFIER_BYTES = 63
 _WATCH_PAGE = 256
 _MAX_BATCH_APPENDS = 512
@@ -399,11 +402,11 @@ class _Locked:
 
 @dataclass(eq=False)
 class _Followed:
-    """What this store knows of one watched task's log, and a wake-up for its watchers."""
+    """What this store knows of the log of a task it runs or one being watched (kept while
+    either lasts), and a wake-up for its watchers."""
 
     latest: int = 0
     watchers: int = 0
-    held: bool = False  # this store holds the task's projection (it runs the task)
     _grown: asyncio.Event = field(default_factory=asyncio.Event)
     # The latest events this store committed itself, contiguous: local watchers read them here
     # instead of from the table.
@@ -715,7 +718,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         followed = self._follow(task_id)
         try:
             await self._await_listener()
-            if not followed.held:
+            if task_id not in self._held:
                 found = await self._fetch_patiently(
                     "SELECT last_seq, finished FROM tasks WHERE task_id = $1", task_id
                 )
@@ -892,7 +895,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         async with self._pool.acquire(timeout=self._timeout_s) as conn:
             try:
                 yield conn
-            except (*TRANSIENT_ERRORS, asyncpg.InterfaceError):
+            except _BROKEN_SESSION_ERRORS:
                 # NOTE: InterfaceError here means asyncpg already dropped the connection.
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
@@ -917,14 +920,11 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         conn = self._committer_conn
         try:
             yield conn
-        except asyncpg.PostgresError as exc:
-            # NOTE: the server refused a statement: the connection itself is fine.
-            if isinstance(exc, TRANSIENT_ERRORS):
-                await self._give_back_committer_conn(terminate=True)
-            raise
         except BaseException as exc:
-            terminate = isinstance(exc, (*TRANSIENT_ERRORS, asyncpg.InterfaceError))
-            await self._give_back_committer_conn(terminate=terminate)
+            broken = isinstance(exc, _BROKEN_SESSION_ERRORS)
+            # NOTE: a statement the server refused leaves the connection fine: keep it.
+            if broken or not isinstance(exc, asyncpg.PostgresError):
+                await self._give_back_committer_conn(terminate=broken)
             raise
 
     async def _give_back_committer_conn(self, *, terminate: bool = False) -> None:
@@ -1032,20 +1032,16 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
             return
         self._held[task_id] = held
         self._held.move_to_end(task_id)
-        followed = self._followed.get(task_id)
-        if followed is None:
-            followed = self._followed[task_id] = _Followed(latest=held.task.last_seq)
-        followed.held = True
+        if task_id not in self._followed:
+            self._followed[task_id] = _Followed(latest=held.task.last_seq)
         if len(self._held) > _MAX_HELD_PROJECTIONS:
             self._unhold(next(iter(self._held)))
 
     def _unhold(self, task_id: str) -> None:
         self._held.pop(task_id, None)
         followed = self._followed.get(task_id)
-        if followed is not None:
-            followed.held = False
-            if followed.watchers == 0:
-                del self._followed[task_id]
+        if followed is not None and followed.watchers == 0:
+            del self._followed[task_id]
 
     async def _write_all(
         self, batch: builtins.list[_Append]
@@ -1204,7 +1200,11 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
 
     def _unfollow(self, task_id: str, followed: _Followed) -> None:
         followed.watchers -= 1
-        if followed.watchers == 0 and not followed.held and self._followed.get(task_id) is followed:
+        if (
+            followed.watchers == 0
+            and task_id not in self._held
+            and self._followed.get(task_id) is followed
+        ):
             del self._followed[task_id]
 
     async def _await_listener(self) -> None:
@@ -1287,7 +1287,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         """Map driver failures to StoreClosed / StoreUnavailable; let everything else through."""
         try:
             yield
-        except (*TRANSIENT_ERRORS, asyncpg.InterfaceError) as exc:
+        except _BROKEN_SESSION_ERRORS as exc:
             mapped = self._store_error(exc, operation)
             if mapped is exc:
                 raise

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
@@ -340,6 +341,19 @@ async def test_a_watcher_of_a_task_this_store_runs_starts_from_memory(
     assert rest[0].finished.result.answer == "42"
 
 
+# The sessions a store of the schema opened (PgSchema names them after it), but the caller's.
+_STORE_SESSIONS = "FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()"
+
+
+async def _end_store_sessions(observer: Any, schema: str) -> int:
+    """Have the server end every session a store of `schema` holds; how many it ended."""
+    return int(
+        await observer.fetchval(
+            f"SELECT count(pg_terminate_backend(pid)) {_STORE_SESSIONS}", schema
+        )
+    )
+
+
 async def test_store_recovers_when_postgres_drops_its_sessions(
     pg_schema: PgSchema, new_task: NewTask
 ) -> None:
@@ -351,11 +365,7 @@ async def test_store_recovers_when_postgres_drops_its_sessions(
     watcher = asyncio.create_task(_collect(store.watch(created.task_id, 0)))
     await store.append(created.task_id, [_progress("before")])
 
-    killed = await observer.fetchval(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
-        pg_schema.name,
-    )
+    killed = await _end_store_sessions(observer, pg_schema.name)
     assert killed >= 2  # a pool session and the LISTEN session
 
     async def append_until_accepted(event: pb.TaskEvent) -> None:
@@ -383,16 +393,8 @@ async def test_an_append_after_the_server_ended_the_idle_commit_session_succeeds
     created, _ = await store.create(new_task(), "fp")
     await store.append(created.task_id, [_progress("before")])
     observer = await pg_schema.connect()
-    ours = (
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE application_name = $1 AND pid <> pg_backend_pid()"
-    )
-    await observer.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
-        pg_schema.name,
-    )
-    while await observer.fetchval(ours, pg_schema.name):
+    await _end_store_sessions(observer, pg_schema.name)
+    while await observer.fetchval(f"SELECT count(*) {_STORE_SESSIONS}", pg_schema.name):
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)  # the store's event loop reads the closed sockets
 
