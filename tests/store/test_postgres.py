@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
@@ -25,7 +28,8 @@ from orchestrator_svc.store import (
     open_store,
 )
 from orchestrator_svc.store.migrate import bundled_migrations
-from orchestrator_svc.store.postgres import channel_for
+from orchestrator_svc.store import postgres
+from orchestrator_svc.store.postgres import SESSION_SETTINGS, channel_for
 from tests.store.postgres_schema import PgSchema
 
 NewTask = Callable[..., pb.Task]
@@ -429,3 +433,56 @@ async def test_a_writer_that_holds_the_projection_notices_another_writer(
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert [e.subtask_progress.message for e in events[:4]] == ["a1", "b1", "b2", "a2"]
     assert (await b.get(task.task_id)).last_seq == 5
+
+
+# Every statement the store prepares, by name, for the plan check below.
+_PREPARED = {
+    "held appends": postgres._WRITE_HELD_APPENDS,
+    "appends": postgres._WRITE_APPENDS,
+    "lock tasks": postgres._LOCK_TASKS,
+    "get task": postgres._GET_TASK,
+    "known key": postgres._KNOWN_KEY,
+    "read events": postgres._READ_EVENTS,
+    "last seqs": postgres._LAST_SEQS,
+    "renew leases": postgres._RENEW_LEASES,
+    "claim expired": postgres._CLAIM_EXPIRED,
+    "release leases": postgres._RELEASE_LEASES,
+    **{f"list tasks {key}": sql for key, sql in postgres._LIST_TASKS.items()},
+}
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", ()) for node in _plan_nodes(child))]
+
+
+async def test_the_store_statements_plan_index_lookups_on_a_young_schema(
+    pg_schema: PgSchema,
+) -> None:
+    """The generic plans made while the tables are new (what a new deployment keeps until
+    autovacuum replans) look tasks and events up by index: no sequential scan of them and no
+    hash or merge join, whose cost would grow with every task ever stored."""
+    await pg_schema.migrate()
+    conn = await asyncpg.connect(
+        pg_schema.dsn, server_settings={**SESSION_SETTINGS, **pg_schema.server_settings}
+    )
+    try:
+        bad: dict[str, list[str]] = {}
+        for name, sql in _PREPARED.items():
+            params = max(int(n) for n in re.findall(r"\$(\d+)", sql))
+            await conn.execute(f"PREPARE checked AS {sql}")
+            nulls = ", ".join(["NULL"] * params)
+            explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE checked({nulls})")
+            await conn.execute("DEALLOCATE checked")
+            nodes = _plan_nodes(json.loads(explained)[0]["Plan"])
+            bad[name] = [
+                f"{node['Node Type']} {node.get('Relation Name', '')}".strip()
+                for node in nodes
+                if node["Node Type"] in ("Hash Join", "Merge Join")
+                or (
+                    node["Node Type"] == "Seq Scan"
+                    and node.get("Relation Name") in ("tasks", "task_events")
+                )
+            ]
+    finally:
+        await conn.close(timeout=5)
+    assert {name: nodes for name, nodes in bad.items() if nodes} == {}
