@@ -70,10 +70,14 @@ class PgSchema:
         self._stores.append(store)
         return store
 
-    async def connect(self) -> Any:
-        """A plain asyncpg connection in this schema, to look at or tamper with the tables."""
+    async def connect(self, settings: dict[str, str] | None = None) -> Any:
+        """A plain asyncpg connection in this schema, to look at or tamper with the tables;
+        `settings` are more session settings."""
         connection = await asyncpg.connect(
-            self.dsn, server_settings=self.server_settings, timeout=5, command_timeout=30
+            self.dsn,
+            server_settings={**(settings or {}), **self.server_settings},
+            timeout=5,
+            command_timeout=30,
         )
         self._connections.append(connection)
         return connection

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import asyncpg
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
@@ -26,9 +25,9 @@ from orchestrator_svc.store import (
     TaskStore,
     migrate,
     open_store,
+    postgres,
 )
 from orchestrator_svc.store.migrate import bundled_migrations
-from orchestrator_svc.store import postgres
 from orchestrator_svc.store.postgres import SESSION_SETTINGS, channel_for
 from tests.store.postgres_schema import PgSchema
 
@@ -462,27 +461,22 @@ async def test_the_store_statements_plan_index_lookups_on_a_young_schema(
     autovacuum replans) look tasks and events up by index: no sequential scan of them and no
     hash or merge join, whose cost would grow with every task ever stored."""
     await pg_schema.migrate()
-    conn = await asyncpg.connect(
-        pg_schema.dsn, server_settings={**SESSION_SETTINGS, **pg_schema.server_settings}
-    )
-    try:
-        bad: dict[str, list[str]] = {}
-        for name, sql in _PREPARED.items():
-            params = max(int(n) for n in re.findall(r"\$(\d+)", sql))
-            await conn.execute(f"PREPARE checked AS {sql}")
-            nulls = ", ".join(["NULL"] * params)
-            explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE checked({nulls})")
-            await conn.execute("DEALLOCATE checked")
-            nodes = _plan_nodes(json.loads(explained)[0]["Plan"])
-            bad[name] = [
-                f"{node['Node Type']} {node.get('Relation Name', '')}".strip()
-                for node in nodes
-                if node["Node Type"] in ("Hash Join", "Merge Join")
-                or (
-                    node["Node Type"] == "Seq Scan"
-                    and node.get("Relation Name") in ("tasks", "task_events")
-                )
-            ]
-    finally:
-        await conn.close(timeout=5)
+    conn = await pg_schema.connect(SESSION_SETTINGS)
+    bad: dict[str, list[str]] = {}
+    for name, sql in _PREPARED.items():
+        params = max(int(n) for n in re.findall(r"\$(\d+)", sql))
+        await conn.execute(f"PREPARE checked AS {sql}")
+        nulls = ", ".join(["NULL"] * params)
+        explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE checked({nulls})")
+        await conn.execute("DEALLOCATE checked")
+        nodes = _plan_nodes(json.loads(explained)[0]["Plan"])
+        bad[name] = [
+            f"{node['Node Type']} {node.get('Relation Name', '')}".strip()
+            for node in nodes
+            if node["Node Type"] in ("Hash Join", "Merge Join")
+            or (
+                node["Node Type"] == "Seq Scan"
+                and node.get("Relation Name") in ("tasks", "task_events")
+            )
+        ]
     assert {name: nodes for name, nodes in bad.items() if nodes} == {}
