@@ -115,11 +115,7 @@ _STEPS: dict[Domain, dict[str, tuple[str, str, str]]] = {
         "research": ("retriever", "Gather the facts needed to answer the goal", ""),
         "background": ("retriever", "Gather background and context for the goal", ""),
         "examples": ("retriever", "Find concrete examples for the goal", ""),
-        "compose": (
-            "planner",
-            "Work out and write the answer from the research",
-            "answers the goal directly",
-        ),
+        "caveats": ("retriever", "Find the limits, caveats and counterpoints for the goal", ""),
     },
 }
 
@@ -157,13 +153,15 @@ _SHAPES: dict[Domain, dict[Complexity, str]] = {
         "draft_change<plan_rollout; dry_run<draft_change; safety_check?<draft_change; "
         "review<dry_run,safety_check",
     },
+    # NOTE: the answer is the research (the integrator writes it from every step's output when
+    # an LLM is configured): a planner step here would make the answer a plan of the answer.
     "general": {
-        "simple": "research; compose<research; review?<compose",
-        "medium": "research; background?; compose<research,background; "
-        "safety_check?<compose; review<compose,safety_check",
+        "simple": "outline; research<outline; review?<research",
+        "medium": "outline; research<outline; background?<outline; "
+        "safety_check?<research,background; review<research,background,safety_check",
         "complex": "outline; research<outline; background?<outline; examples?<outline; "
-        "compose<research,background,examples; safety_check?<compose; "
-        "review<compose,safety_check",
+        "caveats?<outline; safety_check?<research,background,examples,caveats; "
+        "review<research,background,examples,caveats,safety_check",
     },
 }
 

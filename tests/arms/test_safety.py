@@ -345,10 +345,25 @@ async def test_scan_mode_reports_without_sending_the_text_back(open_safety: Open
     assert out["safe"] is True
 
 
+async def test_a_plan_step_checks_what_its_dependencies_produced(open_safety: OpenSafety) -> None:
+    """Without input.text (a plan's "check the result" step) the arm checks the outputs of the
+    steps it depends on: each one's answer text, else its JSON, under its step id."""
+    stream = await open_safety()
+    dependencies = {"research": {"answer": "write to bob@example.com"}, "count": {"n": "one"}}
+    out = output_of(await check(stream, "s4", {"dependencies": dependencies}))
+    text = '## research\nwrite to bob@example.com\n\n## count\n{"n":"one"}'
+    assert out["redacted"] == text.replace("bob@example.com", "[REDACTED:EMAIL]")
+    assert [(f["kind"], f["start"], f["end"]) for f in out["findings"]] == [
+        ("EMAIL", text.index("bob@"), text.index("bob@") + len("bob@example.com"))
+    ]
+    assert out["safe"] is False
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
         ({}, "BAD_INPUT"),
+        ({"dependencies": {}}, "BAD_INPUT"),
         ({"text": 42}, "BAD_INPUT"),
         ({"text": "x", "mode": "shout"}, "BAD_INPUT"),
         ({"text": "x" * (safety.MAX_TEXT_CHARS + 1)}, "TEXT_TOO_LARGE"),
@@ -357,7 +372,8 @@ async def test_scan_mode_reports_without_sending_the_text_back(open_safety: Open
 async def test_bad_input_is_invalid_argument(
     open_safety: OpenSafety, payload: dict[str, Any], reason: str
 ) -> None:
-    """Missing or non-string text, an unknown mode or an oversized text: INVALID_ARGUMENT."""
+    """Missing or non-string text (and no dependencies), an unknown mode or an oversized
+    text: INVALID_ARGUMENT."""
     stream = await open_safety()
     message = await check(stream, "bad", payload)
     assert message.WhichOneof("kind") == "failure", message

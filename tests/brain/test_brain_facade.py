@@ -45,7 +45,7 @@ async def test_offline_brain_runs_the_readme_sample_end_to_end() -> None:
     assert parsed.notes == ("heuristic parse: general, simple",)
     planned = await brain.plan(parsed.intent, ECHO, acceptance_criteria=["mentions fan-out"])
     plan = planned.plan
-    assert [s.step_id for s in plan.steps] == ["research", "compose", "review"]
+    assert [s.step_id for s in plan.steps] == ["outline", "research", "review"]
     outputs = echo_outputs(plan)
     merged = await brain.integrate(README_SAMPLE, plan, outputs, dict.fromkeys(outputs, 1.0))
     assert json.loads(merged.integration.answer)["echo"]["goal"] == README_SAMPLE

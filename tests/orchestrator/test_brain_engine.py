@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk import Arm, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
+from arm_sdk.arms import retriever as retriever_arm
+from orchestrator_svc.dev import SAMPLE_DOCS
 from tests.llm.fake_openai import FakeOpenAI, completion
 
 GOAL = "Write a short note about credit-based flow control"
@@ -146,3 +149,50 @@ async def test_a_judge_arm_decides_validation_when_present(
     assert task.result.validation.repairs == 1
     reasons = [e.state_changed.reason for e in events if e.HasField("state_changed")]
     assert any(judge.arm_id in reason for reason in reasons)
+
+
+@pytest.mark.parametrize(
+    ("goal", "complexity"),
+    [
+        ("Explain what a service mesh does", "simple"),
+        (
+            "Compare how the mesh handles health checks and flow control, and explain the costs "
+            "and the risks of each",
+            "medium",
+        ),
+        (
+            "Explain how tasks move through their states and how arms are discovered, compare "
+            "the failover options, and list the trade-offs, risks and costs of each, with "
+            "examples, while keeping the answer short and making sure nothing is left out",
+            "complex",
+        ),
+    ],
+)
+async def test_offline_general_plans_run_on_the_reference_arms(
+    start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any, goal: str, complexity: str
+) -> None:
+    """No LLM: the heuristic plan of a general goal (outline, research, safety check, review)
+    runs to SUCCEEDED on the reference arms, and the answer is what the research found, not a
+    plan of how to find it."""
+    store = str(tmp_path / "retriever")
+    await retriever_arm.ingest(SAMPLE_DOCS, store_path=store)
+    arms = [
+        await start_arm(retriever_arm.build(store_path=store)),
+        *[await start_arm(REFERENCE_ARMS[name]()) for name in ("planner", "judge", "safety")],
+    ]
+    orch = await start_orchestrator(
+        [a.address for a in arms], wait_for=["retriever", "planner", "judge", "safety"]
+    )
+    task, events = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=goal))
+    planned = next(
+        e.state_changed.reason for e in events if e.state_changed.to_state == pb.TASK_STATE_PLANNING
+    )
+    assert f"planning a {complexity} general task" in planned
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    ran = {sub.step_id: sub for sub in task.subtasks}
+    assert {"outline", "research", "review"} <= ran.keys()
+    assert all(sub.state == pb.SUBTASK_STATE_SUCCEEDED for sub in ran.values())
+    if complexity != "simple":
+        assert ran["safety_check"].arm_type == "safety"
+    assert "From the indexed documents" in task.result.answer
+    assert "Plan for:" not in task.result.answer

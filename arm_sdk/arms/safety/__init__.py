@@ -1,8 +1,12 @@
 """The safety arm: detects and redacts PII and secrets, and flags prompt injection.
 
-Input: ``{"text": str, "mode": "redact" | "scan"}`` (mode defaults to ``redact``). Output:
-``{redacted, findings: [{kind, start, end, detail}], injection: [{pattern, excerpt}], safe}``.
-In ``scan`` mode the text is not sent back: ``redacted`` is empty and only the report counts.
+Input: ``{"text": str, "mode": "redact" | "scan"}`` (mode defaults to ``redact``). Without
+``text``, as a step of a plan ("check the result for secrets ..."), it checks what the steps it
+depends on produced: ``dependencies`` (their outputs by step id, which the orchestrator puts
+there) rendered as one text, each output's answer fields (else its JSON) under its step id.
+Output: ``{redacted, findings: [{kind, start, end, detail}], injection: [{pattern, excerpt}],
+safe}``, offsets into the text checked. In ``scan`` mode the text is not sent back:
+``redacted`` is empty and only the report counts.
 
 Detected (``kind``): EMAIL; PHONE (international ``+CC ...`` with 8-15 digits, and US/NANP
 formats such as ``(202) 555-0173``, ``202-555-0173``); CREDIT_CARD (13-19 digits, optionally
@@ -41,6 +45,7 @@ from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from arm_sdk.arms.safety._detectors import Finding
 from arm_sdk.arms.safety._injection import InjectionFlag
 from arm_sdk.arms.safety._scan import SafetyReport, scan
+from orchestrator_svc.brain.integrate import compact_json, output_text
 
 log = structlog.get_logger(__name__)
 
@@ -51,10 +56,13 @@ MODES = ("redact", "scan")
 
 INPUT_SCHEMA = {
     "type": "object",
-    "required": ["text"],
     "properties": {
         "text": {"type": "string", "maxLength": MAX_TEXT_CHARS},
         "mode": {"enum": list(MODES)},
+        "dependencies": {
+            "type": "object",
+            "description": "earlier steps' outputs by step id: checked when text is absent",
+        },
     },
 }
 OUTPUT_SCHEMA = {
@@ -113,8 +121,12 @@ def build(arm_id: str | None = None) -> Arm:
     async def check(inp: SubtaskInput) -> SubtaskOutput:
         text = inp.input.get("text")
         mode = inp.input.get("mode", "redact")
+        if text is None:
+            text = _dependencies_text(inp.input.get("dependencies"))
         if not isinstance(text, str):
-            raise _bad_input("input.text must be a string", "text")
+            raise _bad_input(
+                "input.text must be a string (or input.dependencies a non-empty object)", "text"
+            )
         if len(text) > MAX_TEXT_CHARS:
             raise ArmError(
                 f"input.text has {len(text)} characters, over the {MAX_TEXT_CHARS} limit",
@@ -143,6 +155,16 @@ def build(arm_id: str | None = None) -> Arm:
         return SubtaskOutput(output=output)
 
     return arm
+
+
+def _dependencies_text(dependencies: object) -> str | None:
+    """The outputs of the steps a plan step depends on, as the one text it checks."""
+    if not isinstance(dependencies, dict) or not dependencies:
+        return None
+    return "\n\n".join(
+        f"## {step_id}\n{output_text(output) if isinstance(output, dict) else compact_json(output)}"
+        for step_id, output in dependencies.items()
+    )
 
 
 def _bad_input(message: str, field: str) -> ArmError:
