@@ -1,10 +1,14 @@
 """Fitting plan steps to the arm types actually served, and dropping steps nothing can run.
 
 A step keeps its arm type when some arm serves it; else it moves to the served canonical type it
-is an alias of ("searcher" -> retriever); else to the arm type whose
-capabilities overlap the step's required capabilities most (then the cheapest); else to a
+is an alias of ("searcher" -> retriever); else to an arm type that shares its role (one of the
+capabilities its canonical arm type stands for; the step's required capabilities for other
+types) whose capabilities overlap the step's required ones most (then the cheapest); else to a
 general-purpose arm (one declaring capability "general", else the "echo" type); else it is
 dropped and its dependants inherit its dependencies, so the DAG stays connected.
+
+A technology is not a role: a coder and an executor both declare "python", but one writes the
+code and the other runs it, so a coder's step never moves to an executor on that alone.
 """
 
 from __future__ import annotations
@@ -48,10 +52,11 @@ def fit_arm_type(step: PlannedStep, arms: Sequence[ArmCapability]) -> tuple[str,
     if alias != step.arm_type and any(a.arm_type == alias for a in arms):
         return alias, "alias"
     wanted = wanted_capabilities(step)
+    role = {c.lower() for c in profile_of(step.arm_type).capabilities} or wanted
     overlapping = [
-        (len(wanted & {c.lower() for c in a.capabilities}), a)
+        (len(wanted & caps), a)
         for a in arms
-        if wanted & {c.lower() for c in a.capabilities}
+        if role & (caps := {c.lower() for c in a.capabilities})
     ]
     if overlapping:
         best = min(overlapping, key=lambda pair: (-pair[0], _tier(pair[1]), pair[1].arm_type))

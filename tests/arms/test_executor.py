@@ -338,10 +338,29 @@ async def test_allowlisted_command_by_its_resolved_path(
     assert out["stdout"] == "ok\n"
 
 
+async def test_a_plan_step_runs_the_python_its_dependencies_wrote(
+    open_executor: OpenExecutor,
+) -> None:
+    """Without command or python (a plan's "run it" step) the arm runs the Python code of the
+    outputs it depends on (a coder's code + language), in their order; other outputs are not
+    code and are left out."""
+    stream = await open_executor()
+    dependencies = {
+        "context": {"answer": "print('not code')"},
+        "implement": {"code": "def double(x):\n    return 2 * x\n", "language": "Python"},
+        "tests": {"code": "assert double(21) == 42\nprint('ok', double(21))", "language": "py"},
+        "docs": {"code": "# Title", "language": "markdown"},
+    }
+    out = result_of(await execute(stream, {"dependencies": dependencies}))
+    assert (out["stdout"], out["exit_code"]) == ("ok 42\n", 0)
+
+
 @pytest.mark.parametrize(
     "payload",
     [
         {},
+        {"dependencies": {"context": {"answer": "no code here"}}},
+        {"dependencies": {"implement": {"code": "echo hi", "language": "bash"}}},
         {"command": "ls -l"},
         {"command": []},
         {"command": [1, 2]},

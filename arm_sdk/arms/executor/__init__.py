@@ -2,9 +2,11 @@
 
 Input: ``{"command": ["ls", "-l"]}`` (an argv list; there is never a shell) or
 ``{"python": "print(1 + 1)"}``, with optional ``"stdin": str`` and ``"timeout_s": float`` (can
-only shorten the configured wall-clock limit). Output: ``{stdout, stderr, exit_code,
-duration_s, truncated, limits}``. A program that exits non-zero is a result (``exit_code``),
-not a Failure; ``exit_code`` is ``-N`` when signal N ended it.
+only shorten the configured wall-clock limit). With neither, as a plan's "run it" step, it runs
+the Python code the steps it depends on wrote: the ``code`` of each output in ``dependencies``
+whose ``language`` is Python (a coder's output), in their order. Output: ``{stdout, stderr,
+exit_code, duration_s, truncated, limits}``. A program that exits non-zero is a result
+(``exit_code``), not a Failure; ``exit_code`` is ``-N`` when signal N ended it.
 
 Failures (all non-retryable: the same run would hit the same limit):
 
@@ -106,8 +108,20 @@ INPUT_SCHEMA = {
         "python": {"type": "string", "minLength": 1, "description": "Python source to run"},
         "stdin": {"type": "string"},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "dependencies": {
+            "type": "object",
+            "description": "earlier steps' outputs: their Python code runs when neither "
+            "command nor python is given",
+        },
     },
-    "oneOf": [{"required": ["command"]}, {"required": ["python"]}],
+    "oneOf": [
+        {"required": ["command"]},
+        {"required": ["python"]},
+        {
+            "required": ["dependencies"],
+            "not": {"anyOf": [{"required": ["command"]}, {"required": ["python"]}]},
+        },
+    ],
 }
 
 _NULLABLE_INT = {"type": ["integer", "null"]}

@@ -20,6 +20,7 @@ log = structlog.get_logger(__name__)
 MAX_ARGS = 256
 MAX_ARGV_BYTES = 64 << 10
 MAX_SOURCE_BYTES = 256 << 10
+_PYTHON = frozenset({"python", "python3", "py"})
 MAX_STDIN_BYTES = 4 << 20
 
 # Commands whose arguments are never file names; every other command's arguments are checked.
@@ -81,13 +82,37 @@ class CommandPolicy:
         return (path, *argv[1:])
 
 
+def dependencies_python(dependencies: object) -> str | None:
+    """The Python code in the outputs of the steps a plan step depends on (a coder's
+    ``{"code", "language": "python"}``), in their order; None when there is none."""
+    if not isinstance(dependencies, Mapping):
+        return None
+    sources = [
+        output["code"]
+        for output in dependencies.values()
+        if isinstance(output, Mapping)
+        and isinstance(output.get("code"), str)
+        and output["code"].strip()
+        and str(output.get("language", "")).strip().lower() in _PYTHON
+    ]
+    return "\n\n".join(sources) if sources else None
+
+
 def parse_request(
     payload: Mapping[str, Any], policy: CommandPolicy, max_wall_s: float
 ) -> RunRequest:
     """Validate a subtask input into a RunRequest; ArmError(INVALID_ARGUMENT) when malformed."""
     command = payload.get("command")
     source = payload.get("python")
-    if (command is None) == (source is None):
+    if command is None and source is None:
+        # NOTE: a plan's "run it" step: it runs the Python the steps it depends on wrote.
+        source = dependencies_python(payload.get("dependencies"))
+        if source is None:
+            raise _bad_input(
+                "give exactly one of input.command (argv list) or input.python (code), or "
+                "depend on a step whose output is Python code (code, language python)"
+            )
+    if command is not None and source is not None:
         raise _bad_input("give exactly one of input.command (argv list) or input.python (code)")
     stdin = payload.get("stdin")
     if stdin is not None and not isinstance(stdin, str):
