@@ -342,13 +342,13 @@ async def test_a_plan_step_runs_the_python_its_dependencies_wrote(
     open_executor: OpenExecutor,
 ) -> None:
     """Without command or python (a plan's "run it" step) the arm runs the Python code of the
-    outputs it depends on (a coder's code + language), in their order; other outputs are not
+    outputs it depends on (a coder's code + language), in step-id order; other outputs are not
     code and are left out."""
     stream = await open_executor()
     dependencies = {
+        "tests": {"code": "assert double(21) == 42\nprint('ok', double(21))", "language": "py"},
         "context": {"answer": "print('not code')"},
         "implement": {"code": "def double(x):\n    return 2 * x\n", "language": "Python"},
-        "tests": {"code": "assert double(21) == 42\nprint('ok', double(21))", "language": "py"},
         "docs": {"code": "# Title", "language": "markdown"},
     }
     out = result_of(await execute(stream, {"dependencies": dependencies}))

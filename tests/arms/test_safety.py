@@ -347,11 +347,12 @@ async def test_scan_mode_reports_without_sending_the_text_back(open_safety: Open
 
 async def test_a_plan_step_checks_what_its_dependencies_produced(open_safety: OpenSafety) -> None:
     """Without input.text (a plan's "check the result" step) the arm checks the outputs of the
-    steps it depends on: each one's answer text, else its JSON, under its step id."""
+    steps it depends on: each one's answer text, else its JSON, under its step id, in step-id
+    order."""
     stream = await open_safety()
     dependencies = {"research": {"answer": "write to bob@example.com"}, "count": {"n": "one"}}
     out = output_of(await check(stream, "s4", {"dependencies": dependencies}))
-    text = '## research\nwrite to bob@example.com\n\n## count\n{"n":"one"}'
+    text = '## count\n{"n":"one"}\n\n## research\nwrite to bob@example.com'
     assert out["redacted"] == text.replace("bob@example.com", "[REDACTED:EMAIL]")
     assert [(f["kind"], f["start"], f["end"]) for f in out["findings"]] == [
         ("EMAIL", text.index("bob@"), text.index("bob@") + len("bob@example.com"))

@@ -4,7 +4,7 @@ Input: ``{"command": ["ls", "-l"]}`` (an argv list; there is never a shell) or
 ``{"python": "print(1 + 1)"}``, with optional ``"stdin": str`` and ``"timeout_s": float`` (can
 only shorten the configured wall-clock limit). With neither, as a plan's "run it" step, it runs
 the Python code the steps it depends on wrote: the ``code`` of each output in ``dependencies``
-whose ``language`` is Python (a coder's output), in their order. Output: ``{stdout, stderr,
+whose ``language`` is Python (a coder's output), in step-id order. Output: ``{stdout, stderr,
 exit_code, duration_s, truncated, limits}``. A program that exits non-zero is a result
 (``exit_code``), not a Failure; ``exit_code`` is ``-N`` when signal N ended it.
 

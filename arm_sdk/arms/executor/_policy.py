@@ -84,12 +84,13 @@ class CommandPolicy:
 
 def dependencies_python(dependencies: object) -> str | None:
     """The Python code in the outputs of the steps a plan step depends on (a coder's
-    ``{"code", "language": "python"}``), in their order; None when there is none."""
+    ``{"code", "language": "python"}``), in step-id order (a Struct keeps no order); None when
+    there is none."""
     if not isinstance(dependencies, Mapping):
         return None
     sources = [
         output["code"]
-        for output in dependencies.values()
+        for _, output in sorted(dependencies.items())
         if isinstance(output, Mapping)
         and isinstance(output.get("code"), str)
         and output["code"].strip()

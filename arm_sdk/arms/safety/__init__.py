@@ -3,7 +3,8 @@
 Input: ``{"text": str, "mode": "redact" | "scan"}`` (mode defaults to ``redact``). Without
 ``text``, as a step of a plan ("check the result for secrets ..."), it checks what the steps it
 depends on produced: ``dependencies`` (their outputs by step id, which the orchestrator puts
-there) rendered as one text, each output's answer fields (else its JSON) under its step id.
+there) rendered as one text, each output's answer fields (else its JSON) under its step id,
+in step-id order.
 Output: ``{redacted, findings: [{kind, start, end, detail}], injection: [{pattern, excerpt}],
 safe}``, offsets into the text checked. In ``scan`` mode the text is not sent back:
 ``redacted`` is empty and only the report counts.
@@ -163,7 +164,7 @@ def _dependencies_text(dependencies: object) -> str | None:
         return None
     return "\n\n".join(
         f"## {step_id}\n{output_text(output) if isinstance(output, dict) else compact_json(output)}"
-        for step_id, output in dependencies.items()
+        for step_id, output in sorted(dependencies.items())
     )
 
 
