@@ -108,7 +108,18 @@ _STEPS: dict[Domain, dict[str, tuple[str, str, str]]] = {
             "Draft the configuration or infrastructure change",
             "respects every constraint",
         ),
-        "dry_run": ("executor", "Validate the change with a dry run", "reports what would change"),
+        # NOTE: no executor step: the change is configuration (YAML, HCL), which the sandbox
+        # cannot dry-run (no kubectl or terraform on its allowlist); it is checked instead.
+        "check_change": (
+            "safety",
+            "Check the change for credentials, secrets and unsafe settings",
+            "",
+        ),
+        "check_rollout": (
+            "judge",
+            "Check the change against the rollout plan: order, health checks and rollback",
+            "names the rollback",
+        ),
     },
     "general": {
         "outline": ("planner", "Break the goal into the questions the answer must cover", ""),
@@ -148,10 +159,10 @@ _SHAPES: dict[Domain, dict[Complexity, str]] = {
     "infrastructure": {
         "simple": "context; draft_change<context; review?<draft_change",
         "medium": "context; plan_rollout?<context; draft_change<plan_rollout; "
-        "dry_run<draft_change; review?<dry_run",
+        "check_change<draft_change; review?<draft_change,check_change",
         "complex": "context; runbooks?; plan_rollout<context,runbooks; "
-        "draft_change<plan_rollout; dry_run<draft_change; safety_check?<draft_change; "
-        "review<dry_run,safety_check",
+        "draft_change<plan_rollout; check_rollout<plan_rollout,draft_change; "
+        "check_change?<draft_change; review<draft_change,check_rollout,check_change",
     },
     # NOTE: the answer is the research (the integrator writes it from every step's output when
     # an LLM is configured): a planner step here would make the answer a plan of the answer.
@@ -273,7 +284,9 @@ class HeuristicPlanner:
         if not remapped.steps:
             raise NoArmsAvailable(remapped.missing_types)
         notes = list(remapped.notes)
-        kept = list(remapped.steps)
+        kept, idle = _without_idle_runs(remapped.steps)
+        if idle:
+            notes.append(f"no coder writes code for {', '.join(idle)} to run: dropped")
         limit = budget.max_tokens if budget is not None else 0
         optional = [t.step_id for t in template if t.optional]
         while limit > 0 and estimate(kept)[1] > limit and optional:
@@ -326,6 +339,20 @@ class HeuristicPlanner:
             ),
         )
         return None if validate_plan(plan, served, budget) else plan
+
+
+def _without_idle_runs(steps: Sequence[PlannedStep]) -> tuple[list[PlannedStep], list[str]]:
+    """`steps` without the executor steps that would have nothing to run: in these templates
+    an executor runs the code its dependencies wrote, so one with no coder among them (none is
+    served: no LLM) is dropped; (the steps kept, the ids dropped)."""
+    by_id = {s.step_id: s for s in steps}
+    idle = [
+        s.step_id
+        for s in steps
+        if s.arm_type == "executor"
+        and not any(by_id[d].arm_type == "coder" for d in s.depends_on if d in by_id)
+    ]
+    return drop_steps(steps, set(idle)), idle
 
 
 def _planned(

@@ -185,3 +185,30 @@ def test_deterministic_except_plan_id() -> None:
     b = planner.plan(intent("data", "complex"), CANONICAL)
     assert a.steps == b.steps
     assert a.plan_id != b.plan_id
+
+
+@pytest.mark.parametrize("domain", ["code", "data", "security"])
+def test_a_run_step_is_planned_only_after_a_coder(domain: str) -> None:
+    """Executor steps run what a coder step before them wrote: with a coder they stay (and
+    depend on it); without one (no LLM) they would have nothing to run and are dropped, with
+    a note."""
+    complexity = "complex" if domain == "security" else "medium"
+    with_coder = planner.plan(intent(domain, complexity), CANONICAL)
+    runs = [s for s in with_coder.steps if s.arm_type == "executor"]
+    assert runs
+    for run in runs:
+        assert any(step(with_coder, d).arm_type == "coder" for d in run.depends_on)
+    without = [a for a in CANONICAL if a.arm_type != "coder"]
+    plan, notes = planner.draft(intent(domain, complexity), without)
+    assert validate_plan(plan, {a.arm_type for a in without}) == []
+    assert not any(s.arm_type in ("executor", "coder") for s in plan.steps)
+    assert any(n.startswith("no coder writes code for") for n in notes), notes
+
+
+def test_infrastructure_changes_are_checked_not_executed() -> None:
+    """The sandbox cannot dry-run configuration: infrastructure plans check the drafted
+    change (safety, and the judge against the rollout plan) instead of running it."""
+    for complexity in ("medium", "complex"):
+        plan = planner.plan(intent("infrastructure", complexity), CANONICAL)
+        assert "executor" not in {s.arm_type for s in plan.steps}
+        assert step(plan, "check_change").depends_on == ("draft_change",)
