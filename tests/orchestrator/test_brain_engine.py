@@ -151,6 +151,62 @@ async def test_a_judge_arm_decides_validation_when_present(
     assert any(judge.arm_id in reason for reason in reasons)
 
 
+async def offline_mesh(start_arm: Any, start_orchestrator: Any, tmp_path: Any) -> str:
+    """Every reference arm with no LLM (the coder NOT_SERVING), the retriever on the sample
+    documents, and an orchestrator on them; its address."""
+    store = str(tmp_path / "retriever")
+    await retriever_arm.ingest(SAMPLE_DOCS, store_path=store)
+    arms = [await start_arm(retriever_arm.build(store_path=store))]
+    for name in ("planner", "judge", "safety", "executor", "coder"):
+        arms.append(await start_arm(REFERENCE_ARMS[name]()))
+    serving = ["retriever", "planner", "judge", "safety", "executor"]
+    orch = await start_orchestrator([a.address for a in arms], wait_for=serving)
+    return str(orch.address)
+
+
+def reason_for(events: list[pb.TaskEvent], state: pb.TaskState.ValueType) -> str:
+    """Why the task moved to `state`, as its event log says."""
+    return next(e.state_changed.reason for e in events if e.state_changed.to_state == state)
+
+
+@pytest.mark.parametrize(
+    ("goal", "planned"),
+    [
+        (
+            "Write a Python function that parses ISO dates, and test it against the edge "
+            "cases, then refactor it",
+            "medium code",
+        ),
+        ("Analyze the monthly sales data and report the trends and outliers", "medium data"),
+        (
+            "Deploy the service to Kubernetes with a rolling update, and verify the rollout "
+            "and plan the rollback",
+            "medium infrastructure",
+        ),
+        (
+            "Audit the authentication flow for vulnerabilities, check the dependencies for "
+            "known CVEs, and verify the findings, then report each risk with its severity and "
+            "a fix",
+            "complex security",
+        ),
+    ],
+)
+async def test_offline_plans_that_need_code_run_without_it(
+    start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any, goal: str, planned: str
+) -> None:
+    """No LLM, so no coder: a goal whose template writes and runs code still plans steps the
+    served arms can do (no run step with nothing to run) and succeeds, saying what it left
+    out."""
+    address = await offline_mesh(start_arm, start_orchestrator, tmp_path)
+    task, events = await finish(connect(address), pb.SubmitTaskRequest(goal=goal))
+    assert f"planning a {planned} task" in reason_for(events, pb.TASK_STATE_PLANNING)
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    assert all(sub.state == pb.SUBTASK_STATE_SUCCEEDED for sub in task.subtasks)
+    assert not {"coder", "executor"} & {sub.arm_type for sub in task.subtasks}
+    executing = reason_for(events, pb.TASK_STATE_EXECUTING)
+    assert "no arm serves 'coder'" in executing, executing
+
+
 @pytest.mark.parametrize(
     ("goal", "complexity"),
     [
@@ -174,20 +230,9 @@ async def test_offline_general_plans_run_on_the_reference_arms(
     """No LLM: the heuristic plan of a general goal (outline, research, safety check, review)
     runs to SUCCEEDED on the reference arms, and the answer is what the research found, not a
     plan of how to find it."""
-    store = str(tmp_path / "retriever")
-    await retriever_arm.ingest(SAMPLE_DOCS, store_path=store)
-    arms = [
-        await start_arm(retriever_arm.build(store_path=store)),
-        *[await start_arm(REFERENCE_ARMS[name]()) for name in ("planner", "judge", "safety")],
-    ]
-    orch = await start_orchestrator(
-        [a.address for a in arms], wait_for=["retriever", "planner", "judge", "safety"]
-    )
-    task, events = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=goal))
-    planned = next(
-        e.state_changed.reason for e in events if e.state_changed.to_state == pb.TASK_STATE_PLANNING
-    )
-    assert f"planning a {complexity} general task" in planned
+    address = await offline_mesh(start_arm, start_orchestrator, tmp_path)
+    task, events = await finish(connect(address), pb.SubmitTaskRequest(goal=goal))
+    assert f"planning a {complexity} general task" in reason_for(events, pb.TASK_STATE_PLANNING)
     assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
     ran = {sub.step_id: sub for sub in task.subtasks}
     assert {"outline", "research", "review"} <= ran.keys()
