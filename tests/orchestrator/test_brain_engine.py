@@ -10,8 +10,10 @@ from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk import Arm, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
+from arm_sdk.arms import coder as coder_arm
 from arm_sdk.arms import retriever as retriever_arm
 from orchestrator_svc.dev import SAMPLE_DOCS
+from orchestrator_svc.llm import OpenAICompatibleClient
 from tests.llm.fake_openai import FakeOpenAI, completion
 
 GOAL = "Write a short note about credit-based flow control"
@@ -241,3 +243,34 @@ async def test_offline_general_plans_run_on_the_reference_arms(
         assert ran["safety_check"].arm_type == "safety"
     assert "From the indexed documents" in task.result.answer
     assert "Plan for:" not in task.result.answer
+
+
+async def test_the_executor_step_runs_what_the_coder_step_wrote(
+    start_arm: Any, start_orchestrator: Any, connect: Any
+) -> None:
+    """implement (coder, on an LLM) -> test (executor, no program in its input): the executor
+    runs the Python the coder returned, and its output is the test step's result."""
+    code = "def double(x):\n    return 2 * x\n\nassert double(21) == 42\nprint('double ok')\n"
+    draft = {"language": "python", "code": code, "explanation": "doubles"}
+    fake = await FakeOpenAI([completion(draft)]).start()
+    client = OpenAICompatibleClient(fake.base_url, api_key="sk-test", model="fake-model")
+    try:
+        coder = await start_arm(coder_arm.build(llm=client))
+        executor = await start_arm(REFERENCE_ARMS["executor"]())
+        orch = await start_orchestrator(
+            [coder.address, executor.address], wait_for=("coder", "executor")
+        )
+        plan = pb.Plan()
+        plan.steps.add(step_id="implement", arm_type="coder", description="Write double(x)")
+        plan.steps.add(
+            step_id="test", arm_type="executor", description="Run it", depends_on=["implement"]
+        )
+        task, _ = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=GOAL, plan=plan))
+    finally:
+        await client.aclose()
+        await fake.close()
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    ran = {sub.step_id: sub for sub in task.subtasks}
+    assert ran["implement"].output["code"] == code
+    assert ran["test"].output["stdout"] == "double ok\n"
+    assert ran["test"].output["exit_code"] == 0
