@@ -1,10 +1,15 @@
 """Plan validation (pure) and repair of what can be repaired.
 
 Checks: 1..50 steps, step ids of 1-64 chars of [A-Za-z0-9_.-] (the contract), unique ids, known
-dependencies, no self-dependency, no cycle, every arm type served, estimated tokens within the
-budget. Repair renames bad or duplicate ids, drops unknown and self dependencies and fits arm
-types to the served arms. A cycle, too many steps or a plan over budget cannot be repaired
-without guessing what the planner meant: those call for a replan.
+dependencies, no self-dependency, no cycle, every arm type served, no executor step with nothing
+to run, estimated tokens within the budget. Repair renames bad or duplicate ids, drops unknown
+and self dependencies, fits arm types to the served arms and drops the idle executor steps. A
+cycle, too many steps or a plan over budget cannot be repaired without guessing what the
+planner meant: those call for a replan.
+
+An executor step runs a program: its input's `command` or `python`, else (as a planned step,
+whose input only says what to do) the Python a coder step it depends on wrote. One with neither
+would fail at the arm for want of a program, so it is idle.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Literal
 
 from .plan import ArmCapability, ExecutionPlan, PlanBudget, PlannedStep
-from .remap import remap_steps
+from .remap import drop_steps, remap_steps
 
 MAX_STEPS = 50
 STEP_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -33,6 +38,7 @@ ProblemKind = Literal[
     "self_dependency",
     "cycle",
     "unserved_arm_type",
+    "idle_run",
     "over_budget",
 ]
 UNREPAIRABLE: frozenset[ProblemKind] = frozenset({"cycle", "too_many_steps", "over_budget"})
@@ -115,6 +121,15 @@ def validate_plan(
                     step.step_id,
                 )
             )
+    for step_id in idle_runs(steps):
+        problems.append(
+            PlanProblem(
+                "idle_run",
+                f"step {step_id} runs on the executor with no program: neither its input nor "
+                "a coder step it depends on gives it one",
+                step_id,
+            )
+        )
     if budget is not None and 0 < budget.max_tokens < plan.estimated_tokens:
         problems.append(
             PlanProblem(
@@ -124,6 +139,18 @@ def validate_plan(
             )
         )
     return problems
+
+
+def idle_runs(steps: Sequence[PlannedStep]) -> list[str]:
+    """Ids of the executor steps with nothing to run (see the module docstring)."""
+    arm_of = {s.step_id: s.arm_type for s in steps}
+    return [
+        s.step_id
+        for s in steps
+        if s.arm_type == "executor"
+        and not {"command", "python"} & s.input.keys()
+        and not any(arm_of.get(d) == "coder" for d in s.depends_on)
+    ]
 
 
 def find_cycle(steps: Sequence[PlannedStep]) -> list[str]:
@@ -161,8 +188,8 @@ def repair_plan(plan: ExecutionPlan, arms: Sequence[ArmCapability]) -> Execution
         )
         for step in renamed
     ]
-    remapped = remap_steps(cleaned, arms)
-    return dataclasses.replace(plan, steps=remapped.steps)
+    fitted = remap_steps(cleaned, arms).steps
+    return dataclasses.replace(plan, steps=tuple(drop_steps(fitted, set(idle_runs(fitted)))))
 
 
 def _unique_valid_ids(steps: Sequence[PlannedStep]) -> list[PlannedStep]:

@@ -26,7 +26,7 @@ from .plan import (
     profile_of,
     sink_ids,
 )
-from .plan_checks import validate_plan
+from .plan_checks import idle_runs, validate_plan
 from .remap import drop_steps, remap_steps
 
 
@@ -284,7 +284,8 @@ class HeuristicPlanner:
         if not remapped.steps:
             raise NoArmsAvailable(remapped.missing_types)
         notes = list(remapped.notes)
-        kept, idle = _without_idle_runs(remapped.steps)
+        idle = idle_runs(remapped.steps)
+        kept = drop_steps(remapped.steps, set(idle))
         if idle:
             notes.append(f"no coder writes code for {', '.join(idle)} to run: dropped")
         limit = budget.max_tokens if budget is not None else 0
@@ -339,20 +340,6 @@ class HeuristicPlanner:
             ),
         )
         return None if validate_plan(plan, served, budget) else plan
-
-
-def _without_idle_runs(steps: Sequence[PlannedStep]) -> tuple[list[PlannedStep], list[str]]:
-    """`steps` without the executor steps that would have nothing to run: in these templates
-    an executor runs the code its dependencies wrote, so one with no coder among them (none is
-    served: no LLM) is dropped; (the steps kept, the ids dropped)."""
-    by_id = {s.step_id: s for s in steps}
-    idle = [
-        s.step_id
-        for s in steps
-        if s.arm_type == "executor"
-        and not any(by_id[d].arm_type == "coder" for d in s.depends_on if d in by_id)
-    ]
-    return drop_steps(steps, set(idle)), idle
 
 
 def _planned(

@@ -119,3 +119,34 @@ def test_repair_cannot_fix_a_cycle() -> None:
     """A cycle survives repair: it needs a replan."""
     cyclic = plan(step("a", "b"), step("b", "a"))
     assert kinds(repair_plan(cyclic, ECHO)) == ["cycle"]
+
+
+def test_an_executor_step_with_nothing_to_run_is_idle_and_repair_drops_it() -> None:
+    """An executor step needs a program: its own command or python, or a coder step it depends
+    on. One with neither is an idle_run; repair drops it and its dependants inherit its
+    dependencies."""
+    served = {"retriever", "coder", "executor", "judge"}
+    arms = [ArmCapability(t) for t in sorted(served)]
+    given = PlannedStep(
+        step_id="given", description="run it", arm_type="executor", input={"python": "print(1)"}
+    )
+    runnable = plan(
+        step("context", arm="retriever"),
+        step("implement", "context", arm="coder"),
+        step("test", "implement", arm="executor"),
+        given,
+    )
+    assert kinds(runnable, served) == []
+    idle = plan(
+        step("context", arm="retriever"),
+        step("run", "context", arm="executor"),
+        step("review", "run", arm="judge"),
+    )
+    problems = validate_plan(idle, served)
+    assert [(p.kind, p.step_id) for p in problems] == [("idle_run", "run")]
+    repaired = repair_plan(idle, arms)
+    assert [(s.step_id, s.depends_on) for s in repaired.steps] == [
+        ("context", ()),
+        ("review", ("context",)),
+    ]
+    assert validate_plan(repaired, served) == []
