@@ -163,8 +163,6 @@ class Arm:
             (ARM_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         port = listen(server, address, tls, what="arm", allow_insecure=allow_insecure)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
         await server.start()
         host = address.rpartition(":")[0]
         arm_server = ArmServer(server, runtime, health, host, port, on_stop=self._stop_hooks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +100,14 @@ def listen(
     what: str,
     allow_insecure: bool = False,
 ) -> int:
-    """Bind ``address`` with TLS when given; return the port (0 when binding failed).
+    """Bind ``address`` with TLS when given; return the port. Raises OSError when the address
+    cannot be bound (in use, or not an address of this host).
 
     Plaintext is served on loopback addresses, and elsewhere only with ``allow_insecure`` (for
     example behind a service mesh that provides mTLS), then with a loud warning."""
     if tls is not None:
-        port: int = server.add_secure_port(address, tls.server_credentials())
+        credentials = tls.server_credentials()
+        port = _bound(address, what, lambda: server.add_secure_port(address, credentials))
         log.info("tls_listen", what=what, address=address, mtls=tls.mutual)
         return port
     if not is_loopback(address):
@@ -121,5 +123,18 @@ def listen(
             address=address,
             hint="traffic is unencrypted and unauthenticated; set OCTOLLM_TLS_CERT/KEY",
         )
-    insecure_port: int = server.add_insecure_port(address)
-    return insecure_port
+    return _bound(address, what, lambda: server.add_insecure_port(address))
+
+
+def _bound(address: str, what: str, add_port: Callable[[], int]) -> int:
+    """The port `add_port` bound; OSError instead of grpcio's RuntimeError (or port 0)."""
+    try:
+        port = add_port()
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {address} for the {what}: the address is in use or not "
+            "an address of this host"
+        )
+    return port

@@ -29,6 +29,10 @@ half-open TCP connection) is only noticed when the kernel gives up, which can ta
   ``too_many_pings``).
 - ``grpc.http2.max_ping_strikes = 0``: never close a connection for pinging too often.
 - ``grpc.keepalive_permit_without_calls = 1`` and the same 16 MiB message sizes.
+- ``grpc.so_reuseport = 0``: a second server on a port already served fails to start
+  ("cannot listen on ...") instead of silently sharing the port (grpc sets SO_REUSEPORT by
+  default, and the kernel would split connections between the two processes). The
+  orchestrator's server uses the same options.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ SERVER_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
 )
 
 __all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "SERVER_OPTIONS"]

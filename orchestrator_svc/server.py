@@ -125,8 +125,6 @@ class Orchestrator:
             what="orchestrator",
             allow_insecure=self.settings.allow_insecure,
         )
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
         self.discovery.start()
         await self.server.start()
         self.memory.start()

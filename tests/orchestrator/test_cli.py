@@ -105,3 +105,19 @@ def test_the_commands_run_on_uvloop_unless_asked_not_to() -> None:
     assert loop_factory("auto") is uvloop.new_event_loop
     assert loop_factory("uvloop") is uvloop.new_event_loop
     assert loop_factory("asyncio") is None
+
+
+async def test_a_port_already_served_is_a_clear_error_not_a_shared_port(
+    start_arm, start_orchestrator
+) -> None:  # type: ignore[no-untyped-def]
+    """A second server on a port an orchestrator or arm already serves fails to start with one
+    line naming the address (grpc's SO_REUSEPORT would let both listen and split the clients
+    between them), for `octollm serve` and `octollm arm` alike."""
+    orch = await start_orchestrator([])
+    arm = await start_arm(REFERENCE_ARMS["echo"]())
+    for args in (("serve", "--listen", orch.address), ("arm", "echo", "--listen", arm.address)):
+        code, _, err = await octollm(*args, env={"OCTOLLM_METRICS_PORT": "-1"})
+        assert code == 1, err
+        assert "Traceback" not in err
+        (line,) = [line for line in err.strip().splitlines() if line.startswith("octollm:")]
+        assert f"cannot listen on {args[-1]}" in line
