@@ -49,7 +49,8 @@ def test_channel_options_detect_dead_peers() -> None:
 
 
 def test_server_options_permit_the_client_ping_rate() -> None:
-    """SERVER_OPTIONS accept a ping every 5 s or slower, below the client's 10 s interval."""
+    """SERVER_OPTIONS accept a ping every 5 s or slower, below the client's 10 s interval, and
+    never share a port with another server."""
     options = dict(grpc_options.SERVER_OPTIONS)
     assert options == {
         "grpc.keepalive_time_ms": 20_000,
@@ -60,6 +61,7 @@ def test_server_options_permit_the_client_ping_rate() -> None:
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.max_receive_message_length": 16 * MIB,
         "grpc.max_send_message_length": 16 * MIB,
+        "grpc.so_reuseport": 0,
     }
     client_interval = dict(grpc_options.CHANNEL_OPTIONS)["grpc.keepalive_time_ms"]
     assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] <= client_interval
