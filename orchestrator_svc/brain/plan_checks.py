@@ -153,6 +153,13 @@ def idle_runs(steps: Sequence[PlannedStep]) -> list[str]:
     ]
 
 
+def drop_idle_runs(steps: Sequence[PlannedStep]) -> tuple[list[PlannedStep], list[str]]:
+    """`steps` without their idle executor steps (dependants inherit their dependencies), and
+    the ids dropped."""
+    idle = idle_runs(steps)
+    return drop_steps(steps, set(idle)), idle
+
+
 def find_cycle(steps: Sequence[PlannedStep]) -> list[str]:
     """One dependency cycle as [a, b, ..., a], or [] when the steps form a DAG."""
     ids = {s.step_id for s in steps}
@@ -188,8 +195,8 @@ def repair_plan(plan: ExecutionPlan, arms: Sequence[ArmCapability]) -> Execution
         )
         for step in renamed
     ]
-    fitted = remap_steps(cleaned, arms).steps
-    return dataclasses.replace(plan, steps=tuple(drop_steps(fitted, set(idle_runs(fitted)))))
+    runnable, _ = drop_idle_runs(remap_steps(cleaned, arms).steps)
+    return dataclasses.replace(plan, steps=tuple(runnable))
 
 
 def _unique_valid_ids(steps: Sequence[PlannedStep]) -> list[PlannedStep]:

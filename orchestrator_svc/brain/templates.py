@@ -26,7 +26,7 @@ from .plan import (
     profile_of,
     sink_ids,
 )
-from .plan_checks import idle_runs, validate_plan
+from .plan_checks import drop_idle_runs, validate_plan
 from .remap import drop_steps, remap_steps
 
 
@@ -284,8 +284,7 @@ class HeuristicPlanner:
         if not remapped.steps:
             raise NoArmsAvailable(remapped.missing_types)
         notes = list(remapped.notes)
-        idle = idle_runs(remapped.steps)
-        kept = drop_steps(remapped.steps, set(idle))
+        kept, idle = drop_idle_runs(remapped.steps)
         if idle:
             notes.append(f"no coder writes code for {', '.join(idle)} to run: dropped")
         limit = budget.max_tokens if budget is not None else 0

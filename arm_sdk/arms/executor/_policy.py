@@ -20,8 +20,9 @@ log = structlog.get_logger(__name__)
 MAX_ARGS = 256
 MAX_ARGV_BYTES = 64 << 10
 MAX_SOURCE_BYTES = 256 << 10
-_PYTHON = frozenset({"python", "python3", "py"})
 MAX_STDIN_BYTES = 4 << 20
+# What a coder step's `language` says when its `code` is Python (a plan's run step runs it).
+_PYTHON = frozenset({"python", "python3", "py"})
 
 # Commands whose arguments are never file names; every other command's arguments are checked.
 NO_FILE_ARGS = frozenset({"echo", "true", "false"})
