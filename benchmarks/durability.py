@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from octollm.v1 import orchestrator_service_pb2 as pb
 
@@ -85,57 +87,98 @@ async def commit_floor(dsn: str, appends: int = 500) -> float:
         await conn.close(timeout=5)
 
 
+ROUNDS = 5  # the loads are cut into rounds that alternate between the two orchestrators
+WARMUP_TASKS = 50
+WARMUP_DAGS = 20
+
+
 async def measure(
-    arm_addresses: list[str], env: Mapping[str, str], tasks: int, window: int, dag_tasks: int
-) -> dict[str, float]:
-    """Throughput and DAG latency through one orchestrator with `env` on top of the defaults."""
-    settings = {"OCTOLLM_MAX_CONCURRENT_TASKS": str(window), **env}
-    async with (
-        orchestrator(arm_addresses, env=settings) as orch,
-        Client([orch.address], channels=4) as client,
-    ):
-        warmup = [request_for(flat_plan(STEPS)) for _ in range(min(50, tasks))]
-        await run_concurrently(client, warmup, window)
-        requests = [request_for(flat_plan(STEPS)) for _ in range(tasks)]
-        seconds, _, errors = await run_concurrently(client, requests, window)
+    arm_addresses: list[str],
+    stores: Mapping[str, Mapping[str, str]],
+    tasks: int,
+    window: int,
+    dag_tasks: int,
+) -> dict[str, dict[str, Any]]:
+    """Throughput and DAG latency through one orchestrator per entry of `stores` (its env on top
+    of the defaults), all running at once and measured in alternating rounds, so a machine that
+    slows down or speeds up during the run weighs on every store alike."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name, env in stores.items():
+            settings = {"OCTOLLM_MAX_CONCURRENT_TASKS": str(window), **env}
+            orch = await stack.enter_async_context(orchestrator(arm_addresses, env=settings))
+            clients[name] = await stack.enter_async_context(Client([orch.address], channels=4))
         dag = request_for(fan_plan(3), goal="benchmark: fan out to three echoes and back")
-        latencies = []
-        for i in range(dag_tasks + 20):
-            ms, final = await client.run_task(dag)
-            errors += final != pb.TASK_STATE_SUCCEEDED
-            if i >= 20:
-                latencies.append(ms)
+        for client in clients.values():
+            warmup = [request_for(flat_plan(STEPS)) for _ in range(min(WARMUP_TASKS, tasks))]
+            await run_concurrently(client, warmup, window)
+            for _ in range(WARMUP_DAGS):
+                await client.run_task(dag)
+
+        seconds = dict.fromkeys(clients, 0.0)
+        errors = dict.fromkeys(clients, 0)
+        latencies: dict[str, list[float]] = {name: [] for name in clients}
+        round_p50s: dict[str, list[float]] = {name: [] for name in clients}
+        order = list(clients)
+        for round_ in range(ROUNDS):
+            share = tasks // ROUNDS + (round_ < tasks % ROUNDS)
+            for name in order:
+                requests = [request_for(flat_plan(STEPS)) for _ in range(share)]
+                spent, _, failed = await run_concurrently(clients[name], requests, window)
+                seconds[name] += spent
+                errors[name] += failed
+            order.reverse()  # neither store always goes first
+        for round_ in range(ROUNDS):
+            share = dag_tasks // ROUNDS + (round_ < dag_tasks % ROUNDS)
+            for name in order:
+                this_round = []
+                for _ in range(share):
+                    ms, final = await clients[name].run_task(dag)
+                    errors[name] += final != pb.TASK_STATE_SUCCEEDED
+                    this_round.append(ms)
+                latencies[name] += this_round
+                round_p50s[name].append(percentile(this_round, 50))
+            order.reverse()
     return {
-        "subtasks_per_s": STEPS * tasks / seconds,
-        "dag_p50_ms": percentile(latencies, 50),
-        "dag_p95_ms": percentile(latencies, 95),
-        "errors": float(errors),
+        name: {
+            "subtasks_per_s": STEPS * tasks / seconds[name],
+            "dag_p50_ms": percentile(latencies[name], 50),
+            "dag_p95_ms": percentile(latencies[name], 95),
+            "errors": float(errors[name]),
+            "round_p50s": round_p50s[name],
+        }
+        for name in clients
     }
 
 
 async def run(tasks: int, window: int, dag_tasks: int) -> list[str]:
+    memory_env: dict[str, str] = {}
+    durable: dict[str, Any] | None = None
     async with arm_host("echo", 2, max_concurrency=64) as arms:
-        memory = await measure(arms.addresses, {}, tasks, window, dag_tasks)
         try:
             async with pg_schema() as dsn:
-                durable: dict[str, float] | None = await measure(
-                    arms.addresses, {"OCTOLLM_POSTGRES_DSN": dsn}, tasks, window, dag_tasks
-                )
+                stores = {"in-process": memory_env, "PostgreSQL": {"OCTOLLM_POSTGRES_DSN": dsn}}
+                figures = await measure(arms.addresses, stores, tasks, window, dag_tasks)
+                memory, durable = figures["in-process"], figures["PostgreSQL"]
                 commit_ms = await commit_floor(dsn)
         except Unavailable as exc:
-            durable, why = None, str(exc)
+            why = str(exc)
+            memory = (
+                await measure(arms.addresses, {"in-process": memory_env}, tasks, window, dag_tasks)
+            )["in-process"]
     lines = [
         f"{tasks} tasks x {STEPS} no-op steps ({window} at once), then {dag_tasks} sequential "
-        "5-step DAGs; one orchestrator, 2 echo arms",
+        "5-step DAGs; one orchestrator per store, 2 echo arms, the stores measured in "
+        f"{ROUNDS} alternating rounds",
         f"  {'store':<12} {'subtasks/s':>11} {'DAG p50 ms':>11} {'DAG p95 ms':>11} {'errors':>7}",
     ]
-    for name, figures in (("in-process", memory), ("PostgreSQL", durable)):
-        if figures is None:
+    for name, shown in (("in-process", memory), ("PostgreSQL", durable)):
+        if shown is None:
             lines.append(f"  {name:<12} skipped: {why}")
             continue
         lines.append(
-            f"  {name:<12} {figures['subtasks_per_s']:>11,.0f} {figures['dag_p50_ms']:>11.2f} "
-            f"{figures['dag_p95_ms']:>11.2f} {figures['errors']:>7.0f}"
+            f"  {name:<12} {shown['subtasks_per_s']:>11,.0f} {shown['dag_p50_ms']:>11.2f} "
+            f"{shown['dag_p95_ms']:>11.2f} {shown['errors']:>7.0f}"
         )
     if durable is not None:
         throughput = durable["subtasks_per_s"] / memory["subtasks_per_s"]
@@ -146,6 +189,11 @@ async def run(tasks: int, window: int, dag_tasks: int) -> list[str]:
             + ("met" if throughput >= 0.5 else "MISSED"),
             f"  PostgreSQL / in-process DAG p50    {latency:5.2f}x   target <= 1.5x  "
             + ("met" if latency <= 1.5 else "MISSED"),
+            "  DAG p50 ratio round by round: "
+            + ", ".join(
+                f"{pg / mem:.2f}x"
+                for pg, mem in zip(durable["round_p50s"], memory["round_p50s"], strict=True)
+            ),
             f"  floor: one append-sized commit alone p50 {commit_ms:.3f} ms; in-process DAG p50 + "
             f"{CRITICAL_PATH_COMMITS} of them = {floor_ms:.2f} ms = "
             f"{floor_ms / memory['dag_p50_ms']:.2f}x",
