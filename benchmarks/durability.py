@@ -1,25 +1,28 @@
-"""What durability costs: one orchestrator with its state in process memory, then on PostgreSQL.
+"""What durability costs: one orchestrator with its state in process memory, one on PostgreSQL.
 
     python -m benchmarks.durability [--tasks 1000] [--window 64] [--dag-tasks 200]
 
-The same two loads run against `octollm serve` (a child process, echo arms in another) twice in
-one run, first with the in-process store, then with OCTOLLM_POSTGRES_DSN pointing at a
-throwaway schema on the local PostgreSQL:
+Two `octollm serve` children (echo arms in a third process) run at once, one with the
+in-process store, one with OCTOLLM_POSTGRES_DSN pointing at a throwaway schema on the local
+PostgreSQL, and the same two loads go to each in five alternating rounds (so a machine that
+speeds up or slows down during the run weighs on both alike):
 
 1. throughput: `--tasks` tasks of 5 independent no-op steps, `--window` unfinished at once;
    subtasks/s = 5 x tasks / seconds from the first SubmitTask to the last terminal event.
 2. latency: `--dag-tasks` 5-step fan-out/fan-in DAGs (1 -> 3 -> 1) one after another,
-   SubmitTask -> terminal WatchTask event, p50/p95.
+   SubmitTask -> terminal WatchTask event, p50/p95 over all rounds, and the ratio per round.
 
 With PostgreSQL every event is committed before a watcher sees it or the runner acts on it (a
 step's result before its dependants are dispatched), SubmitTask answers after the task's row
 is committed, and appends of concurrent tasks share transactions (group commit).
 Targets: PostgreSQL throughput >= 0.5x in-process, DAG p50 <= 1.5x in-process.
 
-The floor row is what those commits cost with nothing else running: one append's worth of work
-(5 event rows and a 3 KB row rewritten, one autocommit statement) timed alone with asyncpg on
-the same server, times the four commits on the DAG's critical path (the task's row before
-SubmitTask answers, the two waves after the first, the terminal event), over the in-process p50.
+Two reference rows follow. The floor: one append's worth of work (5 event rows and a 3 KB row
+rewritten, one autocommit statement) timed alone with asyncpg on the same server, times the
+four commits on the DAG's critical path (the task's row before SubmitTask answers, the two
+waves after the first, the terminal event), over the in-process p50. The store alone: the last
+DAG's create and its three critical-path appends replayed through a PostgresTaskStore in this
+process with nothing else running, over the in-process p50.
 """
 
 from __future__ import annotations
@@ -87,6 +90,65 @@ async def commit_floor(dsn: str, appends: int = 500) -> float:
         await conn.close(timeout=5)
 
 
+async def store_floor(dsn: str, dags: int = 300) -> tuple[float, float]:
+    """p50 ms of the store's own create and append, alone: the last DAG the orchestrator ran in
+    `dsn`'s schema, replayed through a PostgresTaskStore of this process as the runner wrote
+    it (create, then its events in the three appends of its critical path), `dags` times."""
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+    from orchestrator_svc.store.postgres import PostgresTaskStore
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        row = await conn.fetchrow("SELECT task_id, body FROM tasks ORDER BY create_ns DESC LIMIT 1")
+        rows = await conn.fetch(
+            "SELECT body FROM task_events WHERE task_id = $1 ORDER BY seq", row["task_id"]
+        )
+    finally:
+        await conn.close(timeout=5)
+    finished = pb.Task.FromString(row["body"])
+    events = [pb.TaskEvent.FromString(r["body"]) for r in rows]
+    for event in events:  # as the runner hands them over: the store numbers them
+        event.ClearField("task_id")
+        event.ClearField("seq")
+    waves = _critical_path_appends(events)
+    store = await PostgresTaskStore.connect(dsn)
+    creates: list[float] = []
+    appends: list[float] = []
+    try:
+        for _ in range(dags):
+            task = pb.Task(goal=finished.goal, plan=finished.plan)
+            started = time.perf_counter()
+            created, _ = await store.create(task, "")
+            creates.append((time.perf_counter() - started) * 1e3)
+            for wave in waves:
+                await asyncio.sleep(0.001)
+                started = time.perf_counter()
+                await store.append(created.task_id, wave, as_owner=True)
+                appends.append((time.perf_counter() - started) * 1e3)
+            await asyncio.sleep(0.001)
+    finally:
+        await store.close()
+    return percentile(creates, 50), percentile(appends, 50)
+
+
+def _critical_path_appends(events: list[pb.TaskEvent]) -> list[list[pb.TaskEvent]]:
+    """The 1 -> 3 -> 1 DAG's events as its runner appends them: up to the root's result, up to
+    the third fan-out result, the rest (the sink's result and `finished`)."""
+    waves: list[list[pb.TaskEvent]] = [[]]
+    succeeded = 0
+    for event in events:
+        waves[-1].append(event)
+        if (
+            event.HasField("subtask_changed")
+            and event.subtask_changed.subtask.state == pb.SUBTASK_STATE_SUCCEEDED
+        ):
+            succeeded += 1
+            if succeeded in (1, 4):
+                waves.append([])
+    return waves
+
+
 ROUNDS = 5  # the loads are cut into rounds that alternate between the two orchestrators
 WARMUP_TASKS = 50
 WARMUP_DAGS = 20
@@ -130,6 +192,8 @@ async def measure(
             order.reverse()  # neither store always goes first
         for round_ in range(ROUNDS):
             share = dag_tasks // ROUNDS + (round_ < dag_tasks % ROUNDS)
+            if share == 0:
+                continue
             for name in order:
                 this_round = []
                 for _ in range(share):
@@ -161,6 +225,7 @@ async def run(tasks: int, window: int, dag_tasks: int) -> list[str]:
                 figures = await measure(arms.addresses, stores, tasks, window, dag_tasks)
                 memory, durable = figures["in-process"], figures["PostgreSQL"]
                 commit_ms = await commit_floor(dsn)
+                create_ms, append_ms = await store_floor(dsn)
         except Unavailable as exc:
             why = str(exc)
             memory = (
@@ -184,6 +249,7 @@ async def run(tasks: int, window: int, dag_tasks: int) -> list[str]:
         throughput = durable["subtasks_per_s"] / memory["subtasks_per_s"]
         latency = durable["dag_p50_ms"] / memory["dag_p50_ms"]
         floor_ms = memory["dag_p50_ms"] + CRITICAL_PATH_COMMITS * commit_ms
+        store_ms = memory["dag_p50_ms"] + create_ms + (CRITICAL_PATH_COMMITS - 1) * append_ms
         lines += [
             f"  PostgreSQL / in-process throughput {throughput:5.2f}x   target >= 0.5x  "
             + ("met" if throughput >= 0.5 else "MISSED"),
@@ -197,6 +263,9 @@ async def run(tasks: int, window: int, dag_tasks: int) -> list[str]:
             f"  floor: one append-sized commit alone p50 {commit_ms:.3f} ms; in-process DAG p50 + "
             f"{CRITICAL_PATH_COMMITS} of them = {floor_ms:.2f} ms = "
             f"{floor_ms / memory['dag_p50_ms']:.2f}x",
+            f"  the store alone: create p50 {create_ms:.3f} ms, append p50 {append_ms:.3f} ms; "
+            f"in-process DAG p50 + a create and 3 appends = {store_ms:.2f} ms = "
+            f"{store_ms / memory['dag_p50_ms']:.2f}x",
         ]
     return lines
 
