@@ -195,6 +195,33 @@ async def test_corrupt_task_row_fails_only_that_task(
     assert (await store.get(healthy.task_id)).last_seq == 1
 
 
+async def test_events_never_outlive_their_task_row(pg_schema: PgSchema, new_task: NewTask) -> None:
+    """task_events has no foreign key (migration 0004): the append statements themselves insert
+    events only beside an update of their task's row. A row gone from under both write paths (a
+    store holding the projection, and one that must lock the row) gets TaskNotFound and leaves
+    no event behind."""
+    await pg_schema.migrate()
+    holder = await pg_schema.open_store()
+    created, _ = await holder.create(new_task(), "fp")
+    assert await holder.append(created.task_id, [_progress("kept")]) == 1
+    other = await pg_schema.open_store()
+    connection = await pg_schema.connect()
+    keys = await connection.fetchval(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'task_events'::regclass"
+        " AND contype = 'f'"
+    )
+    assert keys == 0
+    await connection.execute("DELETE FROM tasks WHERE task_id = $1", created.task_id)
+
+    for store in (holder, other):
+        with pytest.raises(TaskNotFound):
+            await asyncio.wait_for(store.append(created.task_id, [_progress("lost")]), HANG_GUARD)
+    seqs = await connection.fetch(
+        "SELECT seq FROM task_events WHERE task_id = $1 ORDER BY seq", created.task_id
+    )
+    assert [row["seq"] for row in seqs] == [1]
+
+
 @pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "one-by-one"])
 async def test_concurrent_appends_keep_order_per_task(
     pg_schema: PgSchema, new_task: NewTask, group_commit: bool
