@@ -53,6 +53,7 @@ from benchmarks._mesh import (
 )
 
 STEPS = 5
+FAN_WIDTH = 3  # the DAG: root -> FAN_WIDTH parallel steps -> sink
 CRITICAL_PATH_COMMITS = 4
 _FLOOR_TABLES = """
 CREATE TABLE floor_tasks (task_id uuid PRIMARY KEY, last_seq bigint NOT NULL, body bytea NOT NULL);
@@ -133,8 +134,8 @@ async def store_floor(dsn: str, dags: int = 300) -> tuple[float, float]:
 
 
 def _critical_path_appends(events: list[pb.TaskEvent]) -> list[list[pb.TaskEvent]]:
-    """The 1 -> 3 -> 1 DAG's events as its runner appends them: up to the root's result, up to
-    the third fan-out result, the rest (the sink's result and `finished`)."""
+    """The fan-out DAG's events as its runner appends them: up to the root's result, up to the
+    last fan-out result, the rest (the sink's result and `finished`)."""
     waves: list[list[pb.TaskEvent]] = [[]]
     succeeded = 0
     for event in events:
@@ -144,7 +145,7 @@ def _critical_path_appends(events: list[pb.TaskEvent]) -> list[list[pb.TaskEvent
             and event.subtask_changed.subtask.state == pb.SUBTASK_STATE_SUCCEEDED
         ):
             succeeded += 1
-            if succeeded in (1, 4):
+            if succeeded in (1, 1 + FAN_WIDTH):
                 waves.append([])
     return waves
 
@@ -170,7 +171,7 @@ async def measure(
             settings = {"OCTOLLM_MAX_CONCURRENT_TASKS": str(window), **env}
             orch = await stack.enter_async_context(orchestrator(arm_addresses, env=settings))
             clients[name] = await stack.enter_async_context(Client([orch.address], channels=4))
-        dag = request_for(fan_plan(3), goal="benchmark: fan out to three echoes and back")
+        dag = request_for(fan_plan(FAN_WIDTH), goal="benchmark: fan out to three echoes and back")
         for client in clients.values():
             warmup = [request_for(flat_plan(STEPS)) for _ in range(min(WARMUP_TASKS, tasks))]
             await run_concurrently(client, warmup, window)

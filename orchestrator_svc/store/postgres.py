@@ -98,6 +98,9 @@ _RECENT_EVENTS = 256
 # Projections of tasks this store writes to (the ones its replica runs), most recent last.
 _MAX_HELD_PROJECTIONS = 10_000
 _INT64 = range(-(2**63), 2**63)
+# What str(uuid.UUID(...)) gives: task ids are exactly this (see _is_task_id).
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # NOTE: every statement the store prepares looks rows up by key (an index always applies) or
 # takes a few small arrays. PostgreSQL would plan the array-heavy appends again on every
 # execution (a fifth of an append's time), so the sessions keep one generic plan per statement.
@@ -106,8 +109,6 @@ _INT64 = range(-(2**63), 2**63)
 # hash join over a sequential scan of `tasks`, and keeps it while the table grows until
 # autovacuum invalidates it: every append then reads the whole table (1.9 ms an append instead
 # of 1.1 ms after a thousand tasks). Index paths are what these statements need at any size.
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 SESSION_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
     "enable_seqscan": "off",
