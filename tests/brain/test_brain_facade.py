@@ -203,7 +203,8 @@ def test_public_surface() -> None:
         "ParseOutcome", "ParsedIntent", "PlanBudget", "PlanOutcome", "PlanProblem",
         "PlannedStep", "Planner", "ValidateOutcome", "ValidationReport", "answer_steps",
         "choose", "integrate", "plan_single_step", "ranked", "repair_plan", "score",
-        "sink_ids", "validate", "validate_plan",
+        "sink_ids", "validate", "validate_plan", "AnswerSource", "FROM_DOCUMENTS",
+        "NOT_COVERED", "NOT_FOUND", "Passage", "RetrievalAnswer", "retrieval_answer",
     }  # fmt: skip
     assert set(llm_pkg.__all__) == {
         "NO_USAGE", "RESPONSE_FORMAT_MODES", "CachedCompleter", "JSONCompleter", "LLMError",
