@@ -15,7 +15,7 @@ size).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,29 +74,30 @@ def answer_steps(plan: ExecutionPlan, outputs: Mapping[str, Mapping[str, Any]]) 
     """Steps whose text makes the answer: sinks, or for a sink without text (or whose output is
     a verdict on other steps, like a judge's, or a plan of the work, like a planner's) its
     nearest ancestors with text; in plan order. Plans count only when nothing else has text."""
-    chosen = _nearest_with_text(plan, outputs, plans_answer=False)
-    if not chosen:
-        chosen = _nearest_with_text(plan, outputs, plans_answer=True)
+
+    def answers(output: Mapping[str, Any]) -> bool:
+        return not is_verdict(output) and not is_plan(output) and render_output(output) is not None
+
+    chosen = _nearest(plan, outputs, answers) or _nearest(
+        plan, outputs, lambda o: not is_verdict(o) and render_output(o) is not None
+    )
     return [s.step_id for s in plan.steps if s.step_id in chosen]
 
 
-def _nearest_with_text(
-    plan: ExecutionPlan, outputs: Mapping[str, Mapping[str, Any]], *, plans_answer: bool
+def _nearest(
+    plan: ExecutionPlan,
+    outputs: Mapping[str, Mapping[str, Any]],
+    wanted: Callable[[Mapping[str, Any]], bool],
 ) -> set[str]:
+    """For each sink: itself if its output is `wanted`, else its nearest such ancestors."""
     by_id = {s.step_id: s for s in plan.steps}
     chosen: set[str] = set()
     for sink in plan.sinks():
         frontier, seen = [sink], {sink}
         while frontier:
-            with_text = [
-                s
-                for s in frontier
-                if not is_verdict(outputs.get(s, {}))
-                and (plans_answer or not is_plan(outputs.get(s, {})))
-                and render_output(outputs.get(s, {})) is not None
-            ]
-            if with_text:
-                chosen.update(with_text)
+            found = [s for s in frontier if s in outputs and wanted(outputs[s])]
+            if found:
+                chosen.update(found)
                 break
             parents = [d for s in frontier if s in by_id for d in by_id[s].depends_on]
             frontier = [d for d in dict.fromkeys(parents) if d not in seen]
@@ -170,11 +171,14 @@ def integrate(
                 for s in steps
             )
     else:
-        sinks_with_output = [s for s in plan.sinks() if s in outputs] or list(outputs)
-        if len(sinks_with_output) == 1:
-            answer = compact_json(outputs[sinks_with_output[0]])
+        # NOTE: a verdict is never the answer: the JSON is of what it judged, when it has output.
+        judged = _nearest(plan, outputs, lambda o: not is_verdict(o))
+        shown = [s.step_id for s in plan.steps if s.step_id in judged]
+        shown = shown or [s for s in plan.sinks() if s in outputs] or list(outputs)
+        if len(shown) == 1:
+            answer = compact_json(outputs[shown[0]])
         else:
-            answer = compact_json({s: outputs[s] for s in sinks_with_output})
+            answer = compact_json({s: outputs[s] for s in shown})
         notes.append("no step returned answer text; the answer is the outputs as JSON")
     if len(answer) > max_chars:
         notes.append(f"answer truncated to {max_chars} characters")
