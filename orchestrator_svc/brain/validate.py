@@ -50,7 +50,7 @@ ADDRESSES_GOAL = "the answer addresses the goal"
 NOT_COVERED = "the indexed documents do not cover the goal"
 # An answer at least this share of whose words come from the goal and the plan restates them.
 RESTATED_SHARE = 0.8
-MIN_RESTATED_WORDS = 4
+MIN_RESTATED_WORDS = 8
 # An answer with this many distinct terms and none of the goal's is about something else.
 MIN_OFF_TOPIC_TERMS = 8
 # Rules that test what a criterion asks (not the keyword-overlap guess): they verify an answer.

@@ -201,6 +201,7 @@ def test_a_not_found_answer_fails_validation() -> None:
     ("goal", "answer"),
     [
         ("Compute 6 times 7 with Python", "42"),
+        ("Fix the login bug and add tests", "The code change fixes the bug; the tests pass."),
         ("Write a short note about credit-based flow control", "Credits bound what is in flight."),
         (
             "Explain the difference between TCP and UDP",
