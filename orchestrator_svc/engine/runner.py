@@ -397,6 +397,7 @@ class TaskRun:
             plan.CopyFrom(task.plan)
             if not plan.plan_id:
                 plan.plan_id = str(uuid.uuid4())
+            convert.estimate_plan(plan)
             return plan, ()
         self.move(pb.TASK_STATE_PARSING, "reading the goal", guarded)
         parsed = await brain.parse(self.goal, self.constraints, struct_to_dict(task.context))
@@ -747,6 +748,7 @@ class TaskRun:
             step_id=step.step_id,
             description=step.description,
             acceptance_criteria=step.acceptance_criteria,
+            required_capabilities=step.required_capabilities,
             # The mesh raises attempt itself on failover, so count on from where it left off.
             attempt=self.attempts.get(step.step_id, 0),
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 import structlog
@@ -21,6 +21,9 @@ from octollm.v1 import common_pb2
 from .connection import ArmConnection, MeshEvent, Outcome, Pending, RPCMetrics
 
 log = structlog.get_logger(__name__)
+
+# (ready arms of one type with credit, arm id to avoid, capabilities the subtask needs) -> arm
+Picker = Callable[[list[ArmConnection], str, Sequence[str]], ArmConnection]
 
 
 def mesh_failure(
@@ -46,10 +49,11 @@ class Mesh:
         credentials: grpc.ChannelCredentials | None = None,
         default_timeout_s: float = 60.0,
         max_failovers: int = 3,
-        picker: Callable[[list[ArmConnection], str], ArmConnection] | None = None,
+        picker: Picker | None = None,
         rpc_metrics: RPCMetrics | None = None,
     ) -> None:
-        """`rpc_metrics` counts the gRPC calls of every arm connection (client side)."""
+        """`picker` chooses among the ready arms of one type (default: least loaded);
+        `rpc_metrics` counts the gRPC calls of every arm connection (client side)."""
         self._channel_options = channel_options
         self._credentials = credentials
         self._rpc_metrics = rpc_metrics
@@ -230,7 +234,7 @@ class Mesh:
                 continue
             if pending.future.done():
                 continue
-            conn = self._pick(ready, pending.avoid_arm)
+            conn = self._pick(ready, pending.avoid_arm, pending.dispatch.required_capabilities)
             conn.send(pending, now)
             if conn.credits <= 0:
                 ready.remove(conn)
@@ -345,9 +349,11 @@ class Mesh:
         self._changed = asyncio.Event()
 
 
-def least_loaded(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:
+def least_loaded(
+    ready: list[ArmConnection], avoid_arm: str, required_capabilities: Sequence[str] = ()
+) -> ArmConnection:
     """The default picker: the ready arm with the fewest subtasks in flight, not `avoid_arm`
-    when another is ready."""
+    when another is ready (it ignores capabilities; the orchestrator wires in the router)."""
     if avoid_arm:
         ready = [c for c in ready if c.arm_id != avoid_arm] or ready
     return ready[0] if len(ready) == 1 else min(ready, key=lambda c: len(c.in_flight))
