@@ -845,7 +845,7 @@ class TaskRun:
                     arm_id=outcome.arm_id,
                 )
                 self.r.metrics.retries.labels(retry.kind).inc()
-                timeout_s *= retry.timeout_factor
+                timeout_s = settings.subtask_timeout_s * retry.timeout_factor
                 avoid = retry.avoid_arm
                 if retry.delay_s:
                     await asyncio.sleep(retry.delay_s)
