@@ -47,6 +47,7 @@ from ..telemetry import trace
 from ..telemetry.metrics import Metrics
 from ..telemetry.otel import tracer_from_settings
 from . import convert, events
+from .admission import TaskAdmission, effective_priority
 from .events import TaskEventLog
 from .output_check import OutputChecker
 from .recovery import RecoveryBudget
@@ -117,8 +118,9 @@ class TaskRunner:
         self.leases = store if isinstance(store, TaskLeases) else None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, TaskRun] = {}
-        # NOTE: accepted tasks beyond the limit wait here in PENDING; none is dropped.
-        self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
+        # NOTE: accepted tasks beyond the limit wait here in PENDING, highest priority first;
+        # none is dropped.
+        self._slots = TaskAdmission(settings.max_concurrent_tasks)
         self._cancel_reasons: dict[str, str] = {}
         # Tasks this replica stopped running without recording an end (lost or handed off).
         self._abandoned: set[str] = set()
@@ -203,7 +205,7 @@ class TaskRunner:
     async def _run(self, task: pb.Task, resumed: bool) -> None:
         run = self._runs[task.task_id] = TaskRun(self, task, resumed=resumed)
         try:
-            async with self._slots:
+            async with self._slots.slot(task.priority):
                 await run.run()
         except asyncio.CancelledError:
             if task.task_id in self._abandoned:
@@ -621,7 +623,10 @@ class TaskRun:
         dispatch.input.update(inputs)
         remaining = self.deadline - asyncio.get_running_loop().time()
         outcome = await self.r.mesh.execute(
-            arm_type, dispatch, timeout_s=min(self.r.settings.subtask_timeout_s, remaining)
+            arm_type,
+            dispatch,
+            timeout_s=min(self.r.settings.subtask_timeout_s, remaining),
+            priority=effective_priority(task.priority),
         )
         if outcome.result is None:
             reason = outcome.failure.reason if outcome.failure else ""
@@ -822,6 +827,7 @@ class TaskRun:
                     timeout_s=min(timeout_s, self.deadline - asyncio.get_running_loop().time()),
                     on_event=on_event,
                     avoid_arm=avoid,
+                    priority=effective_priority(self.task.priority),
                 )
                 result = outcome.result
                 if result is not None:

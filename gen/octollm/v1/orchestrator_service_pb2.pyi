@@ -154,7 +154,14 @@ class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.Val
     """Ahead of everything else."""
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
-    """Priority orders tasks competing for the same arms."""
+    """Priority orders tasks competing for the orchestrator's task slots and for
+    arm credit. When every task slot is taken (OCTOLLM_MAX_CONCURRENT_TASKS),
+    waiting PENDING tasks start highest priority first; when subtasks wait for
+    an arm with free credit, the higher priority task's subtask is sent first.
+    Within one priority both go in arrival order. Priority never preempts
+    running work, and nothing ages: while higher priority work keeps arriving,
+    lower priority work waits.
+    """
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
 """Not set; treated as PRIORITY_NORMAL."""
@@ -520,7 +527,7 @@ class Task(_message.Message):
     goal: _builtins.str
     """The natural-language goal."""
     priority: Global___Priority.ValueType
-    """Scheduling priority."""
+    """Scheduling priority (UNSPECIFIED is stored as NORMAL); see Priority."""
     state: Global___TaskState.ValueType
     """Current lifecycle state."""
     last_seq: _builtins.int
@@ -620,7 +627,9 @@ class SubmitTaskRequest(_message.Message):
     goal: _builtins.str
     """The natural-language goal, 10 to 2000 characters."""
     priority: Global___Priority.ValueType
-    """Scheduling priority."""
+    """Scheduling priority; UNSPECIFIED means NORMAL. See Priority for how it
+    orders tasks and subtasks.
+    """
     request_id: _builtins.str
     """Idempotency key, at most 128 chars of [A-Za-z0-9_.:-]. Retrying with the
     same key and body returns the same task.
