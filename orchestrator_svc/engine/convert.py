@@ -32,7 +32,11 @@ def plan_to_proto(plan: ExecutionPlan) -> pb.Plan:
 
 def estimate_plan(plan: pb.Plan) -> None:
     """Set a plan's estimates (a submitted plan's are replaced) from its arm types' profiles."""
-    duration_s, tokens = estimate(plan_from_proto(plan).steps)
+    # NOTE: only the shape counts: converting every step's input would cost more than the rest.
+    shape = [
+        PlannedStep(s.step_id, "", s.arm_type, depends_on=tuple(s.depends_on)) for s in plan.steps
+    ]
+    duration_s, tokens = estimate(shape)
     plan.estimated_tokens = tokens
     plan.estimated_duration.FromNanoseconds(round(duration_s * 1e9))
 
