@@ -202,7 +202,7 @@ def test_public_surface() -> None:
         "LLMIntegrator", "LLMIntentParser", "LLMPlanner", "LLMValidator", "NoArmsAvailable",
         "ParseOutcome", "ParsedIntent", "PlanBudget", "PlanOutcome", "PlanProblem",
         "PlannedStep", "Planner", "ValidateOutcome", "ValidationReport", "answer_steps",
-        "choose", "integrate", "plan_single_step", "ranked", "repair_plan", "score",
+        "choose", "estimate", "integrate", "plan_single_step", "ranked", "repair_plan", "score",
         "sink_ids", "validate", "validate_plan", "AnswerSource", "FROM_DOCUMENTS",
         "NOT_COVERED", "NOT_FOUND", "Passage", "RetrievalAnswer", "retrieval_answer",
     }  # fmt: skip
