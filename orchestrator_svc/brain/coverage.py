@@ -221,10 +221,14 @@ def retrieval_answer(
 ) -> RetrievalAnswer:
     """The paragraphs that answer `goal`, quoted exactly with their sources, under a first line
     saying no model wrote them; "not found in the indexed documents" for each part of the goal
-    they do not cover. `note` is added to the first line (e.g. that the query was cut)."""
+    they do not cover. `note` is added to the first line (e.g. that the query was cut). The
+    text is empty when `served` covers the whole goal and no paragraph adds to it."""
     coverage = cover(goal, passages, served)
+    parts = goal_parts(goal)
+    if coverage.covered and parts and not coverage.paragraphs:
+        return RetrievalAnswer("", coverage)  # the other steps served every part
     head = FROM_DOCUMENTS.format(note=f"; {note}" if note else "")
-    covered_some = len(coverage.uncovered) < len(goal_parts(goal)) or not goal_parts(goal)
+    covered_some = len(coverage.uncovered) < len(parts) or not parts
     if not coverage.paragraphs or not covered_some:
         missing = ", ".join(coverage.missing) or "the goal's terms"
         text = (

@@ -159,8 +159,9 @@ def integrate(
                 confidence = min(confidence, NOT_FOUND_CONFIDENCE)
                 missing = ", ".join(quoted.coverage.missing)
                 notes.append(f"the indexed documents do not cover the goal (missing: {missing})")
-            steps = [s for s in steps if s not in retrieved[1:]]
-            source = "retrieval" if len(steps) == 1 else "rules"
+            dropped = retrieved[1:] if quoted.text else retrieved
+            steps = [s for s in steps if s not in dropped]
+            source = "retrieval" if steps == retrieved[:1] else "rules"
         if models and any(models.get(s) for s in steps):
             source = "llm"
         if len(steps) == 1:

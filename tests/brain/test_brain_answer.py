@@ -223,3 +223,19 @@ def test_rules_that_read_every_criterion_verify_the_answer() -> None:
     assert validate(answer, outputs, ["mentions credits", "at most 20 words"]).verified
     assert not validate(answer, outputs, ["explains flight"]).verified
     assert not validate(answer, outputs, []).verified
+
+
+def test_retrieval_adds_nothing_when_other_steps_served_the_goal() -> None:
+    """A goal the other steps served whole (a program computed it) keeps their answer; passages
+    about something else are neither quoted nor reported "not found"."""
+    plan = ExecutionPlan(
+        "p",
+        (
+            PlannedStep("search", "Find background", "retriever"),
+            PlannedStep("compute", "Compute 2^10 with Python", "executor"),
+        ),
+    )
+    outputs = {"search": retrieved(SAMPLE_HITS), "compute": {"answer": "exit 0: 1024"}}
+    merged = integrate("Compute 2^10", plan, outputs, {"search": 0.9, "compute": 1.0})
+    assert merged.answer == "exit 0: 1024"
+    assert merged.source == "rules"
