@@ -51,7 +51,17 @@ def describe_event(event: pb.TaskEvent) -> str:
         if fin.HasField("failure"):
             line += f": {fin.failure.reason}: {fin.failure.message}"
         if fin.HasField("result") and fin.result.answer:
-            line += f"\n      answer: {fin.result.answer}"
+            result = fin.result
+            source = pb.AnswerSource.Name(result.answer_source).removeprefix("ANSWER_SOURCE_")
+            checked = (
+                f"verified by {result.validation.verified_by}"
+                if result.verified
+                else ("not verified")
+            )
+            line += (
+                f"\n      written by: {source.lower()}, {checked}, "
+                f"confidence {result.confidence:.2f}\n      answer: {result.answer}"
+            )
         return line
     return f"{head} {json.dumps(json_format.MessageToDict(event))}"
 

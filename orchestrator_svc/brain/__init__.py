@@ -6,8 +6,9 @@ private: import from here.
 """
 
 from .brain import Brain, IntegrateOutcome, ParseOutcome, ValidateOutcome
+from .coverage import FROM_DOCUMENTS, NOT_FOUND, Passage, RetrievalAnswer, retrieval_answer
 from .episode import Episode, EpisodeStep, StepProvenance
-from .integrate import Integration, LLMIntegrator, answer_steps, integrate
+from .integrate import AnswerSource, Integration, LLMIntegrator, answer_steps, integrate
 from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
 from .plan import (
     ArmCapability,
@@ -32,13 +33,17 @@ from .router import (
     score,
 )
 from .templates import HeuristicPlanner
-from .validate import CriterionCheck, LLMValidator, ValidationReport, validate
+from .validate import NOT_COVERED, CriterionCheck, LLMValidator, ValidationReport, validate
 
 __all__ = [
+    "FROM_DOCUMENTS",
+    "NOT_COVERED",
+    "NOT_FOUND",
     "WEIGHT_AVAILABILITY",
     "WEIGHT_CAPABILITY",
     "WEIGHT_COST",
     "WEIGHT_SUCCESS",
+    "AnswerSource",
     "ArmCapability",
     "ArmScore",
     "ArmView",
@@ -58,11 +63,13 @@ __all__ = [
     "NoArmsAvailable",
     "ParseOutcome",
     "ParsedIntent",
+    "Passage",
     "PlanBudget",
     "PlanOutcome",
     "PlanProblem",
     "PlannedStep",
     "Planner",
+    "RetrievalAnswer",
     "StepProvenance",
     "ValidateOutcome",
     "ValidationReport",
@@ -73,6 +80,7 @@ __all__ = [
     "plan_single_step",
     "ranked",
     "repair_plan",
+    "retrieval_answer",
     "score",
     "sink_ids",
     "validate",

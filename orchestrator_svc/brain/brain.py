@@ -129,7 +129,9 @@ class Brain:
         confidences: Mapping[str, float],
         *,
         acceptance_criteria: Sequence[str] = (),
+        models: Mapping[str, str] | None = None,
     ) -> IntegrateOutcome:
+        """`models`: the model each step's arm used (from its provenance), if any."""
         usage, notes = NO_USAGE, []
         if self._llm_integrator is not None and outputs:
             try:
@@ -142,7 +144,7 @@ class Brain:
             else:
                 notes.append("LLM wrote the answer from the step outputs")
                 return IntegrateOutcome(integration, usage, tuple(notes))
-        merged = integrate(goal, plan, outputs, confidences)
+        merged = integrate(goal, plan, outputs, confidences, models=models)
         notes.extend(merged.notes)
         return IntegrateOutcome(merged, usage, tuple(notes))
 
@@ -154,16 +156,23 @@ class Brain:
         *,
         plan: ExecutionPlan | None = None,
         sinks: Collection[str] | None = None,
+        goal: str = "",
     ) -> ValidateOutcome:
         """`failing_steps` blames `sinks` if given, else the steps whose text made the answer
-        (see `answer_steps`) when `plan` is given, else every step in `outputs`."""
+        (see `answer_steps`) when `plan` is given, else every step in `outputs`. With a `goal`
+        the answer must also address it (not restate it or the plan's steps)."""
         if sinks is None and plan is not None:
             sinks = answer_steps(plan, outputs) or plan.sinks()
+        restated = (
+            [f"{s.step_id} {s.arm_type} {s.description}" for s in plan.steps]
+            if plan is not None
+            else []
+        )
         usage, notes = NO_USAGE, []
         if self._llm_validator is not None:
             try:
                 report, usage = await self._llm_validator.validate(
-                    answer, outputs, acceptance_criteria, sinks=sinks
+                    answer, outputs, acceptance_criteria, sinks=sinks, goal=goal, restated=restated
                 )
             except LLMError as exc:
                 usage = _spent(exc)
@@ -172,6 +181,7 @@ class Brain:
                 if any(check.rule == "llm" for check in report.checks):
                     notes.append("LLM judged the criteria no rule could check")
                 return ValidateOutcome(report, usage, tuple(notes))
-        return ValidateOutcome(
-            validate(answer, outputs, acceptance_criteria, sinks=sinks), usage, tuple(notes)
+        report = validate(
+            answer, outputs, acceptance_criteria, sinks=sinks, goal=goal, restated=restated
         )
+        return ValidateOutcome(report, usage, tuple(notes))

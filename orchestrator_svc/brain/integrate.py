@@ -2,35 +2,48 @@
 
 The deterministic merge takes the answer-bearing fields ("answer", "text", "summary", "code") of
 the plan's sink steps, in plan order, under a heading per step when there are several. A sink
-that carries none of them (a judge's verdict, say) defers to its nearest ancestors that do. When
-no step has such fields, the answer is a compact JSON rendering of the sinks' outputs.
-`LLMIntegrator` asks a model to write the answer from the outputs (bounded in size).
+that carries none of them, or whose output is a verdict on other steps (a judge's) or a plan of
+the work (a planner's), defers to its nearest ancestors that do; a plan is the answer only when
+no step found anything else. Retrieved passages are not merged as the retriever summarised them:
+the paragraphs that cover the goal are quoted exactly under a first line saying no model wrote
+them, and what the documents do not cover is answered "not found in the indexed documents" (see
+coverage.py). When no step has answer fields, the answer is a compact JSON rendering of the
+sinks' outputs. `LLMIntegrator` asks a model to write the answer from the outputs (bounded in
+size).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from ..llm import JSONCompleter, LLMUsage
+from .coverage import is_retrieval, passages_of, retrieval_answer
 from .plan import ExecutionPlan, PlannedStep
 
 ANSWER_FIELDS = ("answer", "text", "summary", "code")
 MAX_ANSWER_CHARS = 20_000
+NOT_FOUND_CONFIDENCE = 0.1
 _TRUNCATED = " ...(truncated)"
+
+# What wrote an answer: a model, rules merging arm outputs, or retrieved text alone.
+AnswerSource = Literal["llm", "rules", "retrieval"]
 
 
 @dataclass(frozen=True, slots=True)
 class Integration:
-    """The final answer, how much to trust it (0..1), and notes for the event log."""
+    """The final answer, how much to trust it (0..1), notes for the event log, what wrote it
+    and the steps whose output it was made from."""
 
     answer: str
     confidence: float
     notes: tuple[str, ...] = ()
+    source: AnswerSource = "rules"
+    steps: tuple[str, ...] = ()
 
 
 def render_output(output: Mapping[str, Any]) -> str | None:
@@ -59,30 +72,52 @@ def truncate(text: str, limit: int) -> str:
 
 def answer_steps(plan: ExecutionPlan, outputs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Steps whose text makes the answer: sinks, or for a sink without text (or whose output is
-    a verdict on other steps, like a judge's) its nearest ancestors with text; in plan order."""
+    a verdict on other steps, like a judge's, or a plan of the work, like a planner's) its
+    nearest ancestors with text; in plan order. Plans count only when nothing else has text."""
+
+    def answers(output: Mapping[str, Any]) -> bool:
+        return not is_verdict(output) and not is_plan(output) and render_output(output) is not None
+
+    chosen = _nearest(plan, outputs, answers) or _nearest(
+        plan, outputs, lambda o: not is_verdict(o) and render_output(o) is not None
+    )
+    return [s.step_id for s in plan.steps if s.step_id in chosen]
+
+
+def _nearest(
+    plan: ExecutionPlan,
+    outputs: Mapping[str, Mapping[str, Any]],
+    wanted: Callable[[Mapping[str, Any]], bool],
+) -> set[str]:
+    """For each sink: itself if its output is `wanted`, else its nearest such ancestors."""
     by_id = {s.step_id: s for s in plan.steps}
     chosen: set[str] = set()
     for sink in plan.sinks():
         frontier, seen = [sink], {sink}
         while frontier:
-            with_text = [
-                s
-                for s in frontier
-                if not is_verdict(outputs.get(s, {}))
-                and render_output(outputs.get(s, {})) is not None
-            ]
-            if with_text:
-                chosen.update(with_text)
+            found = [s for s in frontier if s in outputs and wanted(outputs[s])]
+            if found:
+                chosen.update(found)
                 break
             parents = [d for s in frontier if s in by_id for d in by_id[s].depends_on]
             frontier = [d for d in dict.fromkeys(parents) if d not in seen]
             seen.update(frontier)
-    return [s.step_id for s in plan.steps if s.step_id in chosen]
+    return chosen
 
 
 def is_verdict(output: Mapping[str, Any]) -> bool:
     """An output that judges other steps (pass/fail with checks) rather than answering."""
     return isinstance(output.get("passed"), bool) and "checks" in output
+
+
+def is_plan(output: Mapping[str, Any]) -> bool:
+    """An output that plans the work (a list of steps for arm types) rather than doing it."""
+    steps = output.get("steps")
+    return (
+        isinstance(steps, list)
+        and bool(steps)
+        and all(isinstance(s, Mapping) and ("arm_type" in s or "step_id" in s) for s in steps)
+    )
 
 
 def _heading(step: PlannedStep | None, step_id: str) -> str:
@@ -96,37 +131,65 @@ def integrate(
     confidences: Mapping[str, float],
     *,
     max_chars: int = MAX_ANSWER_CHARS,
+    models: Mapping[str, str] | None = None,
 ) -> Integration:
-    """Deterministic merge; see the module docstring. Confidence is the weakest step's."""
+    """Deterministic merge; see the module docstring. Confidence is the weakest step's (0.1 at
+    most when the indexed documents do not cover the goal). `models`: the model each step's
+    arm used (its provenance), so an answer a model wrote in a step says so."""
     known = [confidences[s] for s in outputs if s in confidences]
-    confidence = min(known) if known else 0.0
+    confidence = max(0.0, min(1.0, min(known) if known else 0.0))
     if not outputs:
         return Integration("", 0.0, ("no step produced output",))
     steps = answer_steps(plan, outputs)
     notes: list[str] = []
+    source: AnswerSource = "rules"
     if steps:
         sinks = set(plan.sinks())
         deferred = [s for s in steps if s not in sinks]
         if deferred:
             notes.append(f"answer taken from {', '.join(deferred)} (sinks carry no answer text)")
-        texts = [render_output(outputs[s]) or "" for s in steps]
+        retrieved = [s for s in steps if is_retrieval(outputs[s])]
+        texts = {s: render_output(outputs[s]) or "" for s in steps if s not in retrieved}
+        if retrieved:
+            passages = [p for s in retrieved for p in passages_of(outputs[s])]
+            served = [f"{_description(plan, s)}\n{t}" for s, t in texts.items()]
+            quoted = retrieval_answer(goal, passages, served=served)
+            texts[retrieved[0]] = quoted.text
+            if not quoted.coverage.covered:
+                confidence = min(confidence, NOT_FOUND_CONFIDENCE)
+                missing = ", ".join(quoted.coverage.missing)
+                notes.append(f"the indexed documents do not cover the goal (missing: {missing})")
+            dropped = retrieved[1:] if quoted.text else retrieved
+            steps = [s for s in steps if s not in dropped]
+            source = "retrieval" if steps == retrieved[:1] else "rules"
+        if models and any(models.get(s) for s in steps):
+            source = "llm"
         if len(steps) == 1:
-            answer = texts[0]
+            answer = texts[steps[0]]
         else:
             answer = "\n\n".join(
-                f"{_heading(plan.step(s), s)}\n\n{t}" for s, t in zip(steps, texts, strict=True)
+                texts[s] if s in retrieved else f"{_heading(plan.step(s), s)}\n\n{texts[s]}"
+                for s in steps
             )
     else:
-        sinks_with_output = [s for s in plan.sinks() if s in outputs] or list(outputs)
-        if len(sinks_with_output) == 1:
-            answer = compact_json(outputs[sinks_with_output[0]])
+        # NOTE: a verdict is never the answer: the JSON is of what it judged, when it has output.
+        judged = _nearest(plan, outputs, lambda o: not is_verdict(o))
+        shown = [s.step_id for s in plan.steps if s.step_id in judged]
+        shown = shown or [s for s in plan.sinks() if s in outputs] or list(outputs)
+        if len(shown) == 1:
+            answer = compact_json(outputs[shown[0]])
         else:
-            answer = compact_json({s: outputs[s] for s in sinks_with_output})
+            answer = compact_json({s: outputs[s] for s in shown})
         notes.append("no step returned answer text; the answer is the outputs as JSON")
     if len(answer) > max_chars:
         notes.append(f"answer truncated to {max_chars} characters")
         answer = truncate(answer, max_chars)
-    return Integration(answer, max(0.0, min(1.0, confidence)), tuple(notes))
+    return Integration(answer, confidence, tuple(notes), source, tuple(steps))
+
+
+def _description(plan: ExecutionPlan, step_id: str) -> str:
+    step = plan.step(step_id)
+    return step.description if step is not None else step_id
 
 
 class _AnswerDraft(BaseModel):
@@ -181,4 +244,4 @@ class LLMIntegrator:
             schema=_AnswerDraft,
             max_tokens=self._max_tokens,
         )
-        return Integration(draft.answer.strip(), merged.confidence, ()), usage
+        return Integration(draft.answer.strip(), merged.confidence, (), "llm", merged.steps), usage

@@ -13,9 +13,17 @@ Every answer must be non-empty. Each criterion is checked by the first rule that
 - anything else                                               -> at least half of the
   criterion's content words (crudely stemmed) appear in the answer
 
+Given the goal, one more check (rule `addresses_goal`) asks whether the answer addresses it:
+an answer that says the indexed documents do not cover the goal, one whose words come mostly
+from the goal, the plan or the mesh's own step descriptions (the goal or the plan restated),
+and a longer one sharing no term with the goal (text about something else) fail it.
+
 `failing_steps` names the sink steps whose own output fails a failing criterion, so the engine
 re-runs just those; when the answer fails but no single sink does (the merge broke it), every
 sink is named.
+
+An answer is `verified` when the task has criteria and each was read by a rule that tests it
+precisely (or judged by an LLM): the keyword-overlap fallback is a guess, not a verification.
 """
 
 from __future__ import annotations
@@ -30,11 +38,36 @@ from pydantic import BaseModel, Field
 
 from ..llm import NO_USAGE, JSONCompleter, LLMInvalidOutput, LLMUsage
 from ..llm.schema import json_text
+from .coverage import NOT_FOUND, content_terms, goal_parts, terms
 from .integrate import output_text, truncate
 from .lexicon import names
+from .plan import CANONICAL_ARM_TYPES
+from .templates import TEMPLATES
 from .words import content_words, stem
 
 OVERLAP_THRESHOLD = 0.5
+ADDRESSES_GOAL = "the answer addresses the goal"
+NOT_COVERED = "the indexed documents do not cover the goal"
+# An answer at least this share of whose words come from the goal and the plan restates them.
+RESTATED_SHARE = 0.8
+MIN_RESTATED_WORDS = 8
+# An answer with this many distinct terms and none of the goal's is about something else.
+MIN_OFF_TOPIC_TERMS = 8
+# Rules that test what a criterion asks (not the keyword-overlap guess): they verify an answer.
+VERIFYING_RULES = frozenset({"absent", "no_todo", "json", "count", "non_empty", "present", "llm"})
+# The words of the mesh's own plans: template step ids and tasks, arm types, plan layout.
+_PLAN_TERMS = frozenset(
+    terms(
+        " ".join(
+            f"{step.step_id} {step.task} {step.arm_type}"
+            for shapes in TEMPLATES.values()
+            for steps in shapes.values()
+            for step in steps
+        )
+        + " ".join(CANONICAL_ARM_TYPES)
+        + " plan step steps echo sleep general"
+    )
+)
 
 _NEGATIVE = re.compile(
     r"\b(?:must not|mustn't|should not|shouldn't|does not|doesn't|do not|don't|never|not|cannot)"
@@ -95,6 +128,13 @@ class ValidationReport:
     issues: tuple[str, ...]
     failing_steps: tuple[str, ...]
     checks: tuple[CriterionCheck, ...] = ()
+    # What verified the answer against the task's criteria ("rules", "llm", "judge <arm id>");
+    # empty when nothing did.
+    verified_by: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verified_by)
 
 
 def _quoted_or_plain(text: str) -> tuple[str, bool]:
@@ -193,19 +233,84 @@ def check_criterion(text: str, criterion: str) -> CriterionCheck:
     return CriterionCheck(c, "overlap", ok, detail)
 
 
-def rule_checks(answer: str, acceptance_criteria: Sequence[str]) -> list[CriterionCheck]:
-    """The non-empty check plus one rule check per criterion."""
+def _answer_words(answer: str) -> str:
+    """The words of an answer: a JSON answer's string values (its keys are layout)."""
+    stripped = answer.strip()
+    if stripped[:1] not in ("{", "["):
+        return answer
+    try:
+        parsed = json.loads(stripped)
+    except ValueError:
+        return answer
+    leaves: list[str] = []
+    stack = [parsed]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            leaves.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return "\n".join(leaves)
+
+
+def check_addresses_goal(answer: str, goal: str, restated: Sequence[str] = ()) -> CriterionCheck:
+    """Whether `answer` addresses `goal` (rule `addresses_goal`; see the module docstring).
+    `restated`: texts the answer must not merely repeat (the plan's step descriptions)."""
+    c = ADDRESSES_GOAL
+    if NOT_FOUND in answer.lower():
+        return CriterionCheck(c, "addresses_goal", False, NOT_COVERED)
+    wanted = terms(goal)
+    if not wanted:
+        return CriterionCheck(c, "addresses_goal", True, "nothing specific to check")
+    found = content_terms(_answer_words(answer))
+    known = wanted | _PLAN_TERMS | terms(" ".join(restated))
+    copied = sum(t in known for t in found)
+    if len(found) >= MIN_RESTATED_WORDS and copied >= RESTATED_SHARE * len(found):
+        share = copied / len(found)
+        detail = f"restates the goal or the plan instead of answering it ({share:.0%} of its words)"
+        return CriterionCheck(c, "addresses_goal", False, detail)
+    distinct = set(found)
+    if len(distinct) >= MIN_OFF_TOPIC_TERMS and not distinct & wanted:
+        named = list(dict.fromkeys(w for part in goal_parts(goal) for w in part.names.values()))
+        detail = f"is about something else: it mentions none of {', '.join(named[:6])}"
+        return CriterionCheck(c, "addresses_goal", False, detail)
+    return CriterionCheck(c, "addresses_goal", True, "")
+
+
+def rule_checks(
+    answer: str,
+    acceptance_criteria: Sequence[str],
+    *,
+    goal: str = "",
+    restated: Sequence[str] = (),
+) -> list[CriterionCheck]:
+    """The non-empty check, the goal check (given a goal), and one rule check per criterion."""
     checks = [check_criterion(answer, "answer is not empty")]
+    if goal.strip() and answer.strip():
+        checks.append(check_addresses_goal(answer, goal, restated))
     checks += [check_criterion(answer, c) for c in acceptance_criteria if c.strip()]
     return checks
+
+
+def verified_by(checks: Sequence[CriterionCheck], acceptance_criteria: Sequence[str]) -> str:
+    """ "rules" or "llm" when every criterion was tested by a verifying rule; else ""."""
+    wanted = {c.strip() for c in acceptance_criteria if c.strip()}
+    decided = [check for check in checks if check.criterion in wanted]
+    if not wanted or not decided or any(c.rule not in VERIFYING_RULES for c in decided):
+        return ""
+    return "llm" if any(c.rule == "llm" for c in decided) else "rules"
 
 
 def report(
     checks: Sequence[CriterionCheck],
     outputs: Mapping[str, Mapping[str, Any]],
     sinks: Collection[str] | None = None,
+    acceptance_criteria: Sequence[str] = (),
 ) -> ValidationReport:
-    """The report for `checks`, blaming the sink steps whose own output fails a failed one."""
+    """The report for `checks`, blaming the sink steps whose own output fails a failed one
+    (every sink for the goal check: the answer as a whole failed it)."""
     sink_ids = list(sinks) if sinks is not None else list(outputs)
     failed = [check for check in checks if not check.passed]
     failing: list[str] = []
@@ -213,8 +318,11 @@ def report(
         blamed = [
             s
             for s in sink_ids
-            if s not in outputs
-            or not check_criterion(output_text(outputs[s]), check.criterion).passed
+            if check.rule != "addresses_goal"
+            and (
+                s not in outputs
+                or not check_criterion(output_text(outputs[s]), check.criterion).passed
+            )
         ]
         failing.extend(blamed or sink_ids)
     return ValidationReport(
@@ -223,6 +331,7 @@ def report(
         issues=tuple(f"{check.criterion!r} failed: {check.detail}" for check in failed),
         failing_steps=tuple(dict.fromkeys(failing)),
         checks=tuple(checks),
+        verified_by=verified_by(checks, acceptance_criteria),
     )
 
 
@@ -232,9 +341,13 @@ def validate(
     acceptance_criteria: Sequence[str],
     *,
     sinks: Collection[str] | None = None,
+    goal: str = "",
+    restated: Sequence[str] = (),
 ) -> ValidationReport:
-    """Check the answer; `sinks` are the plan's sink step ids (default: every step in outputs)."""
-    return report(rule_checks(answer, acceptance_criteria), outputs, sinks)
+    """Check the answer; `sinks` are the plan's sink step ids (default: every step in outputs);
+    with a `goal`, also that the answer addresses it (not merely repeating `restated`)."""
+    checks = rule_checks(answer, acceptance_criteria, goal=goal, restated=restated)
+    return report(checks, outputs, sinks, acceptance_criteria)
 
 
 class _Verdict(BaseModel):
@@ -269,11 +382,13 @@ class LLMValidator:
         acceptance_criteria: Sequence[str],
         *,
         sinks: Collection[str] | None = None,
+        goal: str = "",
+        restated: Sequence[str] = (),
     ) -> tuple[ValidationReport, LLMUsage]:
-        checks = rule_checks(answer, acceptance_criteria)
+        checks = rule_checks(answer, acceptance_criteria, goal=goal, restated=restated)
         soft = [i for i, check in enumerate(checks) if check.rule == "overlap"]
         if not soft or not answer.strip():
-            return report(checks, outputs, sinks), NO_USAGE
+            return report(checks, outputs, sinks, acceptance_criteria), NO_USAGE
         numbered = "\n".join(f"{n}. {checks[i].criterion}" for n, i in enumerate(soft, 1))
         verdicts, usage = await self._client.complete_json(
             system=JUDGE_SYSTEM_PROMPT,
@@ -291,4 +406,4 @@ class LLMValidator:
             checks[i] = CriterionCheck(
                 checks[i].criterion, "llm", verdict.passed, "" if verdict.passed else verdict.reason
             )
-        return report(checks, outputs, sinks), usage
+        return report(checks, outputs, sinks, acceptance_criteria), usage

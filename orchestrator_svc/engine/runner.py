@@ -29,8 +29,10 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from arm_sdk._structs import struct_to_dict
 
 from ..brain import (
+    NOT_COVERED,
     Brain,
     ExecutionPlan,
+    Integration,
     NoArmsAvailable,
     PlanBudget,
     ValidationReport,
@@ -57,6 +59,14 @@ log = structlog.get_logger(__name__)
 
 MAX_REPAIRS = 3
 JUDGE_CONTEXT_CHARS = 20_000
+# The most a client should trust an answer nothing verified against criteria.
+UNVERIFIED_CONFIDENCE = 0.5
+
+_ANSWER_SOURCES = {
+    "llm": pb.ANSWER_SOURCE_LLM,
+    "rules": pb.ANSWER_SOURCE_RULES,
+    "retrieval": pb.ANSWER_SOURCE_RETRIEVAL,
+}
 
 # A task resumed in one of these states has its plan; it goes on with the steps not yet done.
 _PLANNED_STATES = frozenset(
@@ -248,12 +258,17 @@ class TaskRun:
         self.outputs: dict[str, struct_pb2.Struct] = {}
         self.confidences: dict[str, float] = {}
         self.attempts: dict[str, int] = {}
+        # Who produced each step's output: the arm (a repair prefers another) and its model.
+        self.arm_ids: dict[str, str] = {}
+        self.models: dict[str, str] = {}
         if resumed:
             for sub in task.subtasks:
                 self.attempts[sub.step_id] = sub.attempt
                 if sub.state == pb.SUBTASK_STATE_SUCCEEDED:
                     self.outputs[sub.step_id] = sub.output
                     self.confidences[sub.step_id] = sub.confidence
+                    self.arm_ids[sub.step_id] = sub.arm_id
+                    self.models[sub.step_id] = sub.provenance.model
         self.deadline = 0.0
         self.side_calls = 0  # judge and safety calls made outside the plan, for their ids
         self.waves = 0  # waves of ready steps dispatched so far
@@ -443,7 +458,8 @@ class TaskRun:
 
     async def _integrate_and_validate(self, plan: pb.Plan) -> pb.TaskResult:
         """Integrate, validate; on failure re-run the failing steps (with the issues as
-        feedback) and try again, up to MAX_REPAIRS times."""
+        feedback, uncached, on another arm of their type when there is one) and try again, up
+        to MAX_REPAIRS times, or until a round's outputs are the previous round's."""
         brain, task = self.r.brain, self.task
         criteria = list(task.acceptance_criteria)
         execution_plan = convert.plan_from_proto(plan)
@@ -452,7 +468,12 @@ class TaskRun:
             outputs = convert.OutputsView(self.outputs)
             self.move(pb.TASK_STATE_INTEGRATING, "combining step outputs")
             integrated = await brain.integrate(
-                self.goal, execution_plan, outputs, self.confidences, acceptance_criteria=criteria
+                self.goal,
+                execution_plan,
+                outputs,
+                self.confidences,
+                acceptance_criteria=criteria,
+                models=self.models,
             )
             self._spend(integrated.usage, "integrate")
             answer = integrated.integration.answer
@@ -474,13 +495,35 @@ class TaskRun:
                 f"repair {repairs} of {MAX_REPAIRS}: re-running {', '.join(sorted(rerun))}",
                 (*report.issues[:3], *notes),
             )
+            before = {step_id: self.outputs.pop(step_id, None) for step_id in rerun}
             for step_id in rerun:
-                self.outputs.pop(step_id, None)
                 self.confidences.pop(step_id, None)
             await self._run_dag(plan, only=rerun, feedback=report)
+            if all(self.outputs.get(step_id) == output for step_id, output in before.items()):
+                # NOTE: the same outputs make the same answer and the same verdict: another
+                # round would only repeat this one.
+                self.move(
+                    pb.TASK_STATE_VALIDATING,
+                    f"repair {repairs} gave the same outputs as the round before: "
+                    "stopped repairing",
+                )
+                break
+        result = self._result(answer, integrated.integration, report, repairs)
+        if not report.passed:
+            raise TaskStopped(pb.TASK_STATE_FAILED, self._not_served(report, repairs), result)
+        return result
+
+    def _result(
+        self, answer: str, integration: Integration, report: ValidationReport, repairs: int
+    ) -> pb.TaskResult:
+        """The task's result: the answer and how far to trust it (what wrote it, whether it
+        was verified; confidence at most UNVERIFIED_CONFIDENCE when it was not)."""
+        confidence = integration.confidence
+        if not report.verified:
+            confidence = min(confidence, UNVERIFIED_CONFIDENCE)
         result = pb.TaskResult(
             answer=answer,
-            confidence=integrated.integration.confidence,
+            confidence=confidence,
             usage=self.events.usage,
             validation=pb.ValidationReport(
                 passed=report.passed,
@@ -488,19 +531,35 @@ class TaskRun:
                 issues=report.issues,
                 failing_steps=report.failing_steps,
                 repairs=repairs,
+                verified_by=report.verified_by,
             ),
+            answer_source=_ANSWER_SOURCES[integration.source],
+            verified=report.verified,
         )
         _put_outputs(result.outputs, self.outputs)
-        if not report.passed:
-            failure = mesh_failure(
+        return result
+
+    def _not_served(self, report: ValidationReport, repairs: int) -> common_pb2.Failure:
+        """Why a task whose answer failed validation did not succeed."""
+        if any(c.rule == "addresses_goal" and c.detail == NOT_COVERED for c in report.checks):
+            llm = (
+                "the LLM did not write an answer (see the events)"
+                if self.r.brain.uses_llm
+                else "no LLM is configured to answer from anything else"
+            )
+            return mesh_failure(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "VALIDATION_FAILED",
-                f"the answer still fails its acceptance criteria after {repairs} repair(s): "
-                + "; ".join(report.issues[:3]),
+                "ANSWER_NOT_FOUND",
+                f"the indexed documents do not cover the goal and {llm}",
                 retryable=False,
             )
-            raise TaskStopped(pb.TASK_STATE_FAILED, failure, result)
-        return result
+        return mesh_failure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "VALIDATION_FAILED",
+            f"the answer still fails its acceptance criteria after {repairs} repair(s): "
+            + "; ".join(report.issues[:3]),
+            retryable=False,
+        )
 
     async def _guard_input(self) -> tuple[str, ...]:
         """Redact the goal and constraints with the safety arm before anything plans on them."""
@@ -557,7 +616,7 @@ class TaskRun:
     ) -> tuple[ValidationReport, tuple[str, ...]]:
         """The brain's rule (or LLM) check, overruled by a judge arm when one is routable and
         the task has criteria; the brain still names the steps to re-run."""
-        checked = await self.r.brain.validate(answer, outputs, criteria, plan=plan)
+        checked = await self.r.brain.validate(answer, outputs, criteria, plan=plan, goal=self.goal)
         self._spend(checked.usage, "validate")
         if not criteria or "judge" not in self.r.mesh.routable_types():
             return checked.report, checked.notes
@@ -565,6 +624,11 @@ class TaskRun:
         if verdict is None:
             return checked.report, (*checked.notes, "the judge arm did not answer; rules decided")
         passed, score, issues, judge_id = verdict
+        # NOTE: the judge checks the criteria; whether the answer addresses the goal at all is
+        # the brain's check, and the judge cannot overrule it.
+        off_goal = [c for c in checked.report.checks if c.rule == "addresses_goal" and not c.passed]
+        passed = passed and not off_goal
+        issues += [f"{c.criterion!r} failed: {c.detail}" for c in off_goal]
         failing = () if passed else tuple(answer_steps(plan, outputs) or plan.sinks())
         report = dataclasses.replace(
             checked.report,
@@ -572,6 +636,7 @@ class TaskRun:
             score=score,
             issues=tuple(issues),
             failing_steps=failing,
+            verified_by=f"judge {judge_id}",
         )
         return report, (*checked.notes, f"judged by {judge_id}")
 
@@ -688,6 +753,8 @@ class TaskRun:
                 if outcome.result is not None:
                     self.outputs[step_id] = outcome.result.output
                     self.confidences[step_id] = outcome.result.confidence
+                    self.arm_ids[step_id] = outcome.arm_id
+                    self.models[step_id] = outcome.result.provenance.model
                     graph.done(step_id)
                     over = self._over_budget()
                     if over is not None:
@@ -811,7 +878,9 @@ class TaskRun:
 
         recovery = RecoveryBudget(transient_retries=settings.max_retries)
         timeout_s = settings.subtask_timeout_s
-        avoid = ""
+        # NOTE: a repair asks another arm of the type when there is one: the same arm given the
+        # same work tends to give the same answer.
+        avoid = self.arm_ids.get(step.step_id, "") if feedback is not None else ""
         try:
             while True:
                 dispatch.attempt += 1

@@ -216,7 +216,8 @@ async def test_llm_nonsense_falls_back_to_heuristics(
 async def test_planner_step_in_an_orchestrated_task(
     start_arm: Any, start_orchestrator: Any, connect: Any
 ) -> None:
-    """Dispatched by the orchestrator as a plan step, the planner's output passes its schema."""
+    """Dispatched by the orchestrator as a plan step, the planner's output passes its schema;
+    a heuristic plan of the mesh's own steps is no answer to the goal, so the task fails."""
     server = await start_arm(planner.build())
     orch = await start_orchestrator([server.address], wait_for=("planner",))
     stub = connect(orch.address)
@@ -226,8 +227,11 @@ async def test_planner_step_in_an_orchestrated_task(
     async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
         pass
     task = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
-    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    assert task.state == pb.TASK_STATE_FAILED
+    assert task.failure.reason == "VALIDATION_FAILED"
+    assert "restates the goal or the plan" in task.failure.message
     (sub,) = task.subtasks
+    assert sub.state == pb.SUBTASK_STATE_SUCCEEDED
     output = json_format.MessageToDict(sub.output)
     assert output["source"] == "heuristic"
     assert task.result.answer.startswith(f"Plan for: {GOAL}")

@@ -25,7 +25,7 @@ from arm_sdk.arms.retriever.bm25 import BM25Index
 from arm_sdk.arms.retriever.chunking import chunk_document
 from arm_sdk.arms.retriever.embed import HashEmbedder, OpenAIEmbedder, embedder_from_env
 from arm_sdk.arms.retriever.fusion import reciprocal_rank_fusion
-from arm_sdk.arms.retriever.search import MAX_QUERY_CHARS, NOTHING_INDEXED, first_sentence
+from arm_sdk.arms.retriever.search import MAX_QUERY_CHARS, NOTHING_INDEXED
 from arm_sdk.arms.retriever.store import (
     CORPUS_FILE,
     DimensionMismatch,
@@ -260,14 +260,6 @@ def test_rrf_prefers_agreement_and_is_deterministic() -> None:
     assert [k for k, _ in reciprocal_rank_fusion([["x", "y"], ["y", "x"]])] == ["x", "y"]
 
 
-def test_first_sentence_skips_markup_and_is_bounded() -> None:
-    """The answer's sentences skip headings and fences and are cut at a word."""
-    assert first_sentence("# Title\nThe first. The second.") == "The first."
-    long = first_sentence("word " * 200, limit=50)
-    assert len(long) <= 51
-    assert long.endswith("…")
-
-
 # --- ingest -----------------------------------------------------------------------------------
 
 
@@ -395,6 +387,32 @@ async def test_search_finds_the_chunk_for_a_paraphrased_query(
     output = await search(stream, {"query": "what port are metrics exposed on", "top_k": 2})
     assert len(output["results"]) == 2
     assert output["results"][0]["heading"] == "Deploying > Docker"
+
+
+async def test_answer_quotes_the_paragraph_that_covers_the_query(
+    serve: Serve, docs: Path, store: Path
+) -> None:
+    """The answer says no model wrote it and quotes the whole paragraph that matches, with
+    its source; a query no document covers is answered "not found", naming what is missing."""
+    await retriever.ingest(docs, store_path=store)
+    stream = await serve(retriever.build(store_path=store))
+    output = await search(stream, {"query": "what port does the docker image expose for metrics"})
+    lines = output["answer"].splitlines()
+    assert lines[0] == "From the indexed documents (no model wrote this answer):"
+    paragraph = (
+        "The image runs as an unprivileged user and exposes port 50051 for gRPC and port 9464 "
+        "for Prometheus metrics."
+    )
+    assert paragraph in output["answer"]
+    assert "guide/deploy.markdown #" in output["answer"]
+    assert "Sourdough" not in output["answer"]
+
+    output = await search(stream, {"query": "difference between TCP and UDP"}, subtask_id="s2")
+    assert output["results"], "the closest chunks are still returned"
+    answer = output["answer"].lower()
+    assert "not found in the indexed documents" in answer
+    assert "tcp" in answer
+    assert "udp" in answer
 
 
 async def test_planner_shaped_input_searches_the_goal(

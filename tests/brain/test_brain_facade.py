@@ -130,6 +130,7 @@ async def test_brain_uses_the_llm_for_every_step(
     )
     assert merged.integration.answer == "The mesh fans out to arms, then fans in."
     assert merged.integration.confidence == 0.8
+    assert merged.integration.source == "llm"
     assert merged.usage.total_tokens == 330
     checked = await asyncio.wait_for(
         brain.validate(
@@ -141,6 +142,7 @@ async def test_brain_uses_the_llm_for_every_step(
         GUARD_S,
     )
     assert checked.report.passed
+    assert checked.report.verified_by == "llm"
     assert [c.rule for c in checked.report.checks] == ["non_empty", "present", "llm"]
     assert checked.usage.total_tokens == 440
     assert checked.notes == ("LLM judged the criteria no rule could check",)
@@ -203,7 +205,8 @@ def test_public_surface() -> None:
         "ParseOutcome", "ParsedIntent", "PlanBudget", "PlanOutcome", "PlanProblem",
         "PlannedStep", "Planner", "ValidateOutcome", "ValidationReport", "answer_steps",
         "choose", "estimate", "integrate", "plan_single_step", "ranked", "repair_plan", "score",
-        "sink_ids", "validate", "validate_plan",
+        "sink_ids", "validate", "validate_plan", "AnswerSource", "FROM_DOCUMENTS",
+        "NOT_COVERED", "NOT_FOUND", "Passage", "RetrievalAnswer", "retrieval_answer",
     }  # fmt: skip
     assert set(llm_pkg.__all__) == {
         "NO_USAGE", "RESPONSE_FORMAT_MODES", "CachedCompleter", "JSONCompleter", "LLMError",

@@ -33,7 +33,8 @@ GARBAGE = {
 async def test_llm_garbage_falls_back_to_the_offline_brain(
     reply: Reply, start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """Any LLM garbage: the task SUCCEEDS on the heuristics and the events say so."""
+    """Any LLM garbage: the task runs to its end on the heuristics and the events say so (echo's
+    copy of the goal is no answer, so that end is a failed validation, not a crash)."""
     fake = await FakeOpenAI([reply]).start()
     try:
         echo = await start_arm(REFERENCE_ARMS["echo"]())
@@ -52,7 +53,8 @@ async def test_llm_garbage_falls_back_to_the_offline_brain(
         await fake.close()
     assert fake.requests, "the orchestrator never asked the LLM"
     assert_consistent_history(events, done)
-    assert done.state == pb.TASK_STATE_SUCCEEDED, done.failure
+    assert done.state == pb.TASK_STATE_FAILED
+    assert done.failure.reason == "VALIDATION_FAILED", done.failure
     assert GOAL in done.result.answer
     reasons = " ".join(e.state_changed.reason for e in events if e.HasField("state_changed"))
     assert "heuristic" in reasons, reasons

@@ -201,12 +201,14 @@ async def test_node_client_follows_a_task_on_the_python_orchestrator(
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([echo.address], wait_for=("echo",))
 
-    report = await run_client(node, orch.address, GOAL)
+    shouted = "EVERY PART OF THIS MESSAGE, SHOUTED BACK BY THE ECHO ARM"
+    plan = {"steps": [{"step_id": "shout", "arm_type": "echo", "input": {"text": shouted}}]}
+    report = await run_client(node, orch.address, GOAL, plan)
 
     assert report["state"] == "TASK_STATE_SUCCEEDED"
     assert report["seqs_ok"] is True
     assert report["events"] == report["last_seq"] > 0
-    assert GOAL in report["answer"]
+    assert shouted in report["answer"]
     assert report["arm_types"] == ["echo"]
     assert report["bad_id_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert report["bad_id_status_code"] == report["bad_id_code"]

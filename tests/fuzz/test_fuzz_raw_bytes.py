@@ -193,7 +193,8 @@ async def test_raw_bytes_to_the_orchestrator_get_proper_statuses(
 async def test_deep_contexts_are_refused_before_they_break_a_reader(
     fuzz_mesh: FuzzMesh, depth: int, reason: str | None
 ) -> None:
-    """35 deep: MALFORMED_REQUEST; 21..34: TOO_DEEP (replies would not parse); 20: runs."""
+    """35 deep: MALFORMED_REQUEST; 21..34: TOO_DEEP (replies would not parse); 20: runs to its
+    end (echo's copy of the goal is no answer, so that end is a failed validation)."""
     reply = await call_raw(fuzz_mesh, "SubmitTask", deep_submit(depth))
     if reason is not None:
         assert isinstance(reply, grpc.aio.AioRpcError), reply
@@ -209,7 +210,8 @@ async def test_deep_contexts_are_refused_before_they_break_a_reader(
     task = pb.SubmitTaskResponse.FromString(reply[0]).task
     events, done = await finished_history(fuzz_mesh.stub, task.task_id)
     assert_consistent_history(events, done)
-    assert done.state == pb.TASK_STATE_SUCCEEDED
+    assert done.state == pb.TASK_STATE_FAILED
+    assert done.failure.reason == "VALIDATION_FAILED"
 
 
 # -- the arm ------------------------------------------------------------------------------------

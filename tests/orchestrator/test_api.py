@@ -55,19 +55,21 @@ def dag_plan() -> pb.Plan:
     return plan
 
 
-async def test_submit_runs_a_brain_plan_to_success(mesh: Any) -> None:
-    """A goal without a plan is parsed and planned by the (offline) brain and answered by arms."""
+async def test_submit_runs_a_brain_plan_to_its_end(mesh: Any) -> None:
+    """A goal without a plan is parsed and planned by the (offline) brain and run on the arms;
+    echo's copy of the goal and the plan is no answer, so the task fails validation."""
     _, stub = mesh
     task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
     assert task.state == pb.TASK_STATE_PENDING
     events = await collect(stub, task.task_id)
-    assert events[-1].finished.state == pb.TASK_STATE_SUCCEEDED
+    assert events[-1].finished.state == pb.TASK_STATE_FAILED
     got = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
-    assert got.state == pb.TASK_STATE_SUCCEEDED
+    assert got.failure.reason == "VALIDATION_FAILED"
+    assert "restates the goal or the plan" in got.failure.message
     assert 3 <= len(got.subtasks) <= 7
     assert {s.state for s in got.subtasks} == {pb.SUBTASK_STATE_SUCCEEDED}
     assert GOAL in got.result.answer
-    assert got.result.validation.passed
+    assert not got.result.validation.passed
     assert all(s.provenance.arm_id.startswith("echo-") for s in got.subtasks)
     states = [e.state_changed.to_state for e in events if e.HasField("state_changed")]
     assert states[:3] == [pb.TASK_STATE_PARSING, pb.TASK_STATE_PLANNING, pb.TASK_STATE_EXECUTING]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -28,20 +30,24 @@ async def finish(
     return (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task, events
 
 
-def writer_arm(fixed_after: int | None) -> Arm:
-    """Answers 'a draft' until it has seen `fixed_after` repair requests, then mentions credits."""
-    arm = Arm(arm_type="writer", capabilities=("general", "writing"))
+def writer_arm(fixed_after: int | None, *, drafts: list[int] | None = None, **arm: Any) -> Arm:
+    """Answers 'a draft' until it has seen `fixed_after` repair requests, then mentions credits;
+    with `drafts` (a counter writers may share) each draft differs: 'draft 1', 'draft 2', ..."""
+    writer = Arm(arm_type="writer", capabilities=("general", "writing"), **arm)
     repairs = 0
 
-    @arm.handler
+    @writer.handler
     async def run(inp: SubtaskInput) -> dict[str, Any]:
         nonlocal repairs
         repairs += "repair" in inp.input
         if fixed_after is not None and repairs >= fixed_after:
             return {"answer": "Credits bound what is in flight on each stream."}
-        return {"answer": "a draft"}
+        if drafts is None:
+            return {"answer": "a draft"}
+        drafts[0] += 1
+        return {"answer": f"draft {drafts[0]}"}
 
-    return arm
+    return writer
 
 
 def one_step(arm_type: str) -> pb.Plan:
@@ -74,7 +80,7 @@ async def test_validation_that_never_passes_fails_after_three_repairs(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
     """Three repairs, then FAILED with VALIDATION_FAILED; the last answer and report are kept."""
-    server = await start_arm(writer_arm(fixed_after=None))
+    server = await start_arm(writer_arm(fixed_after=None, drafts=[0]))
     orch = await start_orchestrator([server.address], wait_for=("writer",))
     request = pb.SubmitTaskRequest(
         goal=GOAL, plan=one_step("writer"), acceptance_criteria=["mentions credits"]
@@ -82,7 +88,7 @@ async def test_validation_that_never_passes_fails_after_three_repairs(
     task, events = await finish(connect(orch.address), request)
     assert task.state == pb.TASK_STATE_FAILED
     assert task.failure.reason == "VALIDATION_FAILED"
-    assert task.result.answer == "a draft"
+    assert task.result.answer == "draft 4"
     assert not task.result.validation.passed
     assert task.result.validation.repairs == 3
     assert task.result.validation.issues
@@ -111,7 +117,8 @@ async def test_brain_plan_with_no_usable_arm_fails_naming_the_types(
 async def test_llm_talking_nonsense_falls_back_to_the_offline_brain(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """An LLM endpoint that returns non-JSON: the task still succeeds; the events say why."""
+    """An LLM endpoint that returns non-JSON: the offline brain plans and runs the task instead
+    (the events say why); echo's copy of the goal is no answer, so the task fails validation."""
     fake = await FakeOpenAI([completion("this is not json {")]).start()
     try:
         echo = await start_arm(REFERENCE_ARMS["echo"]())
@@ -125,7 +132,9 @@ async def test_llm_talking_nonsense_falls_back_to_the_offline_brain(
         task, events = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=GOAL))
     finally:
         await fake.close()
-    assert task.state == pb.TASK_STATE_SUCCEEDED
+    assert task.state == pb.TASK_STATE_FAILED
+    assert task.failure.reason == "VALIDATION_FAILED"
+    assert "restates the goal or the plan" in task.failure.message
     assert fake.requests, "the orchestrator never asked the LLM"
     reasons = " ".join(e.state_changed.reason for e in events if e.HasField("state_changed"))
     assert "heuristic" in reasons
@@ -197,14 +206,17 @@ async def test_offline_plans_that_need_code_run_without_it(
     start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any, goal: str, planned: str
 ) -> None:
     """No LLM, so no coder: a goal whose template writes and runs code still plans steps the
-    served arms can do (no run step with nothing to run) and succeeds, saying what it left
-    out."""
+    served arms can do (no run step with nothing to run), runs them, and says what it left out;
+    with nothing indexed about the goal it fails ANSWER_NOT_FOUND rather than succeed."""
     address = await offline_mesh(start_arm, start_orchestrator, tmp_path)
     task, events = await finish(connect(address), pb.SubmitTaskRequest(goal=goal))
     assert f"planning a {planned} task" in reason_for(events, pb.TASK_STATE_PLANNING)
-    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
     assert all(sub.state == pb.SUBTASK_STATE_SUCCEEDED for sub in task.subtasks)
     assert not {"coder", "executor"} & {sub.arm_type for sub in task.subtasks}
+    # NOTE: what the served steps found is no answer to these goals (no document covers them
+    # and no model writes code): the task says so instead of succeeding.
+    assert task.state == pb.TASK_STATE_FAILED
+    assert task.failure.reason == "ANSWER_NOT_FOUND", task.failure
     executing = reason_for(events, pb.TASK_STATE_EXECUTING)
     assert "no arm serves 'coder'" in executing, executing
 
@@ -212,16 +224,17 @@ async def test_offline_plans_that_need_code_run_without_it(
 @pytest.mark.parametrize(
     ("goal", "complexity"),
     [
-        ("Explain what a service mesh does", "simple"),
+        ("Explain how credits bound what an arm has in flight", "simple"),
         (
-            "Compare how the mesh handles health checks and flow control, and explain the costs "
-            "and the risks of each",
+            "Compare how the orchestrator watches arm health and how credits limit what is in "
+            "flight, and explain what happens to subtasks when a stream breaks",
             "medium",
         ),
         (
             "Explain how tasks move through their states and how arms are discovered, compare "
-            "the failover options, and list the trade-offs, risks and costs of each, with "
-            "examples, while keeping the answer short and making sure nothing is left out",
+            "failover with the keepalive pings, and describe what WatchTask replays after a "
+            "reconnect and what happens when the answer fails its criteria, while keeping the "
+            "answer short and making sure nothing is left out",
             "complex",
         ),
     ],
@@ -229,9 +242,9 @@ async def test_offline_plans_that_need_code_run_without_it(
 async def test_offline_general_plans_run_on_the_reference_arms(
     start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any, goal: str, complexity: str
 ) -> None:
-    """No LLM: the heuristic plan of a general goal (outline, research, safety check, review)
-    runs to SUCCEEDED on the reference arms, and the answer is what the research found, not a
-    plan of how to find it."""
+    """No LLM: the heuristic plan of a general goal the bundled documents cover (outline,
+    research, safety check, review) runs to SUCCEEDED on the reference arms; the answer is what
+    the research found, not a plan of how to find it, and says that no model wrote it."""
     address = await offline_mesh(start_arm, start_orchestrator, tmp_path)
     task, events = await finish(connect(address), pb.SubmitTaskRequest(goal=goal))
     assert f"planning a {complexity} general task" in reason_for(events, pb.TASK_STATE_PLANNING)
@@ -241,8 +254,12 @@ async def test_offline_general_plans_run_on_the_reference_arms(
     assert all(sub.state == pb.SUBTASK_STATE_SUCCEEDED for sub in ran.values())
     if complexity != "simple":
         assert ran["safety_check"].arm_type == "safety"
-    assert "From the indexed documents" in task.result.answer
+    assert task.result.answer.startswith("From the indexed documents (no model wrote this")
     assert "Plan for:" not in task.result.answer
+    assert "not found" not in task.result.answer.lower()
+    assert task.result.answer_source == pb.ANSWER_SOURCE_RETRIEVAL
+    assert not task.result.verified
+    assert task.result.confidence <= 0.5
 
 
 async def test_the_executor_step_runs_what_the_coder_step_wrote(
@@ -274,3 +291,171 @@ async def test_the_executor_step_runs_what_the_coder_step_wrote(
     assert ran["implement"].output["code"] == code
     assert ran["test"].output["stdout"] == "double ok\n"
     assert ran["test"].output["exit_code"] == 0
+
+
+RUNBOOK_PARAGRAPH = (
+    "Stop the application writers, then run pg_upgrade --link from the 14 data directory to a\n"
+    "new 16 data directory on each node, primary first. Start PostgreSQL 16, run ANALYZE on\n"
+    "every database, and re-enable the writers once the health checks pass."
+)
+RUNBOOK = f"""# PostgreSQL upgrade runbook
+
+## Before you start
+
+Take a fresh base backup and check that replication lag is under one second on every replica.
+
+## Upgrading PostgreSQL 14 to 16
+
+{RUNBOOK_PARAGRAPH}
+
+## Rolling back
+
+If the upgrade fails before the writers are re-enabled, start the old 14 cluster from its
+untouched data directory.
+"""
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Explain the difference between TCP and UDP",
+        "Explain what a service mesh does",
+        "Review the security of our login service and report the risks",
+        "Upgrade PostgreSQL 14 to 16 on the production cluster",
+        "What grants credits, how are arms found, and how do I rotate the TLS certificates?",
+    ],
+)
+async def test_offline_goals_the_documents_do_not_cover_fail_answer_not_found(
+    start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any, goal: str
+) -> None:
+    """No LLM and no indexed document about the goal: the task does not pass snippets about
+    something else (or a plan of its own steps) off as the answer; it ends FAILED with
+    ANSWER_NOT_FOUND, and the answer it keeps says what was not found."""
+    address = await offline_mesh(start_arm, start_orchestrator, tmp_path)
+    task, _ = await finish(connect(address), pb.SubmitTaskRequest(goal=goal))
+    assert task.state == pb.TASK_STATE_FAILED, task.result.answer
+    assert task.failure.reason == "ANSWER_NOT_FOUND", task.failure
+    assert "do not cover the goal" in task.failure.message
+    assert "no LLM is configured" in task.failure.message
+    assert task.result.answer.startswith("From the indexed documents (no model wrote this answer)")
+    assert "not found in the indexed documents" in task.result.answer.lower()
+    assert "Plan for:" not in task.result.answer
+    assert task.result.answer_source == pb.ANSWER_SOURCE_RETRIEVAL
+    assert not task.result.verified
+    assert task.result.confidence <= 0.5
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Upgrade PostgreSQL 14 to 16 on the production cluster",
+        "Upgrade PostgreSQL 14 to 16 on the production cluster with a rolling update and plan "
+        "the rollback",
+    ],
+)
+async def test_offline_answer_from_a_runbook_keeps_the_paragraph_the_retriever_found(
+    start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any, goal: str
+) -> None:
+    """With a runbook ingested, the answer is the exact paragraph the retriever found (not the
+    planner's plan), says no model wrote it, and is not trusted beyond 0.5 unverified."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "postgres-upgrade.md").write_text(RUNBOOK)
+    store = str(tmp_path / "retriever")
+    await retriever_arm.ingest(SAMPLE_DOCS, store_path=store)
+    await retriever_arm.ingest(docs, store_path=store)
+    arms = [await start_arm(retriever_arm.build(store_path=store))]
+    for name in ("planner", "judge", "safety", "executor", "coder"):
+        arms.append(await start_arm(REFERENCE_ARMS[name]()))
+    serving = ["retriever", "planner", "judge", "safety", "executor"]
+    orch = await start_orchestrator([a.address for a in arms], wait_for=serving)
+    task, _ = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=goal))
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    answer = task.result.answer
+    assert answer.splitlines()[0] == "From the indexed documents (no model wrote this answer):"
+    assert RUNBOOK_PARAGRAPH in answer
+    assert "Plan for:" not in answer
+    assert task.result.answer_source == pb.ANSWER_SOURCE_RETRIEVAL
+    assert not task.result.verified
+    assert 0 < task.result.confidence <= 0.5
+
+
+async def test_repair_stops_when_a_round_changes_nothing(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """A deterministic step that gives the same output again is not re-run three times: the
+    first repair that changes nothing ends the loop, and the event log says so."""
+    server = await start_arm(writer_arm(fixed_after=None, deterministic=True))
+    orch = await start_orchestrator([server.address], wait_for=("writer",))
+    request = pb.SubmitTaskRequest(
+        goal=GOAL, plan=one_step("writer"), acceptance_criteria=["mentions credits"]
+    )
+    task, events = await finish(connect(orch.address), request)
+    assert task.state == pb.TASK_STATE_FAILED
+    assert task.failure.reason == "VALIDATION_FAILED"
+    assert task.result.validation.repairs == 1
+    dispatched = [
+        e for e in events if e.subtask_changed.subtask.state == pb.SUBTASK_STATE_DISPATCHED
+    ]
+    assert len(dispatched) == 2  # the repair ran on the arm, not from the result cache
+    reasons = [e.state_changed.reason for e in events if e.HasField("state_changed")]
+    assert any("same outputs" in reason for reason in reasons), reasons
+
+
+async def test_repair_prefers_another_arm_of_the_type(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """Each repair round runs the failing step on another arm of its type when there is one."""
+    drafts = [0]
+    first = await start_arm(writer_arm(fixed_after=None, drafts=drafts))
+    second = await start_arm(writer_arm(fixed_after=None, drafts=drafts))
+    orch = await start_orchestrator([first.address, second.address], wait_for=("writer",))
+    await orch.wait_for_arms({"writer"}, timeout_s=10)
+    while len([c for c in orch.mesh.arms() if c.routable]) < 2:
+        await asyncio.sleep(0.01)
+    request = pb.SubmitTaskRequest(
+        goal=GOAL, plan=one_step("writer"), acceptance_criteria=["mentions credits"]
+    )
+    task, events = await finish(connect(orch.address), request)
+    assert task.result.validation.repairs == 3
+    ran_on = [
+        e.subtask_changed.subtask.arm_id
+        for e in events
+        if e.subtask_changed.subtask.state == pb.SUBTASK_STATE_SUCCEEDED
+    ]
+    assert len(ran_on) == 4
+    assert all(a != b for a, b in itertools.pairwise(ran_on)), ran_on
+
+
+async def test_a_judged_answer_is_verified_and_says_what_wrote_it(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """A judge arm checking the task's criteria verifies the answer; an arm with no model wrote
+    it (rules merged it), and the confidence is not capped."""
+    writer = await start_arm(writer_arm(fixed_after=0))
+    judge = await start_arm(REFERENCE_ARMS["judge"]())
+    orch = await start_orchestrator([writer.address, judge.address], wait_for=("writer", "judge"))
+    request = pb.SubmitTaskRequest(
+        goal=GOAL, plan=one_step("writer"), acceptance_criteria=["mentions credits"]
+    )
+    task, _ = await finish(connect(orch.address), request)
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    assert task.result.verified
+    assert task.result.validation.verified_by == f"judge {judge.arm_id}"
+    assert task.result.answer_source == pb.ANSWER_SOURCE_RULES
+    assert task.result.confidence == 1.0
+
+
+async def test_an_unverified_answer_is_trusted_at_most_half(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """No acceptance criteria: nothing verified the answer, so its confidence is at most 0.5."""
+    writer = await start_arm(writer_arm(fixed_after=0))
+    orch = await start_orchestrator([writer.address], wait_for=("writer",))
+    task, _ = await finish(
+        connect(orch.address), pb.SubmitTaskRequest(goal=GOAL, plan=one_step("writer"))
+    )
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    assert not task.result.verified
+    assert task.result.validation.verified_by == ""
+    assert task.result.confidence == 0.5

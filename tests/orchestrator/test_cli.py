@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -45,12 +46,22 @@ async def test_dev_once_runs_the_sample_task() -> None:
     assert "exit 0: 1024" in "\n".join(lines[done:])  # the executor ran the snippet
 
 
-async def test_submit_watch_and_watch_replay(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+async def test_submit_watch_and_watch_replay(start_arm, start_orchestrator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`octollm submit --watch` follows a task to the end; `octollm watch` replays it."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    plan = tmp_path / "plan.json"
+    greeting = "Hello! The echo arm ran this step and sent its input back."
+    step = {"step_id": "greet", "arm_type": "echo", "input": {"text": greeting}}
+    plan.write_text(json.dumps({"steps": [step]}))
     code, out, err = await octollm(
-        "submit", "Say hello from the command line", "--watch", "--address", orch.address
+        "submit",
+        "Say hello from the command line",
+        "--plan",
+        str(plan),
+        "--watch",
+        "--address",
+        orch.address,
     )
     assert code == 0, err
     task_id = out.splitlines()[0]

@@ -57,7 +57,12 @@ async def test_metrics_count_rpcs_tasks_subtasks_and_arms(
     orch = await start_orchestrator([echo.address], wait_for=("echo",))
     assert orch.metrics_port > 0
     stub = connect(orch.address)
-    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal="Count me in the metrics"))).task
+    plan = pb.Plan()
+    plan.steps.add(step_id="count", arm_type="echo").input.update(
+        {"text": "Counted: one task, one step, one echo arm."}
+    )
+    request = pb.SubmitTaskRequest(goal="Count me in the metrics", plan=plan)
+    task = (await stub.SubmitTask(request)).task
     async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
         pass
     with pytest.raises(grpc.aio.AioRpcError):

@@ -14,6 +14,15 @@ from arm_sdk.arms import REFERENCE_ARMS
 GOAL = "Summarise how replicas share the task log"
 
 
+def summary_plan() -> pb.Plan:
+    """One echo step carrying the summary (echo's copy of a planned goal is no answer)."""
+    plan = pb.Plan()
+    plan.steps.add(step_id="summary", arm_type="echo").input.update(
+        {"text": "Every replica appends to one PostgreSQL log; leases decide who runs a task."}
+    )
+    return plan
+
+
 async def test_task_runs_on_postgres_and_its_log_is_in_the_database(
     pg_dsn: str, start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
@@ -21,7 +30,7 @@ async def test_task_runs_on_postgres_and_its_log_is_in_the_database(
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
     stub = connect(orch.address)
-    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
+    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=summary_plan()))).task
     events = [
         r.event async for r in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30)
     ]
@@ -45,7 +54,7 @@ async def test_replicas_share_tasks_watches_and_idempotency(
     b = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
     stub_a, stub_b = connect(a.address), connect(b.address)
 
-    task = (await stub_a.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
+    task = (await stub_a.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=summary_plan()))).task
     seen_on_b = [
         r.event
         async for r in stub_b.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30)

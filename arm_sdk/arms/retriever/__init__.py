@@ -5,10 +5,11 @@ Input: ``{"query": str, "top_k": int (default 5, 1..50; more is served as 50)}``
 query (absent, null or blank) it searches for ``input.goal``, else the dispatch description,
 so a planner's generic step works too. Queries are cut to 4096 characters.
 Output: ``{"results": [{"source", "chunk", "score", "text", "heading"}], "answer": str}``, best
-first; ``score`` is the fused RRF score, ``answer`` the top chunks' first sentences with their
-sources. An empty store is not a failure: no results, and an answer that says nothing is
-indexed. A query that is not a string, a bad ``top_k`` or no query at all fail with
-INVALID_ARGUMENT / BAD_INPUT.
+first; ``score`` is the fused RRF score, ``answer`` the hits' paragraphs that cover the query,
+quoted exactly with their sources under a first line saying no model wrote them, or "not found in
+the indexed documents" naming the query's words no hit has. An empty store is not a failure: no
+results, and an answer that says nothing is indexed. A query that is not a string, a bad
+``top_k`` or no query at all fail with INVALID_ARGUMENT / BAD_INPUT.
 
 Where the store is and which embedder makes the vectors come from the environment: see
 ``store.StoreConfig.from_env`` and ``embed.embedder_from_env``.

@@ -1,9 +1,11 @@
-"""Hybrid search: BM25 and vector rankings fused by reciprocal rank, plus an extractive answer."""
+"""Hybrid search: BM25 and vector rankings fused by reciprocal rank, plus an extractive answer:
+the paragraphs of the hits that cover the query, quoted exactly under a first line saying no
+model wrote them, or "not found in the indexed documents" naming what no hit covers (the brain's
+coverage rules, `orchestrator_svc.brain.retrieval_answer`)."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ from arm_sdk.arms.retriever.embed import Embedder
 from arm_sdk.arms.retriever.fusion import RRF_K, reciprocal_rank_fusion
 from arm_sdk.arms.retriever.store import DocumentStore, VectorHit
 from arm_sdk.arms.retriever.terms import terms
+from orchestrator_svc.brain import Passage, retrieval_answer
 
 log = structlog.get_logger(__name__)
 
@@ -22,16 +25,10 @@ log = structlog.get_logger(__name__)
 MAX_QUERY_CHARS = 4096
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 50
-ANSWER_PASSAGES = 3
-ANSWER_SCORE_FLOOR = 0.5
-SENTENCE_CHARS = 240
 NOTHING_INDEXED = (
     "Nothing is indexed yet, so there is nothing to search: add documents with "
     "`octollm ingest PATH` (Markdown or text files) and ask again."
 )
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s|$)")
-_MARKUP_LINE = re.compile(r"^\s*(#{1,6}\s|```|~~~|[-=*_]{3,}\s*$|\|?[-:| ]+\|[-:| ]*$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +60,16 @@ class SearchResult:
     truncated: bool
 
     def answer(self) -> str:
-        """A short extractive summary: the top chunks' first sentences with their sources."""
+        """The hits' paragraphs that cover the query, quoted with their sources, or "not found
+        in the indexed documents" naming the query's words no hit has."""
         if self.indexed == 0:
             return NOTHING_INDEXED
-        if not self.hits:
-            return f"No indexed passage matches the query ({self.indexed} chunks searched)."
-        # NOTE: only passages scoring at least half the best: a chunk that one ranking alone
-        # placed low is noise in a summary (it stays in the results).
-        floor = self.hits[0].score * ANSWER_SCORE_FLOOR
-        lines = [
-            f"- {first_sentence(hit.record.text)} ({_cite(hit.record)})"
-            for hit in self.hits[:ANSWER_PASSAGES]
-            if hit.score >= floor
+        passages = [
+            Passage(hit.record.text, hit.record.heading, hit.record.source, hit.record.chunk)
+            for hit in self.hits
         ]
-        note = f" (the query was cut to its first {MAX_QUERY_CHARS} characters)"
-        return f"From the indexed documents{note if self.truncated else ''}:\n" + "\n".join(lines)
+        note = f"the query was cut to its first {MAX_QUERY_CHARS} characters"
+        return retrieval_answer(self.query, passages, note=note if self.truncated else "").text
 
     def confidence(self) -> float:
         """0.1 with no hit; 0.9 when both rankings agree on the best chunk; 0.6 otherwise."""
@@ -152,21 +144,3 @@ class HybridSearch:
             )
             return []
         return [hit for hit in hits if hit.score > 0]
-
-
-def first_sentence(text: str, limit: int = SENTENCE_CHARS) -> str:
-    """The first sentence of a chunk's prose (headings, fences and rules skipped), at most
-    ``limit`` characters (cut at a word, with an ellipsis)."""
-    lines = [line for line in text.splitlines() if not _MARKUP_LINE.match(line)]
-    prose = " ".join(" ".join(lines).split()) or " ".join(text.split())
-    end = _SENTENCE_END.search(prose)
-    sentence = prose[: end.end()] if end is not None else prose
-    if len(sentence) <= limit:
-        return sentence
-    cut = sentence.rfind(" ", 0, limit)
-    return sentence[: cut if cut > limit // 2 else limit].rstrip(",;: ") + "…"
-
-
-def _cite(record: ChunkRecord) -> str:
-    where = f"{record.source} #{record.chunk}"
-    return f"{where}, {record.heading}" if record.heading else where

@@ -47,7 +47,12 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     TASK_STATE_REPAIRING: _TaskState.ValueType  # 7
     """Failed validation; failing steps are being re-run."""
     TASK_STATE_SUCCEEDED: _TaskState.ValueType  # 8
-    """Terminal: finished with a validated answer."""
+    """Terminal: the goal was served. Every step the goal needs ran on an arm able to do it, and
+    the answer passed validation: the task's acceptance criteria, and the built-in check that
+    it addresses the goal (not the goal or the plan restated, not text about something else,
+    not "not found in the indexed documents"). How far to trust the answer is in TaskResult:
+    answer_source, verified and confidence.
+    """
     TASK_STATE_FAILED: _TaskState.ValueType  # 9
     """Terminal: could not be completed."""
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 10
@@ -77,7 +82,12 @@ TASK_STATE_VALIDATING: TaskState.ValueType  # 6
 TASK_STATE_REPAIRING: TaskState.ValueType  # 7
 """Failed validation; failing steps are being re-run."""
 TASK_STATE_SUCCEEDED: TaskState.ValueType  # 8
-"""Terminal: finished with a validated answer."""
+"""Terminal: the goal was served. Every step the goal needs ran on an arm able to do it, and
+the answer passed validation: the task's acceptance criteria, and the built-in check that
+it addresses the goal (not the goal or the plan restated, not text about something else,
+not "not found in the indexed documents"). How far to trust the answer is in TaskResult:
+answer_source, verified and confidence.
+"""
 TASK_STATE_FAILED: TaskState.ValueType  # 9
 """Terminal: could not be completed."""
 TASK_STATE_CANCELLED: TaskState.ValueType  # 10
@@ -206,6 +216,48 @@ ARM_HEALTH_UNREACHABLE: ArmHealth.ValueType  # 3
 ARM_HEALTH_DRAINING: ArmHealth.ValueType  # 4
 """The arm is shutting down: finishes in-flight work, takes nothing new."""
 Global___ArmHealth: _TypeAlias = ArmHealth  # noqa: Y015
+
+class _AnswerSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnswerSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnswerSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANSWER_SOURCE_UNSPECIFIED: _AnswerSource.ValueType  # 0
+    """No answer was written (the task stopped before integrating)."""
+    ANSWER_SOURCE_LLM: _AnswerSource.ValueType  # 1
+    """A language model wrote it: the brain's integrator, or a step whose arm used a model
+    (its provenance names the model).
+    """
+    ANSWER_SOURCE_RULES: _AnswerSource.ValueType  # 2
+    """Rules merged outputs of arms that used no model (a program's output, a scan, a custom
+    arm's reply), possibly with retrieved text.
+    """
+    ANSWER_SOURCE_RETRIEVAL: _AnswerSource.ValueType  # 3
+    """Only text retrieved from the indexed documents, quoted as found. Its first line says so
+    ("From the indexed documents (no model wrote this answer):"), and it says "not found in
+    the indexed documents" for what the documents do not cover.
+    """
+
+class AnswerSource(_AnswerSource, metaclass=_AnswerSourceEnumTypeWrapper):
+    """AnswerSource says what wrote a task's answer."""
+
+ANSWER_SOURCE_UNSPECIFIED: AnswerSource.ValueType  # 0
+"""No answer was written (the task stopped before integrating)."""
+ANSWER_SOURCE_LLM: AnswerSource.ValueType  # 1
+"""A language model wrote it: the brain's integrator, or a step whose arm used a model
+(its provenance names the model).
+"""
+ANSWER_SOURCE_RULES: AnswerSource.ValueType  # 2
+"""Rules merged outputs of arms that used no model (a program's output, a scan, a custom
+arm's reply), possibly with retrieved text.
+"""
+ANSWER_SOURCE_RETRIEVAL: AnswerSource.ValueType  # 3
+"""Only text retrieved from the indexed documents, quoted as found. Its first line says so
+("From the indexed documents (no model wrote this answer):"), and it says "not found in
+the indexed documents" for what the documents do not cover.
+"""
+Global___AnswerSource: _TypeAlias = AnswerSource  # noqa: Y015
 
 class _TaskView:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -412,7 +464,7 @@ Global___Subtask: _TypeAlias = Subtask  # noqa: Y015
 
 @_typing.final
 class TaskResult(_message.Message):
-    """TaskResult is the integrated answer of a finished task."""
+    """TaskResult is the integrated answer of a finished task and how far to trust it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -421,10 +473,22 @@ class TaskResult(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     VALIDATION_FIELD_NUMBER: _builtins.int
+    ANSWER_SOURCE_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     """The answer, as text."""
     confidence: _builtins.float
-    """Overall confidence, from 0.0 to 1.0."""
+    """Overall confidence, from 0.0 to 1.0: the weakest answer step's, and never above 0.5 when
+    the answer is not verified.
+    """
+    answer_source: Global___AnswerSource.ValueType
+    """What wrote the answer."""
+    verified: _builtins.bool
+    """Whether the answer was checked against the task's acceptance criteria by something that
+    tests them: a judge arm, an LLM validator, or rules that read every criterion precisely
+    ("mentions X", "valid JSON", "at most N words", ...). False when the task has no criteria
+    or a criterion was only matched by keyword overlap; see validation.verified_by.
+    """
     @_builtins.property
     def outputs(self) -> _struct_pb2.Struct:
         """Outputs of every succeeded step, keyed by step id."""
@@ -445,10 +509,12 @@ class TaskResult(_message.Message):
         confidence: _builtins.float = ...,
         usage: _common_pb2.Usage | None = ...,
         validation: Global___ValidationReport | None = ...,
+        answer_source: Global___AnswerSource.ValueType = ...,
+        verified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs", "usage", b"usage", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "confidence", b"confidence", "outputs", b"outputs", "usage", b"usage", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_source", b"answer_source", "confidence", b"confidence", "outputs", b"outputs", "usage", b"usage", "validation", b"validation", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -465,12 +531,20 @@ class ValidationReport(_message.Message):
     ISSUES_FIELD_NUMBER: _builtins.int
     FAILING_STEPS_FIELD_NUMBER: _builtins.int
     REPAIRS_FIELD_NUMBER: _builtins.int
+    VERIFIED_BY_FIELD_NUMBER: _builtins.int
     passed: _builtins.bool
     """Whether every criterion is met."""
     score: _builtins.float
     """Fraction of the criteria met, 0.0 to 1.0."""
     repairs: _builtins.int
-    """Repair rounds it took (0 when the first answer passed)."""
+    """Repair rounds it took (0 when the first answer passed). Each round re-runs the failing
+    steps with the issues as feedback, bypassing cached results and on another arm of the
+    type when there is one; a round whose outputs equal the previous one's ends the repairs.
+    """
+    verified_by: _builtins.str
+    """What verified the answer against the criteria: "judge <arm id>", "llm" or "rules"; empty
+    when nothing did (TaskResult.verified is false).
+    """
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What is wrong, one readable sentence per problem."""
@@ -487,10 +561,11 @@ class ValidationReport(_message.Message):
         issues: _abc.Iterable[_builtins.str] | None = ...,
         failing_steps: _abc.Iterable[_builtins.str] | None = ...,
         repairs: _builtins.int = ...,
+        verified_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing_steps", b"failing_steps", "issues", b"issues", "passed", b"passed", "repairs", b"repairs", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing_steps", b"failing_steps", "issues", b"issues", "passed", b"passed", "repairs", b"repairs", "score", b"score", "verified_by", b"verified_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
