@@ -1,17 +1,13 @@
 """PostgreSQL restarted under running tasks: they continue after reconnecting, nothing lost.
 
-Restarts the machine's PostgreSQL cluster (`pg_ctlcluster ... restart`, as root), so it needs
-that tool; without it the test skips, or fails under CI. The cluster is started again even if
-the test fails.
+The test restarts a private PostgreSQL of its own (tests/store/private_postgres.py: initdb in a
+temporary folder, its own port), never the machine's shared server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,38 +16,14 @@ from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk.arms import REFERENCE_ARMS
 from tests.chaos.durable import WAIT_S, check_history, fan_plan
-from tests.tools import tool_unavailable
-
-CLUSTERS = Path("/etc/postgresql")
-
-
-def _cluster() -> list[str]:
-    """The pg_ctlcluster arguments naming the local cluster, or a skip (a failure under CI)."""
-    tool = shutil.which("pg_ctlcluster")
-    versions = sorted(p.name for p in CLUSTERS.iterdir()) if CLUSTERS.is_dir() else []
-    if tool is None or not versions or os.geteuid() != 0:
-        tool_unavailable("restarting PostgreSQL needs pg_ctlcluster, a local cluster and root")
-    return [tool, "--skip-systemctl-redirect", versions[-1], "main"]
-
-
-async def _pg_ctl(cluster: list[str], action: str, *, check: bool = True) -> int:
-    proc = await asyncio.create_subprocess_exec(
-        *cluster, action, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    if check:
-        assert proc.returncode == 0, f"pg_ctlcluster {action} failed: {err.decode()[-500:]}"
-    return proc.returncode
+from tests.store.private_postgres import PrivatePostgres, private_postgres
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[list[str]]:
-    """The local cluster; whatever the test does, it is running again afterwards."""
-    args = _cluster()
-    yield args
-    if await _pg_ctl(args, "status", check=False) != 0:  # 0: running, 3: stopped
-        await _pg_ctl(args, "start")
+async def private_pg() -> AsyncIterator[PrivatePostgres]:
+    """A private PostgreSQL the test may restart."""
+    async with private_postgres() as server:
+        yield server
 
 
 async def _watch_through_outages(
@@ -75,11 +47,13 @@ async def _watch_through_outages(
 
 
 async def test_tasks_survive_a_postgres_restart_mid_run(
-    cluster, pg_dsn: str, start_arm, start_orchestrator, connect
+    private_pg: PrivatePostgres, start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
     """Restart PostgreSQL while 4 DAGs run: all succeed, each step's result recorded once."""
     sleeper = await start_arm(REFERENCE_ARMS["sleep"]())
-    orch = await start_orchestrator([sleeper.address], wait_for=("sleep",), postgres_dsn=pg_dsn)
+    orch = await start_orchestrator(
+        [sleeper.address], wait_for=("sleep",), postgres_dsn=private_pg.dsn
+    )
     stub = connect(orch.address)
     ids = []
     for i in range(4):
@@ -90,7 +64,7 @@ async def test_tasks_survive_a_postgres_restart_mid_run(
             if reply.event.subtask_changed.subtask.state == pb.SUBTASK_STATE_DISPATCHED:
                 break
 
-    await _pg_ctl(cluster, "restart")
+    await private_pg.restart()
 
     histories = await asyncio.gather(*(_watch_through_outages(stub, i) for i in ids))
     for events in histories:
