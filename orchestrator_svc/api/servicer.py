@@ -46,7 +46,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     reason="SHUTTING_DOWN",
                 )
             served = self._mesh.arm_types()
-            validation.validate_submit(request, served)
+            validation.validate_submit(request, served, self._mesh.unservable())
             if not request.HasField("plan") and not served:
                 raise failed_precondition(
                     "no arm is connected to the orchestrator yet; start an arm or retry later",

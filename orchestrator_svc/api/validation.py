@@ -2,8 +2,9 @@
 
 Checks run in a fixed order and the first violation is reported, so a caller fixing errors one
 at a time sees them in the order of the request's fields. Everything that makes a request
-malformed is INVALID_ARGUMENT; "no arm serves this type" is FAILED_PRECONDITION because the
-same request may succeed once such an arm joins.
+malformed is INVALID_ARGUMENT; "no arm serves this type" and "its arms are connected but cannot
+serve" (no LLM configured, say) are FAILED_PRECONDITION because the same request may succeed once
+such an arm joins or is configured.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from google.protobuf import struct_pb2
 from octollm.v1 import common_pb2
@@ -51,8 +52,13 @@ def fingerprint(req: pb.SubmitTaskRequest) -> str:
     return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
 
 
-def validate_submit(req: pb.SubmitTaskRequest, served_arm_types: Collection[str]) -> None:
-    """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now."""
+def validate_submit(
+    req: pb.SubmitTaskRequest,
+    served_arm_types: Collection[str],
+    unservable: Mapping[str, str] | None = None,
+) -> None:
+    """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now (or
+    will soon), `unservable` the known arm types whose every arm cannot serve, with why."""
     _check_goal(req.goal)
     _check_constraints(req.constraints)
     _check_json(req.context, "context")
@@ -78,7 +84,7 @@ def validate_submit(req: pb.SubmitTaskRequest, served_arm_types: Collection[str]
             "UNKNOWN_PRIORITY",
         )
     if req.HasField("plan"):
-        _check_plan(req.plan, served_arm_types)
+        _check_plan(req.plan, served_arm_types, unservable or {})
 
 
 def validate_task_id(task_id: str, field: str = "task_id") -> str:
@@ -285,7 +291,9 @@ def _check_budget(budget: common_pb2.Budget) -> None:
         )
 
 
-def _check_plan(plan: pb.Plan, served_arm_types: Collection[str]) -> None:
+def _check_plan(
+    plan: pb.Plan, served_arm_types: Collection[str], unservable: Mapping[str, str]
+) -> None:
     steps = plan.steps
     if not steps:
         raise invalid_argument("plan.steps", "plan.steps must have at least 1 step", "EMPTY_PLAN")
@@ -360,4 +368,13 @@ def _check_plan(plan: pb.Plan, served_arm_types: Collection[str]) -> None:
                 "NO_ARM_FOR_TYPE",
                 field=field,
                 metadata={"arm_type": step.arm_type},
+            )
+        why = unservable.get(step.arm_type)
+        if why is not None:
+            field = f"plan.steps[{index}].arm_type"
+            raise failed_precondition(
+                f"{field}: arm type {step.arm_type!r} is connected but cannot serve: {why}",
+                "ARM_NOT_SERVING",
+                field=field,
+                metadata={"arm_type": step.arm_type, "arm_reason": why[:500]},
             )

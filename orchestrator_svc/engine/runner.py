@@ -801,6 +801,19 @@ class TaskRun:
             sub.state = _SUBTASK_STATE_OF[event.kind]
             sub.arm_id, sub.attempt = event.arm_id, event.attempt
             self.events.emit(events.subtask_changed(sub))
+            if event.kind == "queued" and event.message:
+                # NOTE: no arm of the type is routable, but one may be back soon (an arm type
+                # that cannot serve at all fails in the mesh instead): say why it waits.
+                self.events.emit(
+                    pb.TaskEvent(
+                        subtask_progress=pb.SubtaskProgress(
+                            subtask_id=sub.subtask_id,
+                            step_id=step.step_id,
+                            message=f"waiting for arm type {step.arm_type!r}, {event.message}; "
+                            "waiting within the deadline",
+                        )
+                    )
+                )
 
         recovery = RecoveryBudget(transient_retries=settings.max_retries)
         timeout_s = settings.subtask_timeout_s
