@@ -31,6 +31,8 @@ from arm_sdk._structs import struct_to_dict
 from ..brain import (
     Brain,
     ExecutionPlan,
+    GivenInputs,
+    MissingCapability,
     NoArmsAvailable,
     PlanBudget,
     ValidationReport,
@@ -411,11 +413,15 @@ class TaskRun:
         budget = task.budget
         memory = self.r.memory
         past = await memory.recall(self.goal) if memory is not None else []
+        mesh = self.r.mesh
         try:
             outcome = await brain.plan(
                 intent,
-                # Only arms that can take work now: a NOT_SERVING arm must not shape the plan.
-                convert.arm_capabilities(c for c in self.r.mesh.arms() if c.routable),
+                # NOTE: arms that cannot serve (no LLM, say) must not shape the plan; arms only
+                # briefly unavailable (draining, reconnecting) may: their steps wait for them.
+                convert.arm_capabilities(
+                    c for c in mesh.arms() if c.routable or c.cannot_serve is None
+                ),
                 PlanBudget(
                     max_tokens=budget.max_tokens,
                     max_cost_usd=budget.max_cost_usd,
@@ -423,7 +429,10 @@ class TaskRun:
                 ),
                 acceptance_criteria=list(task.acceptance_criteria),
                 past=past,
+                given=GivenInputs.from_context(struct_to_dict(task.context)),
             )
+        except MissingCapability as exc:
+            raise TaskStopped(pb.TASK_STATE_FAILED, self._missing_capability(exc)) from None
         except NoArmsAvailable as exc:
             raise TaskStopped(
                 pb.TASK_STATE_FAILED,
@@ -437,6 +446,27 @@ class TaskRun:
             ) from None
         self._spend(outcome.usage, "plan")
         return convert.plan_to_proto(outcome.plan), outcome.notes
+
+    def _missing_capability(self, exc: MissingCapability) -> common_pb2.Failure:
+        """The Failure of a goal that needs a role no arm can serve, naming the capabilities,
+        the arm types and what the mesh knows of them (no arm, or connected but not serving)."""
+        status = "; ".join(
+            f"{arm_type}: {self.r.mesh.availability(arm_type).reason or 'serving'}"
+            for arm_type in exc.missing_types
+        )
+        self.log.info("task_missing_capability", capabilities=exc.capabilities, arm_status=status)
+        return mesh_failure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "MISSING_CAPABILITY",
+            f"{exc} ({status}); the task was not run",
+            retryable=True,
+            metadata={
+                "missing_capabilities": ",".join(exc.capabilities),
+                "missing_arm_types": ",".join(exc.missing_types),
+                "steps": ",".join(m.step_id for m in exc.missing),
+                "arm_status": status[:500],
+            },
+        )
 
     async def _integrate_and_validate(self, plan: pb.Plan) -> pb.TaskResult:
         """Integrate, validate; on failure re-run the failing steps (with the issues as
