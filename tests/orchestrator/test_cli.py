@@ -9,6 +9,7 @@ import sys
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.role_arms import scribe
 
 
 async def octollm(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -48,7 +49,8 @@ async def test_dev_once_runs_the_sample_task() -> None:
 async def test_submit_watch_and_watch_replay(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
     """`octollm submit --watch` follows a task to the end; `octollm watch` replays it."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    roles = await start_arm(scribe())
+    orch = await start_orchestrator([echo.address, roles.address], wait_for=("echo", "scribe"))
     code, out, err = await octollm(
         "submit", "Say hello from the command line", "--watch", "--address", orch.address
     )
@@ -82,9 +84,9 @@ async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) 
 
 async def test_submit_sends_the_client_token(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
     """With OCTOLLM_CLIENT_TOKEN the CLI authenticates; without it the refusal is one line."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    roles = await start_arm(scribe())
     orch = await start_orchestrator(
-        [echo.address], wait_for=("echo",), auth_tokens="ci:s3cret-token"
+        [roles.address], wait_for=("scribe",), auth_tokens="ci:s3cret-token"
     )
     args = ("submit", "Say hello with a token please", "--watch", "--address", orch.address)
     code, out, err = await octollm(*args, env={"OCTOLLM_CLIENT_TOKEN": "s3cret-token"})
