@@ -25,8 +25,8 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk import Arm, ArmServer
-from arm_sdk.arms import REFERENCE_ARMS
 from orchestrator_svc.server import Orchestrator
+from tests.role_arms import scribe
 from tests.tools import node_modules, tool_unavailable
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -198,8 +198,8 @@ async def test_node_client_follows_a_task_on_the_python_orchestrator(
     node: str, start_arm: StartArm, start_orchestrator: StartOrchestrator, connect: Connect
 ) -> None:
     """Node client: SubmitTask, WatchTask seq 1..N to `finished`, GetTask, ListArms, ErrorInfo."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    roles = await start_arm(scribe())
+    orch = await start_orchestrator([roles.address], wait_for=("scribe",))
 
     report = await run_client(node, orch.address, GOAL)
 
@@ -207,7 +207,7 @@ async def test_node_client_follows_a_task_on_the_python_orchestrator(
     assert report["seqs_ok"] is True
     assert report["events"] == report["last_seq"] > 0
     assert GOAL in report["answer"]
-    assert report["arm_types"] == ["echo"]
+    assert report["arm_types"] == ["scribe"]
     assert report["bad_id_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert report["bad_id_status_code"] == report["bad_id_code"]
     assert report["bad_id_reason"] == "MALFORMED_TASK_ID"
