@@ -145,7 +145,8 @@ _STEPS: dict[Domain, dict[str, tuple[str, str, str]]] = {
     },
 }
 
-# DAG shapes: "id<dep,dep" per step, "?" marks a step dropped first when over budget.
+# DAG shapes: "id<dep,dep" per step, "?" marks a step dropped first when over budget, "!" a step
+# the goal cannot be served without.
 _SHAPES: dict[Domain, dict[Complexity, str]] = {
     "code": {
         "simple": "context; implement!<context; review?<implement",
