@@ -2,9 +2,10 @@
 
 Checks run in a fixed order and the first violation is reported, so a caller fixing errors one
 at a time sees them in the order of the request's fields. Everything that makes a request
-malformed is INVALID_ARGUMENT; "no arm serves this type" and "its arms are connected but cannot
-serve" (no LLM configured, say) are FAILED_PRECONDITION because the same request may succeed once
-such an arm joins or is configured.
+malformed is INVALID_ARGUMENT; "no arm serves this type", "its arms are connected but cannot
+serve" (no LLM configured, say) and "this server cannot enforce a cost budget" are
+FAILED_PRECONDITION because the same request may succeed once such an arm joins or the server
+is configured (with an LLM, with prices).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import re
 import uuid
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
 from octollm.v1 import common_pb2
@@ -28,6 +30,7 @@ MAX_CONSTRAINTS = 20
 CONSTRAINT_MAX_CHARS = 500
 MAX_ACCEPTANCE_CRITERIA = 20
 MAX_PLAN_STEPS = 1000
+MAX_REQUIRED_CAPABILITIES = 16
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_CHARS = 1024
@@ -39,9 +42,23 @@ _MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's range, ~10
 # NOTE: matched with fullmatch: `$` would also accept a trailing newline.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _STEP_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CAPABILITY = re.compile(r"[A-Za-z0-9_.:+#/-]{1,64}")
 
 _PRIORITIES = frozenset(pb.Priority.values())
 _TASK_STATES = frozenset(pb.TaskState.values()) - {pb.TASK_STATE_UNSPECIFIED}
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitLimits:
+    """What this server can honour (from its settings): the longest `budget.max_time` it
+    accepts, and whether it knows LLM prices (without them no spend is counted, so a
+    `budget.max_cost_usd` could never stop a task)."""
+
+    max_time_s: float = 86_400.0
+    prices_configured: bool = False
+
+
+DEFAULT_LIMITS = SubmitLimits()
 
 
 def fingerprint(req: pb.SubmitTaskRequest) -> str:
@@ -56,9 +73,12 @@ def validate_submit(
     req: pb.SubmitTaskRequest,
     served_arm_types: Collection[str],
     unservable: Mapping[str, str] | None = None,
+    *,
+    limits: SubmitLimits = DEFAULT_LIMITS,
 ) -> None:
     """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now (or
-    will soon), `unservable` the known arm types whose every arm cannot serve, with why."""
+    will soon), `unservable` the known arm types whose every arm cannot serve, with why,
+    `limits` what this server can honour."""
     _check_goal(req.goal)
     _check_constraints(req.constraints)
     _check_json(req.context, "context")
@@ -70,7 +90,7 @@ def validate_submit(
             "TOO_MANY_ACCEPTANCE_CRITERIA",
         )
     if req.HasField("budget"):
-        _check_budget(req.budget)
+        _check_budget(req.budget, limits.max_time_s)
     if req.request_id and not _REQUEST_ID.fullmatch(req.request_id):
         raise invalid_argument(
             "request_id",
@@ -85,6 +105,14 @@ def validate_submit(
         )
     if req.HasField("plan"):
         _check_plan(req.plan, served_arm_types, unservable or {})
+    if req.budget.max_cost_usd > 0 and not limits.prices_configured:
+        raise failed_precondition(
+            "budget.max_cost_usd cannot be enforced: this server has no LLM prices configured "
+            "(OCTOLLM_LLM_PRICE_PER_1K_PROMPT and OCTOLLM_LLM_PRICE_PER_1K_COMPLETION are 0), "
+            "so it counts no spend; drop the cost budget or configure the prices",
+            "COST_BUDGET_UNENFORCEABLE",
+            field="budget.max_cost_usd",
+        )
 
 
 def validate_task_id(task_id: str, field: str = "task_id") -> str:
@@ -249,7 +277,7 @@ def _check_json(struct: struct_pb2.Struct, field: str) -> None:
             )
 
 
-def _check_budget(budget: common_pb2.Budget) -> None:
+def _check_budget(budget: common_pb2.Budget, max_time_s: float) -> None:
     if budget.max_tokens < 0:
         raise invalid_argument(
             "budget.max_tokens",
@@ -289,6 +317,34 @@ def _check_budget(budget: common_pb2.Budget) -> None:
             f"(got {max_time.seconds})",
             "INVALID_DURATION",
         )
+    if max_time.ToNanoseconds() > max_time_s * 1e9:
+        limit = f"{max_time_s:g}"
+        raise invalid_argument(
+            "budget.max_time",
+            f"budget.max_time must be at most {limit}s on this server "
+            f"(got {max_time.seconds}.{max_time.nanos:09d}s)",
+            "MAX_TIME_TOO_LONG",
+            {"limit_s": limit},
+        )
+
+
+def _check_capabilities(capabilities: Collection[str], step: str) -> None:
+    field = f"{step}.required_capabilities"
+    if len(capabilities) > MAX_REQUIRED_CAPABILITIES:
+        raise invalid_argument(
+            field,
+            f"{field} must have at most {MAX_REQUIRED_CAPABILITIES} entries "
+            f"(got {len(capabilities)})",
+            "TOO_MANY_CAPABILITIES",
+        )
+    for index, capability in enumerate(capabilities):
+        if not _CAPABILITY.fullmatch(capability):
+            raise invalid_argument(
+                f"{field}[{index}]",
+                f"{field}[{index}] must be 1 to 64 characters of letters, digits, "
+                f"'_', '.', ':', '+', '#', '/' or '-' (got {capability[:80]!r})",
+                "INVALID_CAPABILITY",
+            )
 
 
 def _check_plan(
@@ -329,6 +385,7 @@ def _check_plan(
                 "MISSING_ARM_TYPE",
             )
         _check_json(step.input, f"plan.steps[{index}].input")
+        _check_capabilities(step.required_capabilities, f"plan.steps[{index}]")
 
     for index, step in enumerate(steps):
         for dep_index, dependency in enumerate(step.depends_on):
