@@ -61,6 +61,10 @@ class Availability:
     reason: str = ""
 
 
+# NOTE: one instance: asked on every dispatch, and almost always the answer.
+_SERVING = Availability("serving")
+
+
 def not_serving_failure(arm_type: str, reason: str) -> common_pb2.Failure:
     """The Failure of a subtask whose arm type cannot serve (not retried: it would not help)."""
     return mesh_failure(
@@ -155,11 +159,11 @@ class Mesh:
     def availability(self, arm_type: str) -> Availability:
         """Whether `arm_type` can take work now, will be able to soon, or cannot; see the
         module docstring."""
-        conns = list(self._by_type.get(arm_type, ()))
+        conns = self._by_type.get(arm_type)
         if not conns:
             return Availability("unknown", f"no arm of type {arm_type!r} is connected")
         if any(c.routable for c in conns):
-            return Availability("serving")
+            return _SERVING
         unable = [(c, c.cannot_serve) for c in conns]
         waiting = [c for c, why in unable if why is None]
         if waiting:
