@@ -28,6 +28,7 @@ from orchestrator_svc.brain import (
     ArmCapability,
     Episode,
     ExecutionPlan,
+    GivenInputs,
     HeuristicIntentParser,
     HeuristicPlanner,
     LLMPlanner,
@@ -133,10 +134,11 @@ class _HeuristicFallback(HeuristicPlanner):
         *,
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
+        given: GivenInputs | None = None,
     ) -> tuple[ExecutionPlan, list[str]]:
         self.used = True
         return super().draft(
-            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past, given=given
         )
 
 

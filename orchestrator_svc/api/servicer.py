@@ -52,7 +52,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     reason="SHUTTING_DOWN",
                 )
             served = self._mesh.arm_types()
-            validation.validate_submit(request, served, limits=self._limits)
+            validation.validate_submit(
+                request, served, self._mesh.unservable(), limits=self._limits
+            )
             if not request.HasField("plan") and not served:
                 raise failed_precondition(
                     "no arm is connected to the orchestrator yet; start an arm or retry later",

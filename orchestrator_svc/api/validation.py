@@ -2,9 +2,10 @@
 
 Checks run in a fixed order and the first violation is reported, so a caller fixing errors one
 at a time sees them in the order of the request's fields. Everything that makes a request
-malformed is INVALID_ARGUMENT; "no arm serves this type" and "this server cannot enforce a
-cost budget" are FAILED_PRECONDITION because the same request may succeed once such an arm
-joins or the server is configured with prices.
+malformed is INVALID_ARGUMENT; "no arm serves this type", "its arms are connected but cannot
+serve" (no LLM configured, say) and "this server cannot enforce a cost budget" are
+FAILED_PRECONDITION because the same request may succeed once such an arm joins or the server
+is configured (with an LLM, with prices).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
@@ -71,10 +72,12 @@ def fingerprint(req: pb.SubmitTaskRequest) -> str:
 def validate_submit(
     req: pb.SubmitTaskRequest,
     served_arm_types: Collection[str],
+    unservable: Mapping[str, str] | None = None,
     *,
     limits: SubmitLimits = DEFAULT_LIMITS,
 ) -> None:
-    """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now,
+    """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now (or
+    will soon), `unservable` the known arm types whose every arm cannot serve, with why,
     `limits` what this server can honour."""
     _check_goal(req.goal)
     _check_constraints(req.constraints)
@@ -101,7 +104,7 @@ def validate_submit(
             "UNKNOWN_PRIORITY",
         )
     if req.HasField("plan"):
-        _check_plan(req.plan, served_arm_types)
+        _check_plan(req.plan, served_arm_types, unservable or {})
     if req.budget.max_cost_usd > 0 and not limits.prices_configured:
         raise failed_precondition(
             "budget.max_cost_usd cannot be enforced: this server has no LLM prices configured "
@@ -344,7 +347,9 @@ def _check_capabilities(capabilities: Collection[str], step: str) -> None:
             )
 
 
-def _check_plan(plan: pb.Plan, served_arm_types: Collection[str]) -> None:
+def _check_plan(
+    plan: pb.Plan, served_arm_types: Collection[str], unservable: Mapping[str, str]
+) -> None:
     steps = plan.steps
     if not steps:
         raise invalid_argument("plan.steps", "plan.steps must have at least 1 step", "EMPTY_PLAN")
@@ -420,4 +425,13 @@ def _check_plan(plan: pb.Plan, served_arm_types: Collection[str]) -> None:
                 "NO_ARM_FOR_TYPE",
                 field=field,
                 metadata={"arm_type": step.arm_type},
+            )
+        why = unservable.get(step.arm_type)
+        if why is not None:
+            field = f"plan.steps[{index}].arm_type"
+            raise failed_precondition(
+                f"{field}: arm type {step.arm_type!r} is connected but cannot serve: {why}",
+                "ARM_NOT_SERVING",
+                field=field,
+                metadata={"arm_type": step.arm_type, "arm_reason": why[:500]},
             )

@@ -16,7 +16,7 @@ from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
 from .episode import Episode
 from .integrate import Integration, LLMIntegrator, answer_steps, integrate
 from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
-from .plan import ArmCapability, ExecutionPlan, PlanBudget
+from .plan import ArmCapability, ExecutionPlan, GivenInputs, PlanBudget
 from .plan_cache import PlanCache
 from .planner import LLMPlanner, Planner, PlanOutcome
 from .validate import LLMValidator, ValidationReport, validate
@@ -103,19 +103,22 @@ class Brain:
         *,
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
+        given: GivenInputs | None = None,
     ) -> PlanOutcome:
-        """Raises `NoArmsAvailable` (naming the missing arm types) when nothing can run it.
+        """Raises `NoArmsAvailable` (naming the missing arm types) when nothing can run it,
+        `MissingCapability` when the goal needs a role no arm has.
 
         `past`: similar finished tasks from the task memory, most similar first (context for
-        the LLM; the offline planner may reuse a near-identical one's plan)."""
-        cache = self._plan_cache if arms else None
+        the LLM; the offline planner may reuse a near-identical one's plan). `given`: code and
+        text the task's context hands over (plans using them are not cached)."""
+        cache = self._plan_cache if arms and not given else None
         if cache is not None:
             key = cache.key(intent, arms, budget, acceptance_criteria)
             cached = await cache.lookup(key, arms, budget)
             if cached is not None:
                 return cached
         outcome = await self._planner.plan(
-            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past, given=given
         )
         if cache is not None and outcome.from_llm:
             await cache.store(key, outcome.plan)

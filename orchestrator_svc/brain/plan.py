@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
@@ -64,10 +64,58 @@ class PlanBudget:
 class NoArmsAvailable(Exception):
     """No served arm can run the plan; `missing_types` names the arm types it would need."""
 
-    def __init__(self, missing_types: Iterable[str]) -> None:
+    def __init__(self, missing_types: Iterable[str], message: str = "") -> None:
         self.missing_types = tuple(sorted(set(missing_types)))
         names = ", ".join(self.missing_types) or "any"
-        super().__init__(f"no connected arm can run arm type(s): {names}")
+        super().__init__(message or f"no connected arm can run arm type(s): {names}")
+
+
+@dataclass(frozen=True, slots=True)
+class MissingRole:
+    """A step the goal cannot be served without, whose role no served arm has."""
+
+    step_id: str
+    arm_type: str
+    capabilities: tuple[str, ...]
+
+
+class MissingCapability(NoArmsAvailable):
+    """The goal needs steps whose roles no served arm has (code to write for a code goal, a
+    review to judge when the goal asks for one): it cannot be served, so it is not planned."""
+
+    def __init__(self, missing: Sequence[MissingRole]) -> None:
+        self.missing = tuple(missing)
+        self.capabilities = tuple(dict.fromkeys(c for m in missing for c in m.capabilities[:1]))
+        needs = "; ".join(
+            f"{m.capabilities[0] if m.capabilities else m.arm_type} "
+            f"(arm type {m.arm_type!r}, step {m.step_id})"
+            for m in self.missing
+        )
+        super().__init__(
+            (m.arm_type for m in missing), f"the goal needs {needs}, which no serving arm offers"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GivenInputs:
+    """What the task's context hands the plan ready-made: Python code for the executor to run
+    (`python`, or `code` in Python) and text for the safety arm to scan (`text`)."""
+
+    python: str = ""
+    text: str = ""
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, object]) -> GivenInputs:
+        python = context.get("python")
+        if not isinstance(python, str) or not python.strip():
+            code, language = context.get("code"), str(context.get("language", "python"))
+            in_python = language.strip().lower() in ("python", "python3", "py")
+            python = code if isinstance(code, str) and code.strip() and in_python else ""
+        text = context.get("text")
+        return cls(python=python, text=text if isinstance(text, str) and text.strip() else "")
+
+    def __bool__(self) -> bool:
+        return bool(self.python or self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +185,28 @@ ARM_TYPE_ALIASES: dict[str, str] = {
     **dict.fromkeys(("guard", "guardian", "moderator", "security", "pii"), "safety"),
     **dict.fromkeys(("planning", "reasoner", "thinker", "analyst", "writer"), "planner"),
 }
+
+
+# Capabilities that are no role: an arm offering only these (echo) stands in for no step that
+# needs one.
+GENERAL_CAPABILITIES = frozenset({"general", "echo"})
+
+
+def role_of(step: PlannedStep) -> tuple[str, ...]:
+    """What a step's role stands for: its canonical arm type's capabilities (writing code,
+    judging, planning, retrieving, running code, safety scanning), else the capabilities it
+    asks for, else its arm type's name (an arm type nobody knows is a role of its own)."""
+    profile = ARM_PROFILES.get(canonical_type(step.arm_type))
+    if profile is not None:
+        return profile.capabilities
+    if step.required_capabilities:
+        return tuple(c.lower() for c in step.required_capabilities)
+    return (step.arm_type.strip().lower(),)
+
+
+def needs_role(step: PlannedStep) -> bool:
+    """True when only an arm with the step's role may run it (a general arm may not)."""
+    return not set(role_of(step)) <= GENERAL_CAPABILITIES
 
 
 def canonical_type(arm_type: str) -> str:

@@ -26,13 +26,21 @@ from .intent import ParsedIntent
 from .plan import (
     ArmCapability,
     ExecutionPlan,
+    GivenInputs,
     NoArmsAvailable,
     PlanBudget,
     PlannedStep,
     estimate,
 )
 from .plan_checks import PlanProblem, describe, repair_plan, validate_plan
-from .templates import HeuristicPlanner, step_input, template_for, with_task_criteria
+from .templates import (
+    HeuristicPlanner,
+    check_roles,
+    step_input,
+    template_for,
+    with_given,
+    with_task_criteria,
+)
 
 # -- the LLM planner -----------------------------------------------------------------------------
 
@@ -254,10 +262,13 @@ class Planner:
         *,
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
+        given: GivenInputs | None = None,
     ) -> PlanOutcome:
-        """Raises `NoArmsAvailable` when no served arm can run any step."""
+        """Raises `NoArmsAvailable` when no served arm can run any step, `MissingCapability`
+        (before any LLM call) when the goal needs a role no served arm has."""
         if not arms:
-            raise NoArmsAvailable(t.arm_type for t in template_for(intent))
+            raise NoArmsAvailable(t.arm_type for t in template_for(intent, given))
+        check_roles(intent, arms, given)
         notes: list[str] = []
         usage = NO_USAGE
         if self._llm is not None:
@@ -266,7 +277,7 @@ class Planner:
                 notes.append(f"{shown} similar past task(s) given to the planner")
             try:
                 plan, usage, more = await self._plan_with_llm(
-                    self._llm, intent, arms, budget, acceptance_criteria, past
+                    self._llm, intent, arms, budget, acceptance_criteria, past, given
                 )
             except LLMError as exc:
                 usage = usage + (exc.usage or NO_USAGE)
@@ -276,7 +287,7 @@ class Planner:
                 if plan is not None:
                     return PlanOutcome(plan, usage, tuple(notes), from_llm=True)
         plan, heuristic_notes = self._heuristic.draft(
-            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past, given=given
         )
         notes.append(plan.rationale)
         notes.extend(heuristic_notes)
@@ -290,9 +301,11 @@ class Planner:
         budget: PlanBudget | None,
         criteria: Sequence[str],
         past: Sequence[Episode],
+        given: GivenInputs | None = None,
     ) -> tuple[ExecutionPlan | None, LLMUsage, list[str]]:
         served = {a.arm_type for a in arms}
         plan, usage = await llm.plan(intent, arms, budget, acceptance_criteria=criteria, past=past)
+        plan = with_given(plan, given)
         checked, problems = self._check(plan, arms, served, budget)
         if checked is not None:
             note = f"LLM planned {len(checked.steps)} step(s)"
@@ -316,7 +329,7 @@ class Planner:
                 usage=exc.usage,
             ) from exc
         usage += more
-        checked, again = self._check(replanned, arms, served, budget)
+        checked, again = self._check(with_given(replanned, given), arms, served, budget)
         if checked is not None:
             note = f"LLM plan invalid: {describe(problems)}; replanned"
             return self._finish(checked, criteria), usage, [note]

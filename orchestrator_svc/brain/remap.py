@@ -3,12 +3,15 @@
 A step keeps its arm type when some arm serves it; else it moves to the served canonical type it
 is an alias of ("searcher" -> retriever); else to an arm type that shares its role (one of the
 capabilities its canonical arm type stands for; the step's required capabilities for other
-types) whose capabilities overlap the step's required ones most (then the cheapest); else to a
-general-purpose arm (one declaring capability "general", else the "echo" type); else it is
-dropped and its dependants inherit its dependencies, so the DAG stays connected.
+types) whose capabilities overlap the step's required ones most (then the cheapest); else, for a
+step with no role of its own (see `plan.role_of`), to a general-purpose arm (one declaring
+capability "general", else the "echo" type); else it is dropped and its dependants inherit its
+dependencies, so the DAG stays connected.
 
-A technology is not a role: a coder and an executor both declare "python", but one writes the
-code and the other runs it, so a coder's step never moves to an executor on that alone.
+A general arm never stands in for a role: a step that writes code, judges, plans, retrieves,
+runs code or scans for safety is dropped rather than "done" by echo. A technology is not a role
+either: a coder and an executor both declare "python", but one writes the code and the other
+runs it, so a coder's step never moves to an executor on that alone.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from .plan import ArmCapability, PlannedStep, canonical_type, profile_of
+from .plan import ArmCapability, PlannedStep, canonical_type, needs_role, profile_of, role_of
 
 GENERAL_CAPABILITY = "general"
 GENERAL_ARM_TYPE = "echo"
@@ -27,11 +30,13 @@ _HOW = {"alias": "same role", "capability": "matching capabilities", "general": 
 
 @dataclass(frozen=True, slots=True)
 class Remapped:
-    """Steps fitted to served arms, what changed (for the event log), and unservable types."""
+    """Steps fitted to served arms, what changed (for the event log), unservable types and the
+    steps dropped for want of them (as they were planned)."""
 
     steps: tuple[PlannedStep, ...]
     notes: tuple[str, ...]
     missing_types: tuple[str, ...]
+    dropped: tuple[PlannedStep, ...] = ()
 
 
 def _tier(arm: ArmCapability) -> int:
@@ -52,7 +57,7 @@ def fit_arm_type(step: PlannedStep, arms: Sequence[ArmCapability]) -> tuple[str,
     if alias != step.arm_type and any(a.arm_type == alias for a in arms):
         return alias, "alias"
     wanted = wanted_capabilities(step)
-    role = {c.lower() for c in profile_of(step.arm_type).capabilities} or wanted
+    role = set(role_of(step)) - {GENERAL_CAPABILITY}
     overlapping = [
         (len(wanted & caps), a)
         for a in arms
@@ -61,6 +66,8 @@ def fit_arm_type(step: PlannedStep, arms: Sequence[ArmCapability]) -> tuple[str,
     if overlapping:
         best = min(overlapping, key=lambda pair: (-pair[0], _tier(pair[1]), pair[1].arm_type))
         return best[1].arm_type, "capability"
+    if needs_role(step):
+        return None
     general = [a for a in arms if GENERAL_CAPABILITY in {c.lower() for c in a.capabilities}]
     if general:
         return min(general, key=lambda a: (_tier(a), a.arm_type)).arm_type, "general"
@@ -104,10 +111,12 @@ def remap_steps(steps: Sequence[PlannedStep], arms: Sequence[ArmCapability]) -> 
     fitted: list[PlannedStep] = []
     moved: dict[tuple[str, str], list[str]] = {}
     dropped: dict[str, list[str]] = {}
+    unfit: list[PlannedStep] = []
     for step in steps:
         fit = fit_arm_type(step, arms)
         if fit is None:
             dropped.setdefault(step.arm_type, []).append(step.step_id)
+            unfit.append(step)
             fitted.append(step)
             continue
         arm_type, how = fit
@@ -125,8 +134,10 @@ def remap_steps(steps: Sequence[PlannedStep], arms: Sequence[ArmCapability]) -> 
         for (arm_type, how), step_ids in moved.items()
     ]
     notes += [
-        f"no arm serves {arm_type!r}: dropped {', '.join(step_ids)}"
+        f"no arm serves {arm_type!r} or its role: dropped {', '.join(step_ids)}"
         for arm_type, step_ids in dropped.items()
     ]
     dropped_ids = {step_id for step_ids in dropped.values() for step_id in step_ids}
-    return Remapped(tuple(drop_steps(fitted, dropped_ids)), tuple(notes), tuple(dropped))
+    return Remapped(
+        tuple(drop_steps(fitted, dropped_ids)), tuple(notes), tuple(dropped), tuple(unfit)
+    )

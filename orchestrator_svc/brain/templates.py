@@ -5,10 +5,19 @@ Simple goals get 3 steps, medium 5, complex up to 7, with fan-out where work is 
 `remap`); optional steps are dropped, last first, while the estimate exceeds the token budget.
 Given past tasks (from the task memory), the plan of a near-identical past goal is reused instead
 when every arm type it needs is served and it fits the budget.
+
+Some steps are what the goal asks for (marked "!" in the shapes): the code of a code goal, the
+findings of a security goal, the numbers of a data goal, the change of an infrastructure goal,
+the facts of a general one, and the review when the goal asks for a review. When no served arm
+has the role of such a step, the goal cannot be served: planning raises `MissingCapability`
+naming the capabilities, instead of a plan that leaves the goal's deliverable out. Code handed
+over in the task's context (see `GivenInputs`) is run by the executor, with no coder, unless the
+goal asks for code to be written or changed; text handed over is what the safety arm scans.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,15 +28,20 @@ from .lexicon import Domain
 from .plan import (
     ArmCapability,
     ExecutionPlan,
+    GivenInputs,
+    MissingCapability,
+    MissingRole,
     NoArmsAvailable,
     PlanBudget,
     PlannedStep,
     estimate,
     profile_of,
+    role_of,
     sink_ids,
 )
 from .plan_checks import drop_idle_runs, validate_plan
-from .remap import drop_steps, remap_steps
+from .remap import drop_steps, fit_arm_type, remap_steps
+from .words import words
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +54,7 @@ class StepTemplate:
     depends_on: tuple[str, ...] = ()
     criteria: tuple[str, ...] = ()
     optional: bool = False
+    essential: bool = False  # the goal cannot be served without it
 
 
 # Step library: id -> (arm type, task, acceptance criteria separated by ";").
@@ -130,59 +145,81 @@ _STEPS: dict[Domain, dict[str, tuple[str, str, str]]] = {
     },
 }
 
-# DAG shapes: "id<dep,dep" per step, "?" marks a step dropped first when over budget.
+# DAG shapes: "id<dep,dep" per step, "?" marks a step dropped first when over budget, "!" a step
+# the goal cannot be served without.
 _SHAPES: dict[Domain, dict[Complexity, str]] = {
     "code": {
-        "simple": "context; implement<context; review?<implement",
-        "medium": "context; plan_changes?<context; implement<plan_changes; test<implement; "
+        "simple": "context; implement!<context; review?<implement",
+        "medium": "context; plan_changes?<context; implement!<plan_changes; test<implement; "
         "review?<test",
         "complex": "context; context_docs?; plan_changes<context,context_docs; "
-        "implement<plan_changes; test<implement; safety_check?<implement; "
+        "implement!<plan_changes; test<implement; safety_check?<implement; "
         "review?<test,safety_check",
     },
     "security": {
-        "simple": "context; assess<context; review?<assess",
-        "medium": "context; plan_assessment?<context; assess<plan_assessment; "
+        "simple": "context; assess!<context; review?<assess",
+        "medium": "context; plan_assessment?<context; assess!<plan_assessment; "
         "inspect_code?<plan_assessment; review<assess,inspect_code",
         "complex": "context; advisories?; plan_assessment<context,advisories; "
-        "assess<plan_assessment; inspect_code<plan_assessment; verify?<assess,inspect_code; "
+        "assess!<plan_assessment; inspect_code<plan_assessment; verify?<assess,inspect_code; "
         "review<verify",
     },
     "data": {
-        "simple": "fetch_data; analyze<fetch_data; review?<analyze",
-        "medium": "fetch_data; plan_analysis?<fetch_data; write_analysis<plan_analysis; "
+        "simple": "fetch_data; analyze!<fetch_data; review?<analyze",
+        "medium": "fetch_data; plan_analysis?<fetch_data; write_analysis!<plan_analysis; "
         "run_analysis<write_analysis; review?<run_analysis",
         "complex": "fetch_data; fetch_schema?; plan_analysis<fetch_data,fetch_schema; "
-        "write_analysis<plan_analysis; run_analysis<write_analysis; "
+        "write_analysis!<plan_analysis; run_analysis<write_analysis; "
         "safety_check?<write_analysis; review<run_analysis,safety_check",
     },
     "infrastructure": {
-        "simple": "context; draft_change<context; review?<draft_change",
-        "medium": "context; plan_rollout?<context; draft_change<plan_rollout; "
+        "simple": "context; draft_change!<context; review?<draft_change",
+        "medium": "context; plan_rollout?<context; draft_change!<plan_rollout; "
         "check_change<draft_change; review?<draft_change,check_change",
         "complex": "context; runbooks?; plan_rollout<context,runbooks; "
-        "draft_change<plan_rollout; check_rollout<plan_rollout,draft_change; "
+        "draft_change!<plan_rollout; check_rollout<plan_rollout,draft_change; "
         "check_change?<draft_change; review<draft_change,check_rollout,check_change",
     },
     # NOTE: the answer is the research (the integrator writes it from every step's output when
     # an LLM is configured): a planner step here would make the answer a plan of the answer.
     "general": {
-        "simple": "outline; research<outline; review?<research",
-        "medium": "outline; research<outline; background?<outline; "
+        "simple": "outline; research!<outline; review?<research",
+        "medium": "outline; research!<outline; background?<outline; "
         "safety_check?<research,background; review<research,background,safety_check",
-        "complex": "outline; research<outline; background?<outline; examples?<outline; "
+        "complex": "outline; research!<outline; background?<outline; examples?<outline; "
         "caveats?<outline; safety_check?<research,background,examples,caveats; "
         "review<research,background,examples,caveats,safety_check",
     },
 }
+# Code given in the context, to run rather than write: the run's output is the answer.
+_GIVEN_CODE_SHAPE = "run!; review?<run"
+_RUN_GIVEN = (
+    "executor",
+    "Run the code given with the task and report what it prints",
+    "reports what the code printed",
+)
+# Words of a goal that asks for code to be written or changed (a coder's work, given code or not).
+_WRITE_WORDS = frozenset(
+    {
+        "write", "implement", "refactor", "fix", "change", "modify", "edit", "create",
+        "generate", "add", "build", "draft", "rewrite", "port", "optimize", "optimise",
+    }
+)  # fmt: skip
+# Words of a goal that asks for a review: its review step is then part of what is asked.
+_REVIEW_WORDS = frozenset(
+    {
+        "review", "judge", "grade", "critique", "verdict", "validate", "verify", "evaluate",
+        "assess", "audit",
+    }
+)  # fmt: skip
 
 
-def _build(domain: Domain, shape: str) -> tuple[StepTemplate, ...]:
+def _build(library: dict[str, tuple[str, str, str]], shape: str) -> tuple[StepTemplate, ...]:
     steps = []
     for item in shape.split(";"):
         head, _, deps = item.strip().partition("<")
-        step_id = head.rstrip("?")
-        arm_type, task, criteria = {**_SHARED, **_STEPS[domain]}[step_id]
+        step_id = head.rstrip("?!")
+        arm_type, task, criteria = library[step_id]
         steps.append(
             StepTemplate(
                 step_id=step_id,
@@ -191,25 +228,56 @@ def _build(domain: Domain, shape: str) -> tuple[StepTemplate, ...]:
                 depends_on=tuple(d for d in deps.split(",") if d),
                 criteria=tuple(c.strip() for c in criteria.split(";") if c.strip()),
                 optional=head.endswith("?"),
+                essential=head.endswith("!"),
             )
         )
     return tuple(steps)
 
 
 TEMPLATES: dict[Domain, dict[Complexity, tuple[StepTemplate, ...]]] = {
-    domain: {complexity: _build(domain, shape) for complexity, shape in shapes.items()}
+    domain: {
+        complexity: _build({**_SHARED, **_STEPS[domain]}, shape)
+        for complexity, shape in shapes.items()
+    }
     for domain, shapes in _SHAPES.items()
 }
+GIVEN_CODE_TEMPLATE = _build({**_SHARED, "run": _RUN_GIVEN}, _GIVEN_CODE_SHAPE)
 
 _TECH_AWARE = frozenset({"coder", "executor"})
 
 
-def template_for(intent: ParsedIntent) -> tuple[StepTemplate, ...]:
-    return TEMPLATES[intent.domain][intent.complexity]
+def _asks(intent: ParsedIntent, wanted: frozenset[str]) -> bool:
+    return bool(wanted & set(words(intent.goal)))
 
 
-def step_input(intent: ParsedIntent, task: str, arm_type: str) -> dict[str, object]:
-    """What a step receives: the goal, the constraints and its own task (plus useful entities)."""
+def runs_given_code(intent: ParsedIntent, given: GivenInputs | None) -> bool:
+    """The context hands over Python code and the goal does not ask for code to be written."""
+    return given is not None and bool(given.python) and not _asks(intent, _WRITE_WORDS)
+
+
+def template_for(
+    intent: ParsedIntent, given: GivenInputs | None = None
+) -> tuple[StepTemplate, ...]:
+    """The template of the goal's domain and complexity; the run of the given code when the
+    context hands over code and the goal does not ask for code to be written; in either, the
+    review is essential when the goal asks for a review."""
+    if runs_given_code(intent, given):
+        template = GIVEN_CODE_TEMPLATE
+    else:
+        template = TEMPLATES[intent.domain][intent.complexity]
+    if not _asks(intent, _REVIEW_WORDS):
+        return template
+    return tuple(
+        dataclasses.replace(t, essential=True, optional=False) if t.arm_type == "judge" else t
+        for t in template
+    )
+
+
+def step_input(
+    intent: ParsedIntent, task: str, arm_type: str, given: GivenInputs | None = None
+) -> dict[str, object]:
+    """What a step receives: the goal, the constraints and its own task (plus useful entities,
+    and the text given with the task for a safety step to scan)."""
     data: dict[str, object] = {
         "goal": intent.goal,
         "constraints": list(intent.constraints),
@@ -220,7 +288,56 @@ def step_input(intent: ParsedIntent, task: str, arm_type: str) -> dict[str, obje
     files = intent.entities.get("files") or []
     if files and arm_type in ("retriever", "coder", "executor", "safety"):
         data["files"] = list(files)
+    if given is not None and given.text and arm_type == "safety":
+        data["text"] = given.text
     return data
+
+
+def with_given(plan: ExecutionPlan, given: GivenInputs | None) -> ExecutionPlan:
+    """`plan` (an LLM's) with the context's given inputs where its steps lack them: the text
+    for safety steps to scan, the code for executor steps with no program and no coder step
+    before them to write one."""
+    if not given:
+        return plan
+    arm_of = {s.step_id: s.arm_type for s in plan.steps}
+
+    def filled(step: PlannedStep) -> PlannedStep:
+        extra: dict[str, object] = {}
+        if step.arm_type == "safety" and given.text and "text" not in step.input:
+            extra["text"] = given.text
+        if (
+            step.arm_type == "executor"
+            and given.python
+            and not {"command", "python"} & step.input.keys()
+            and not any(arm_of.get(d) == "coder" for d in step.depends_on)
+        ):
+            extra["python"] = given.python
+        return dataclasses.replace(step, input={**step.input, **extra}) if extra else step
+
+    return dataclasses.replace(plan, steps=tuple(filled(s) for s in plan.steps))
+
+
+def missing_roles(
+    template: Sequence[StepTemplate], planned: Sequence[PlannedStep], arms: Sequence[ArmCapability]
+) -> list[MissingRole]:
+    """The essential steps of `template` (as `planned`) that no arm in `arms` can run."""
+    essential = {t.step_id for t in template if t.essential}
+    return [
+        MissingRole(step.step_id, step.arm_type, role_of(step))
+        for step in planned
+        if step.step_id in essential and fit_arm_type(step, arms) is None
+    ]
+
+
+def check_roles(
+    intent: ParsedIntent, arms: Sequence[ArmCapability], given: GivenInputs | None = None
+) -> None:
+    """Raise `MissingCapability` when the goal needs a step whose role no arm in `arms` has."""
+    template = template_for(intent, given)
+    planned = [_planned(intent, t.step_id, t.task, t.arm_type, t.depends_on) for t in template]
+    missing = missing_roles(template, planned, arms)
+    if missing:
+        raise MissingCapability(missing)
 
 
 def with_task_criteria(
@@ -257,10 +374,11 @@ class HeuristicPlanner:
         *,
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
+        given: GivenInputs | None = None,
     ) -> ExecutionPlan:
-        return self.draft(intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past)[
-            0
-        ]
+        return self.draft(
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past, given=given
+        )[0]
 
     def draft(
         self,
@@ -270,16 +388,33 @@ class HeuristicPlanner:
         *,
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
+        given: GivenInputs | None = None,
     ) -> tuple[ExecutionPlan, list[str]]:
-        """The plan and notes on what was re-mapped, dropped or trimmed for the budget."""
-        reused = self._reuse(intent, arms, budget, acceptance_criteria, past)
+        """The plan and notes on what was re-mapped, dropped or trimmed for the budget.
+
+        Raises `MissingCapability` when a step the goal needs has a role no arm in `arms` has,
+        `NoArmsAvailable` when no step at all can run."""
+        reused = None if given else self._reuse(intent, arms, budget, acceptance_criteria, past)
         if reused is not None:
             return reused, []
-        template = template_for(intent)
+        template = template_for(intent, given)
+        runs_given = runs_given_code(intent, given)
         steps = [
-            _planned(intent, t.step_id, t.task, t.arm_type, t.depends_on, t.criteria)
+            _planned(
+                intent,
+                t.step_id,
+                t.task,
+                t.arm_type,
+                t.depends_on,
+                t.criteria,
+                given=given,
+                program=given.python if given and runs_given and t.step_id == "run" else "",
+            )
             for t in template
         ]
+        missing = missing_roles(template, steps, arms)
+        if missing:
+            raise MissingCapability(missing)
         remapped = remap_steps(steps, arms)
         if not remapped.steps:
             raise NoArmsAvailable(remapped.missing_types)
@@ -296,8 +431,9 @@ class HeuristicPlanner:
                 notes.append(f"step {victim} dropped to fit the budget of {limit} tokens")
         duration, tokens = estimate(kept)
         final = with_task_criteria(kept, acceptance_criteria)
+        shape = "given-code" if runs_given else f"{intent.complexity} {intent.domain}"
         rationale = (
-            f"heuristic {intent.complexity} {intent.domain} template: "
+            f"heuristic {shape} template: "
             f"{len(final)} step(s) over {', '.join(dict.fromkeys(s.arm_type for s in final))}"
         )
         plan = ExecutionPlan(
@@ -348,9 +484,15 @@ def _planned(
     arm_type: str,
     depends_on: tuple[str, ...],
     criteria: tuple[str, ...] = (),
+    *,
+    given: GivenInputs | None = None,
+    program: str = "",
 ) -> PlannedStep:
     """A step of an offline plan. It asks its arm for the arm type's main capability, plus the
-    goal's technologies on the arms that write or run code."""
+    goal's technologies on the arms that write or run code; `program` is Python for it to run."""
+    data = step_input(intent, task, arm_type, given)
+    if program:
+        data["python"] = program
     technologies = (
         tuple(t.lower() for t in intent.entities.get("technologies", []))
         if arm_type in _TECH_AWARE
@@ -360,7 +502,7 @@ def _planned(
         step_id=step_id,
         description=task,
         arm_type=arm_type,
-        input=step_input(intent, task, arm_type),
+        input=data,
         depends_on=depends_on,
         acceptance_criteria=criteria,
         required_capabilities=profile_of(arm_type).capabilities[:1] + technologies,

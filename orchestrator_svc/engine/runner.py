@@ -32,7 +32,9 @@ from ..brain import (
     NOT_COVERED,
     Brain,
     ExecutionPlan,
+    GivenInputs,
     Integration,
+    MissingCapability,
     NoArmsAvailable,
     PlanBudget,
     ValidationReport,
@@ -429,11 +431,15 @@ class TaskRun:
         budget = task.budget
         memory = self.r.memory
         past = await memory.recall(self.goal) if memory is not None else []
+        mesh = self.r.mesh
         try:
             outcome = await brain.plan(
                 intent,
-                # Only arms that can take work now: a NOT_SERVING arm must not shape the plan.
-                convert.arm_capabilities(c for c in self.r.mesh.arms() if c.routable),
+                # NOTE: arms that cannot serve (no LLM, say) must not shape the plan; arms only
+                # briefly unavailable (draining, reconnecting) may: their steps wait for them.
+                convert.arm_capabilities(
+                    c for c in mesh.arms() if c.routable or c.cannot_serve is None
+                ),
                 PlanBudget(
                     max_tokens=budget.max_tokens,
                     max_cost_usd=budget.max_cost_usd,
@@ -441,7 +447,10 @@ class TaskRun:
                 ),
                 acceptance_criteria=list(task.acceptance_criteria),
                 past=past,
+                given=GivenInputs.from_context(struct_to_dict(task.context)),
             )
+        except MissingCapability as exc:
+            raise TaskStopped(pb.TASK_STATE_FAILED, self._missing_capability(exc)) from None
         except NoArmsAvailable as exc:
             raise TaskStopped(
                 pb.TASK_STATE_FAILED,
@@ -455,6 +464,27 @@ class TaskRun:
             ) from None
         self._spend(outcome.usage, "plan")
         return convert.plan_to_proto(outcome.plan), outcome.notes
+
+    def _missing_capability(self, exc: MissingCapability) -> common_pb2.Failure:
+        """The Failure of a goal that needs a role no arm can serve, naming the capabilities,
+        the arm types and what the mesh knows of them (no arm, or connected but not serving)."""
+        status = "; ".join(
+            f"{arm_type}: {self.r.mesh.availability(arm_type).reason or 'serving'}"
+            for arm_type in exc.missing_types
+        )
+        self.log.info("task_missing_capability", capabilities=exc.capabilities, arm_status=status)
+        return mesh_failure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "MISSING_CAPABILITY",
+            f"{exc} ({status}); the task was not run",
+            retryable=True,
+            metadata={
+                "missing_capabilities": ",".join(exc.capabilities),
+                "missing_arm_types": ",".join(exc.missing_types),
+                "steps": ",".join(m.step_id for m in exc.missing),
+                "arm_status": status[:500],
+            },
+        )
 
     async def _integrate_and_validate(self, plan: pb.Plan) -> pb.TaskResult:
         """Integrate, validate; on failure re-run the failing steps (with the issues as
@@ -875,6 +905,19 @@ class TaskRun:
             sub.state = _SUBTASK_STATE_OF[event.kind]
             sub.arm_id, sub.attempt = event.arm_id, event.attempt
             self.events.emit(events.subtask_changed(sub))
+            if event.kind == "queued" and event.message:
+                # NOTE: no arm of the type is routable, but one may be back soon (an arm type
+                # that cannot serve at all fails in the mesh instead): say why it waits.
+                self.events.emit(
+                    pb.TaskEvent(
+                        subtask_progress=pb.SubtaskProgress(
+                            subtask_id=sub.subtask_id,
+                            step_id=step.step_id,
+                            message=f"waiting for arm type {step.arm_type!r}, {event.message}; "
+                            "waiting within the deadline",
+                        )
+                    )
+                )
 
         recovery = RecoveryBudget(transient_retries=settings.max_retries)
         timeout_s = settings.subtask_timeout_s

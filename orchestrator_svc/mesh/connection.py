@@ -24,6 +24,8 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 log = structlog.get_logger(__name__)
 
 MAX_CREDIT = 100_000  # NOTE: an arm granting more than this is misbehaving; cap, do not trust.
+# A capability an arm declares to say why it cannot do its work, e.g. "unavailable:no-llm".
+UNAVAILABLE_PREFIX = "unavailable:"
 HELLO_TIMEOUT_S = 5.0
 # How long close() waits for the connection's tasks, then for its channel, before giving up.
 CLOSE_TIMEOUT_S = 5.0
@@ -198,6 +200,8 @@ class ArmConnection:
         self._health_stub = health_pb2_grpc.HealthStub(self._channel)
         self._outbox: asyncio.Queue[arm_pb.ExecuteRequest] = asyncio.Queue()
         self._serving = False  # grpc.health.v1 says SERVING
+        self._health_known = False  # the health Watch has answered since it (re)connected
+        self._served = False  # ... and said SERVING at least once since then
         self._stream_open = False  # Hello received on a live Execute stream
         self._draining = False
         self._closed = False
@@ -225,6 +229,48 @@ class ArmConnection:
         if not self._stream_open:
             return pb.ARM_HEALTH_UNREACHABLE if self.descriptor else pb.ARM_HEALTH_UNSPECIFIED
         return pb.ARM_HEALTH_SERVING if self._serving else pb.ARM_HEALTH_NOT_SERVING
+
+    @property
+    def cannot_serve(self) -> str | None:
+        """Why this arm cannot do its work at all, or None when it serves or may serve soon.
+
+        An arm cannot serve when its stream is open, its health is NOT_SERVING, and it either
+        declares why (an ``unavailable:<why>`` capability, such as the coder's ``no-llm``) or
+        has not been SERVING once since its health watch (re)connected: an arm with no LLM
+        configured or an unknown model starts that way and stays so. An arm that served and
+        then turned NOT_SERVING (draining, a dependency down, cooling down), or whose stream
+        or health is not back yet (restarting, reconnecting), is only briefly unavailable.
+        """
+        if self.routable or self._closed or self._draining or not self._stream_open:
+            return None
+        if not self._health_known or self._serving or self.descriptor is None:
+            return None
+        declared = [
+            c.removeprefix(UNAVAILABLE_PREFIX)
+            for c in self.descriptor.capabilities
+            if c.startswith(UNAVAILABLE_PREFIX)
+        ]
+        if not declared and self._served:
+            return None
+        why = ", ".join(declared) if declared else "not SERVING since it connected"
+        if self.descriptor.description:
+            why = f"{why}: {self.descriptor.description}"
+        return f"connected but not serving ({why})"
+
+    @property
+    def unavailable(self) -> str:
+        """Why this arm takes no work now ("" when it is routable), in a few words."""
+        if self.routable:
+            return ""
+        if self._closed:
+            return "removed"
+        if self._draining:
+            return "draining"
+        if not self._stream_open:
+            return "reconnecting"
+        if not self._health_known:
+            return "waiting for its health"
+        return self.cannot_serve or "not serving for now (it served before)"
 
     def to_proto(self) -> pb.Arm:
         arm = pb.Arm(
@@ -458,11 +504,19 @@ class ArmConnection:
                 raise
             except grpc.aio.AioRpcError as exc:
                 self._log.info("arm_health_watch_lost", code=exc.code().name)
-            self._set_serving(False)
+            # NOTE: another process may answer the next watch: what this one served says
+            # nothing about whether that one can.
+            self._set_serving(False, known=False)
             await asyncio.sleep(backoff.next())
 
-    def _set_serving(self, serving: bool) -> None:
+    def _set_serving(self, serving: bool, *, known: bool = True) -> None:
+        first_answer = known and not self._health_known
+        self._health_known = known
+        self._served = known and (self._served or serving)
         if serving == self._serving:
+            if first_answer and self._stream_open:
+                # Not routable before or after, but the owner now knows whether it can serve.
+                self._owner.on_unroutable(self, [])
             return
         was_routable = self.routable
         self._serving = serving

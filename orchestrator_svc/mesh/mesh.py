@@ -4,6 +4,12 @@
 Outcome. The mesh sends it when a routable arm of that type has credit, re-dispatches it (attempt
 +1) when the arm's stream breaks, and withdraws it (Cancel to the arm) when the caller is cancelled
 or the subtask's deadline passes. An accepted subtask is never dropped: it ends in an Outcome.
+
+An arm type whose every arm cannot serve (connected but NOT_SERVING for good, see
+`ArmConnection.cannot_serve`) fails its subtasks at once with FAILED_PRECONDITION /
+ARM_NOT_SERVING, queued ones included; one whose arms are only briefly unavailable (draining,
+reconnecting, not serving after they served) keeps them queued until an arm is back or the
+deadline passes.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 import structlog
@@ -37,6 +45,34 @@ def mesh_failure(
     """A Failure produced by the orchestrator itself (not by an arm)."""
     return common_pb2.Failure(
         code=code.value[0], reason=reason, message=message, retryable=retryable, metadata=metadata
+    )
+
+
+ARM_NOT_SERVING = "ARM_NOT_SERVING"
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether an arm type can take work: `serving` (some arm is routable), `waiting` (its arms
+    are briefly unavailable), `cannot_serve` (every arm is connected but cannot serve), or
+    `unknown` (no arm of the type has introduced itself); `reason` says why in words."""
+
+    state: Literal["serving", "waiting", "cannot_serve", "unknown"]
+    reason: str = ""
+
+
+# NOTE: one instance: asked on every dispatch, and almost always the answer.
+_SERVING = Availability("serving")
+
+
+def not_serving_failure(arm_type: str, reason: str) -> common_pb2.Failure:
+    """The Failure of a subtask whose arm type cannot serve (not retried: it would not help)."""
+    return mesh_failure(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        ARM_NOT_SERVING,
+        f"arm type {arm_type!r} cannot serve: {reason}; failed at once, not waited for",
+        retryable=False,
+        metadata={"arm_type": arm_type, "arm_reason": reason},
     )
 
 
@@ -120,6 +156,31 @@ class Mesh:
     def routable_types(self) -> set[str]:
         return {t for t, conns in self._by_type.items() if any(c.routable for c in conns)}
 
+    def availability(self, arm_type: str) -> Availability:
+        """Whether `arm_type` can take work now, will be able to soon, or cannot; see the
+        module docstring."""
+        conns = self._by_type.get(arm_type)
+        if not conns:
+            return Availability("unknown", f"no arm of type {arm_type!r} is connected")
+        if any(c.routable for c in conns):
+            return _SERVING
+        unable = [(c, c.cannot_serve) for c in conns]
+        waiting = [c for c, why in unable if why is None]
+        if waiting:
+            return Availability(
+                "waiting",
+                "briefly unavailable: "
+                + "; ".join(f"{c.arm_id or c.address} {c.unavailable}" for c in waiting),
+            )
+        return Availability(
+            "cannot_serve", "; ".join(f"{c.arm_id} {why}" for c, why in unable if why)
+        )
+
+    def unservable(self) -> dict[str, str]:
+        """Arm types whose every arm is connected but cannot serve, with why."""
+        found = {t: self.availability(t) for t, conns in list(self._by_type.items()) if conns}
+        return {t: a.reason for t, a in found.items() if a.state == "cannot_serve"}
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds; it is re-checked whenever an arm joins, leaves or
         changes health (for readiness waits and tests)."""
@@ -163,6 +224,11 @@ class Mesh:
                 retryable=True,
             )
             return Outcome("", dispatch.attempt, failure=failure)
+        available = self.availability(arm_type)
+        if available.state == "cannot_serve":
+            return Outcome(
+                "", dispatch.attempt, failure=not_serving_failure(arm_type, available.reason)
+            )
         timeout = self._default_timeout_s if timeout_s is None else timeout_s
         if timeout <= 0:
             failure = mesh_failure(
@@ -185,7 +251,7 @@ class Mesh:
         )
         self._queues[arm_type].append(pending)
         self._pump(arm_type)
-        _report_queued([pending])
+        _report_queued([pending], available.reason)
         # NOTE: a plain timer, not asyncio.timeout(): it is on every dispatch, and expiry only
         # has to settle the future.
         timer = loop.call_at(deadline, self._expire, pending, timeout)
@@ -269,6 +335,7 @@ class Mesh:
             self._by_type[conn.arm_type].append(conn)
         self._notify()
         self._pump(conn.arm_type)
+        self._settle(conn.arm_type)
 
     def on_credit(self, conn: ArmConnection) -> None:
         self._pump(conn.arm_type)
@@ -324,7 +391,28 @@ class Mesh:
             self._queues[pending.arm_type].appendleft(pending)
         if lost:
             self._pump(lost[0].arm_type)
-            _report_queued(lost)
+            _report_queued(lost, self.availability(lost[0].arm_type).reason)
+        self._settle(conn.arm_type)
+
+    def _settle(self, arm_type: str) -> None:
+        """Fail the subtasks queued for `arm_type` once every arm of it cannot serve."""
+        queue = self._queues.get(arm_type)
+        if not queue:
+            return
+        available = self.availability(arm_type)
+        if available.state != "cannot_serve":
+            return
+        waiting = [p for p in queue if not p.withdrawn and not p.future.done()]
+        self._queues[arm_type] = DispatchQueue()
+        self._withdrawn[arm_type] = 0
+        failure = not_serving_failure(arm_type, available.reason)
+        for pending in waiting:
+            log.info(
+                "subtask_arm_not_serving",
+                subtask_id=pending.dispatch.subtask_id,
+                arm_type=arm_type,
+            )
+            pending.future.set_result(Outcome("", pending.dispatch.attempt, failure=failure))
 
     def _undeliverable(self, dispatch: arm_pb.Dispatch) -> common_pb2.Failure | None:
         """Why no arm can take `dispatch` on an Execute stream, or None if one can: larger than
@@ -367,8 +455,9 @@ def least_loaded(
     return ready[0] if len(ready) == 1 else min(ready, key=lambda c: len(c.in_flight))
 
 
-def _report_queued(pendings: list[Pending]) -> None:
-    """Tell the owners of subtasks that could not be sent at once that they wait for credit."""
+def _report_queued(pendings: list[Pending], why: str = "") -> None:
+    """Tell the owners of subtasks that could not be sent at once that they wait (for credit,
+    or, with `why`, for an arm of the type to be back)."""
     for pending in pendings:
         if pending.connection is None and not pending.future.done() and pending.on_event:
-            pending.on_event(MeshEvent("queued", "", pending.dispatch.attempt))
+            pending.on_event(MeshEvent("queued", "", pending.dispatch.attempt, message=why))

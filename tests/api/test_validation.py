@@ -577,3 +577,20 @@ async def test_abort_reaches_a_real_client(
     info = error_info_of(rich)
     assert info is not None
     assert (info.reason, info.domain, info.metadata["field"]) == (reason, DOMAIN, "task_id")
+
+
+def test_arm_type_connected_but_not_serving_is_failed_precondition() -> None:
+    """A step for an arm type whose arms cannot serve is FAILED_PRECONDITION ARM_NOT_SERVING,
+    naming the type and the arms' reason."""
+    plan = _steps(("a", "retriever", []), ("b", "coder", ["a"]))
+    why = "coder-1 connected but not serving (no-llm)"
+    err = _raised(lambda: validate_submit(_submit(plan=plan), ARMS, {"coder": why}))
+    _assert_error(
+        err,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ARM_NOT_SERVING",
+        "plan.steps[1].arm_type",
+        arm_type="coder",
+        arm_reason=why,
+    )
+    assert why in err.message

@@ -22,6 +22,16 @@ from tests.llm.fake_openai import Reply, completion, refused_base_url
 
 README_SAMPLE = "Explain how the mesh runs a fan-out/fan-in plan across specialist arms"
 ECHO = [ArmCapability("echo", ("echo", "general"), "Returns its input unchanged", 1)]
+# The arms a general goal's offline plan needs (outline, research, review).
+GENERAL_ROLES = [
+    ArmCapability("planner", ("planning",), "plans", 1),
+    ArmCapability("retriever", ("retrieval",), "retrieves", 1),
+    ArmCapability("judge", ("review",), "judges", 1),
+]
+CANONICAL = [
+    *GENERAL_ROLES,
+    *(ArmCapability(t, (), f"the {t} arm", 2) for t in ("coder", "executor", "safety")),
+]
 GUARD_S = 30
 
 
@@ -37,13 +47,16 @@ def echo_outputs(plan: ExecutionPlan) -> dict[str, dict[str, Any]]:
 
 
 async def test_offline_brain_runs_the_readme_sample_end_to_end() -> None:
-    """No LLM: parse, plan on echo, integrate echo outputs and validate, all with notes."""
+    """No LLM: parse, plan on the arms of each role, integrate their outputs and validate,
+    all with notes."""
     brain = Brain()
     assert not brain.uses_llm
     parsed = await brain.parse(README_SAMPLE)
     assert (parsed.intent.domain, parsed.intent.complexity) == ("general", "simple")
     assert parsed.notes == ("heuristic parse: general, simple",)
-    planned = await brain.plan(parsed.intent, ECHO, acceptance_criteria=["mentions fan-out"])
+    planned = await brain.plan(
+        parsed.intent, GENERAL_ROLES, acceptance_criteria=["mentions fan-out"]
+    )
     plan = planned.plan
     assert [s.step_id for s in plan.steps] == ["outline", "research", "review"]
     outputs = echo_outputs(plan)
@@ -64,7 +77,7 @@ async def test_brain_never_raises_when_the_llm_is_down(make_client: MakeClient) 
     parsed = await asyncio.wait_for(brain.parse(README_SAMPLE), GUARD_S)
     assert parsed.notes[0].startswith("LLM unavailable (connection failed")
     assert parsed.notes[0].endswith("; used the heuristic intent parser")
-    planned = await asyncio.wait_for(brain.plan(parsed.intent, ECHO), GUARD_S)
+    planned = await asyncio.wait_for(brain.plan(parsed.intent, GENERAL_ROLES), GUARD_S)
     assert "cooling down" in planned.notes[0]
     assert len(planned.plan.steps) == 3
     outputs = {s.step_id: {"answer": f"{s.step_id} says mesh"} for s in planned.plan.steps}
@@ -121,7 +134,7 @@ async def test_brain_uses_the_llm_for_every_step(
     assert parsed.intent.domain == "infrastructure"
     assert parsed.usage.total_tokens == 110
     assert parsed.notes == ("LLM parsed the goal: infrastructure, simple",)
-    planned = await asyncio.wait_for(brain.plan(parsed.intent, ECHO), GUARD_S)
+    planned = await asyncio.wait_for(brain.plan(parsed.intent, [*ECHO, *CANONICAL]), GUARD_S)
     assert [s.step_id for s in planned.plan.steps] == ["look_a", "look_b", "answer"]
     assert planned.usage.total_tokens == 220
     outputs = {s.step_id: {"text": s.description} for s in planned.plan.steps}
@@ -202,6 +215,7 @@ def test_public_surface() -> None:
         "EpisodeStep", "ExecutionPlan", "StepProvenance",
         "HeuristicIntentParser", "HeuristicPlanner", "IntegrateOutcome", "Integration",
         "LLMIntegrator", "LLMIntentParser", "LLMPlanner", "LLMValidator", "NoArmsAvailable",
+        "GivenInputs", "MissingCapability", "MissingRole",
         "ParseOutcome", "ParsedIntent", "PlanBudget", "PlanOutcome", "PlanProblem",
         "PlannedStep", "Planner", "ValidateOutcome", "ValidationReport", "answer_steps",
         "choose", "estimate", "integrate", "plan_single_step", "ranked", "repair_plan", "score",

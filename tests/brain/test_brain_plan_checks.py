@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from orchestrator_svc.brain import (
     ArmCapability,
     ExecutionPlan,
@@ -87,20 +89,40 @@ def test_over_budget() -> None:
 
 
 def test_repair_fixes_ids_deps_and_arm_types() -> None:
-    """Repair renames bad/duplicate ids, drops unknown/self deps and re-maps arm types."""
+    """Repair renames bad/duplicate ids, drops unknown/self deps and re-maps arm types onto
+    the arms that have each step's role."""
     broken = plan(
         step("gather context", arm="retriever"),
         step("write", "gather context", "ghost", "write", arm="coder"),
         step("write", "write", arm="judge"),
     )
-    fixed = repair_plan(broken, ECHO)
-    assert validate_plan(fixed, {"echo"}) == []
+    roles = [
+        ArmCapability("search", ("retrieval",)),
+        ArmCapability("dev", ("code_generation",)),
+        ArmCapability("critic", ("review",)),
+        *ECHO,
+    ]
+    fixed = repair_plan(broken, roles)
+    assert validate_plan(fixed, {"search", "dev", "critic", "echo"}) == []
     assert [(s.step_id, s.depends_on, s.arm_type) for s in fixed.steps] == [
-        ("gather_context", (), "echo"),
-        ("write", ("gather_context",), "echo"),
-        ("write_2", ("write",), "echo"),
+        ("gather_context", (), "search"),
+        ("write", ("gather_context",), "dev"),
+        ("write_2", ("write",), "critic"),
     ]
     assert fixed.plan_id == "p1"
+
+
+def test_repair_never_moves_a_role_onto_a_general_arm() -> None:
+    """Echo (general purpose) stands in for no role: on echo alone, the steps that retrieve,
+    write code or judge are dropped, and only a step with no role of its own moves to it."""
+    broken = plan(
+        step("gather", arm="retriever"),
+        step("write", "gather", arm="coder"),
+        step("chat", "write", arm="assistant"),
+    )
+    general = dataclasses.replace(broken.steps[2], required_capabilities=("general",))
+    fixed = repair_plan(dataclasses.replace(broken, steps=(*broken.steps[:2], general)), ECHO)
+    assert [(s.step_id, s.depends_on, s.arm_type) for s in fixed.steps] == [("chat", (), "echo")]
 
 
 def test_repair_drops_unservable_steps_keeping_the_dag_connected() -> None:

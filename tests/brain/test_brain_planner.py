@@ -10,7 +10,9 @@ import pytest
 from orchestrator_svc.brain import (
     ArmCapability,
     ExecutionPlan,
+    GivenInputs,
     HeuristicPlanner,
+    MissingCapability,
     NoArmsAvailable,
     ParsedIntent,
     PlanBudget,
@@ -19,6 +21,7 @@ from orchestrator_svc.brain import (
 )
 from orchestrator_svc.brain.intent import Complexity
 from orchestrator_svc.brain.lexicon import Domain
+from orchestrator_svc.brain.remap import fit_arm_type
 
 ECHO_ONLY = [ArmCapability("echo", ("echo", "general"), "Returns its input", 1)]
 CANONICAL = [
@@ -52,12 +55,20 @@ def step(plan: ExecutionPlan, step_id: str) -> PlannedStep:
 CASES = list(itertools.product(get_args(Domain), get_args(Complexity)))
 
 
+# The role a goal of each domain cannot be served without: its deliverable.
+DELIVERABLE = {
+    "code": "code_generation",
+    "security": "safety",
+    "data": "code_generation",
+    "infrastructure": "code_generation",
+    "general": "retrieval",
+}
+
+
 @pytest.mark.parametrize(("domain", "complexity"), CASES)
-@pytest.mark.parametrize("arms", [ECHO_ONLY, CANONICAL], ids=["echo-only", "canonical"])
-def test_every_template_is_a_valid_plan(
-    domain: str, complexity: str, arms: list[ArmCapability]
-) -> None:
-    """Every domain x complexity plans 3/5/7 valid steps on echo alone and on canonical arms."""
+def test_every_template_is_a_valid_plan(domain: str, complexity: str) -> None:
+    """Every domain x complexity plans 3/5/7 valid steps on the canonical arms."""
+    arms = CANONICAL
     plan = planner.plan(intent(domain, complexity), arms)
     served = {a.arm_type for a in arms}
     assert validate_plan(plan, served) == []
@@ -108,53 +119,104 @@ def test_complex_plans_fan_out_and_in() -> None:
     assert step(plan, "review").depends_on == ("test", "safety_check")
 
 
-def test_echo_only_keeps_the_dag_shape_and_notes_the_remap() -> None:
-    """On echo alone every step runs on echo (general purpose); the DAG shape is unchanged."""
-    plan, notes = planner.draft(intent("code", "complex"), ECHO_ONLY)
-    canonical = planner.plan(intent("code", "complex"), CANONICAL)
-    assert [(s.step_id, s.depends_on) for s in plan.steps] == [
-        (s.step_id, s.depends_on) for s in canonical.steps
-    ]
-    assert {s.arm_type for s in plan.steps} == {"echo"}
-    assert any("echo (general purpose) runs context (retriever)" in n for n in notes)
+@pytest.mark.parametrize(("domain", "complexity"), CASES)
+def test_echo_alone_stands_in_for_no_role(domain: str, complexity: str) -> None:
+    """On echo alone no template step runs on echo: the goal needs its deliverable's role, so
+    planning raises MissingCapability naming that capability."""
+    with pytest.raises(MissingCapability) as caught:
+        planner.plan(intent(domain, complexity), ECHO_ONLY)
+    assert DELIVERABLE[domain] in caught.value.capabilities
+    assert DELIVERABLE[domain] in str(caught.value)
+    assert "echo" not in caught.value.missing_types
 
 
-def test_remap_prefers_capability_overlap_then_general() -> None:
-    """A missing type goes to an arm sharing its role with the most overlapping capabilities,
-    else a 'general' arm; a shared technology alone is no role."""
+def test_remap_prefers_capability_overlap_and_general_arms_take_no_role() -> None:
+    """A missing type goes to an arm sharing its role with the most overlapping capabilities;
+    general arms take no step that has a role, and a shared technology alone is no role."""
     arms = [
         ArmCapability("python-dev", ("code_generation", "python"), "writes Python", 3),
         ArmCapability("assistant", ("general",), "does anything", 2),
         ArmCapability("echo", ("echo", "general"), "", 1),
     ]
     plan, notes = planner.draft(intent("code", "medium"), arms)
-    types = {s.step_id: s.arm_type for s in plan.steps}
-    assert types["implement"] == "python-dev"
     # NOTE: test (executor: "execution", "python") shares only python with python-dev, which
-    # writes code and does not run it: the cheapest general-purpose arm takes it.
-    assert types["test"] == "echo"
-    assert types["context"] == "echo"  # cheapest general-purpose arm
+    # writes code and does not run it: it is left out, not run on a general arm.
+    assert [(s.step_id, s.arm_type) for s in plan.steps] == [("implement", "python-dev")]
     assert any("python-dev (matching capabilities)" in n for n in notes)
+    assert any("no arm serves 'executor' or its role: dropped test" in n for n in notes), notes
+    assert any("no arm serves 'retriever' or its role: dropped context" in n for n in notes)
+
+
+def test_a_step_with_no_role_may_run_on_a_general_arm() -> None:
+    """Only a step whose role is general (it asks for nothing specific) goes to a general arm,
+    the cheapest one."""
+    arms = [
+        ArmCapability("assistant", ("general",), "does anything", 2),
+        ArmCapability("echo", ("echo", "general"), "", 1),
+    ]
+    general = PlannedStep("chat", "say hello", "greeter", required_capabilities=("general",))
+    assert fit_arm_type(general, arms) == ("echo", "general")
+    unknown = PlannedStep("sum", "summarise", "summarizer")
+    assert fit_arm_type(unknown, arms) is None
+    coder = PlannedStep("code", "write code", "coder")
+    assert fit_arm_type(coder, arms) is None
 
 
 def test_unservable_steps_are_dropped_and_the_dag_stays_connected() -> None:
-    """Steps no arm can run are dropped; dependants inherit their dependencies."""
+    """Steps no arm can run (and the goal can do without) are dropped; dependants inherit
+    their dependencies."""
     arms = [ArmCapability("retriever"), ArmCapability("judge")]
-    plan, notes = planner.draft(intent("code", "medium"), arms)
+    plan, notes = planner.draft(intent("general", "medium"), arms)
     assert [(s.step_id, s.depends_on) for s in plan.steps] == [
-        ("context", ()),
-        ("review", ("context",)),
+        ("research", ()),
+        ("background", ()),
+        ("review", ("research", "background")),
     ]
     assert validate_plan(plan, {"retriever", "judge"}) == []
-    assert any("dropped" in n and "implement" in n for n in notes)
+    assert any("dropped" in n and "outline" in n for n in notes)
+    assert any("dropped" in n and "safety_check" in n for n in notes)
 
 
-def test_no_servable_arm_raises_with_missing_types() -> None:
-    """When no step can run anywhere, NoArmsAvailable names the arm types the plan needs."""
-    with pytest.raises(NoArmsAvailable) as caught:
+def test_a_goal_without_its_deliverable_role_raises_missing_capability() -> None:
+    """When no arm can do what the goal asks for (code to write), MissingCapability names the
+    capability, the arm type and the step, and no plan leaves it out."""
+    with pytest.raises(MissingCapability) as caught:
         planner.plan(intent("code", "simple"), [ArmCapability("sleep", ("sleep", "test"))])
-    assert caught.value.missing_types == ("coder", "judge", "retriever")
-    assert "coder" in str(caught.value)
+    assert isinstance(caught.value, NoArmsAvailable)
+    assert caught.value.missing_types == ("coder",)
+    assert caught.value.capabilities == ("code_generation",)
+    assert [m.step_id for m in caught.value.missing] == ["implement"]
+    assert "code_generation" in str(caught.value)
+
+
+def test_a_review_is_essential_when_the_goal_asks_for_one() -> None:
+    """A goal asking for a review cannot be served without a judge: MissingCapability names
+    the review; the same goal without asking plans without it."""
+    served = [a for a in CANONICAL if a.arm_type != "judge"]
+    asks = intent("general", "simple", goal="Review the rollout notes and give a verdict")
+    with pytest.raises(MissingCapability) as caught:
+        planner.plan(asks, served)
+    assert caught.value.missing_types == ("judge",)
+    plain = intent("general", "simple", goal="Explain the rollout notes")
+    assert "review" not in {s.step_id for s in planner.plan(plain, served).steps}
+
+
+def test_code_given_in_the_context_is_run_not_written() -> None:
+    """Code handed over in the context is what the executor runs, with no coder in the plan,
+    unless the goal asks for code to be written; text handed over is what safety scans."""
+    given = GivenInputs.from_context({"python": "print(6)", "text": "mail bob@example.com"})
+    no_coder = [a for a in CANONICAL if a.arm_type != "coder"]
+    compute = intent("code", "simple", goal="Compute the mean with the given code")
+    plan = planner.plan(compute, no_coder, given=given)
+    run = step(plan, "run")
+    assert (run.arm_type, run.input["python"]) == ("executor", "print(6)")
+    assert "coder" not in {s.arm_type for s in plan.steps}
+    with pytest.raises(MissingCapability):
+        planner.plan(intent("code", "simple"), no_coder, given=given)  # "fix the bug"
+    scan = planner.plan(intent("security", "simple"), CANONICAL, given=given)
+    assert step(scan, "assess").input["text"] == "mail bob@example.com"
+    assert GivenInputs.from_context({"code": "x = 1", "language": "go"}).python == ""
+    assert GivenInputs.from_context({"code": "x = 1"}).python == "x = 1"
 
 
 def test_budget_trims_optional_steps() -> None:
@@ -190,8 +252,8 @@ def test_deterministic_except_plan_id() -> None:
 @pytest.mark.parametrize("domain", ["code", "data", "security"])
 def test_a_run_step_is_planned_only_after_a_coder(domain: str) -> None:
     """Executor steps run what a coder step before them wrote: with a coder they stay (and
-    depend on it); without one (no LLM) they would have nothing to run and are dropped, with
-    a note."""
+    depend on it). Without one (no LLM) a goal whose deliverable is code cannot be served
+    (MissingCapability); a security goal is, with the run steps dropped and a note."""
     complexity = "complex" if domain == "security" else "medium"
     with_coder = planner.plan(intent(domain, complexity), CANONICAL)
     runs = [s for s in with_coder.steps if s.arm_type == "executor"]
@@ -199,6 +261,11 @@ def test_a_run_step_is_planned_only_after_a_coder(domain: str) -> None:
     for run in runs:
         assert any(step(with_coder, d).arm_type == "coder" for d in run.depends_on)
     without = [a for a in CANONICAL if a.arm_type != "coder"]
+    if domain != "security":
+        with pytest.raises(MissingCapability) as caught:
+            planner.draft(intent(domain, complexity), without)
+        assert caught.value.capabilities == ("code_generation",)
+        return
     plan, notes = planner.draft(intent(domain, complexity), without)
     assert validate_plan(plan, {a.arm_type for a in without}) == []
     assert not any(s.arm_type in ("executor", "coder") for s in plan.steps)

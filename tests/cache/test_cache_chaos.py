@@ -18,6 +18,7 @@ from orchestrator_svc.store import RedisCache
 from orchestrator_svc.telemetry.metrics import Metrics
 from tests.cache.conftest import RedisProcess, lookups
 from tests.llm.fake_openai import FakeOpenAI, Reply, Script, completion
+from tests.role_arms import scribe
 
 StartFake = Callable[[Script], Awaitable[FakeOpenAI]]
 HANG_GUARD_S = 30.0  # waits below are for events, bounded only against hangs
@@ -98,9 +99,10 @@ async def test_killing_redis_mid_run_fails_no_task_and_the_cache_returns(
     Redis is skipped while down, and after the breaker's cool-down the cache is hit again."""
     fake = await start_fake(brain_llm)
     echo = await start_arm(REFERENCE_ARMS["echo"]())
+    roles = await start_arm(scribe())  # NOTE: echo stands in for no role the goal needs
     orch = await start_orchestrator(
-        [echo.address],
-        wait_for=("echo",),
+        [echo.address, roles.address],
+        wait_for=("echo", "scribe"),
         llm_base_url=fake.base_url,
         llm_max_retries=0,
         redis_url=own_redis.url,

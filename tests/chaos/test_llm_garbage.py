@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
 from tests.chaos.history import assert_consistent_history, finished_history
 from tests.llm.fake_openai import FakeOpenAI, Reply, completion, error
+from tests.role_arms import scribe
 
 GOAL = "Write a short note about credit-based flow control"
 
@@ -37,10 +37,10 @@ async def test_llm_garbage_falls_back_to_the_offline_brain(
     copy of the goal is no answer, so that end is a failed validation, not a crash)."""
     fake = await FakeOpenAI([reply]).start()
     try:
-        echo = await start_arm(REFERENCE_ARMS["echo"]())
+        roles = await start_arm(scribe())
         orch = await start_orchestrator(
-            [echo.address],
-            wait_for=("echo",),
+            [roles.address],
+            wait_for=("scribe",),
             llm_base_url=fake.base_url,
             llm_max_retries=0,
             llm_output_retries=1,

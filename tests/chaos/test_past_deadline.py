@@ -13,6 +13,7 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from arm_sdk import Arm, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
 from tests.chaos.history import assert_consistent_history, finished_history
+from tests.role_arms import scribe
 
 GOAL = "Finish before a deadline that cannot be met"
 # NOTE: hang guards on a busy 2-core machine, not speed targets.
@@ -40,7 +41,10 @@ async def test_budget_of_one_nanosecond_ends_deadline_exceeded(
     """budget.max_time = 1 ns: DEADLINE_EXCEEDED at once, every subtask settled."""
     sleep = await start_arm(REFERENCE_ARMS["sleep"]())
     echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([sleep.address, echo.address], wait_for=("sleep", "echo"))
+    roles = await start_arm(scribe())  # the roles of the brain-planned (general) goal
+    orch = await start_orchestrator(
+        [sleep.address, echo.address, roles.address], wait_for=("sleep", "echo", "scribe")
+    )
     stub = connect(orch.address)
     request = pb.SubmitTaskRequest(goal=GOAL, budget={"max_time": {"nanos": 1}})
     if plan is not None:

@@ -1,4 +1,4 @@
-"""The fuzz tests' mesh: one real orchestrator with echo and sleep arms per test module."""
+"""The fuzz tests' mesh: one real orchestrator with echo, sleep and scribe arms per test module."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from arm_sdk.arms import REFERENCE_ARMS
 from orchestrator_svc.config import Settings
 from orchestrator_svc.server import Orchestrator
 from tests.fuzz.fuzzing import FuzzMesh
+from tests.role_arms import scribe
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def fuzz_mesh() -> AsyncIterator[FuzzMesh]:
-    """One orchestrator with an echo and a sleep arm, shared by every example of a module
-    (its tests run on the module's event loop: `pytest.mark.asyncio(loop_scope="module")`)."""
+    """One orchestrator with an echo, a sleep and a scribe arm, shared by every example of a
+    module (its tests run on the module's event loop:
+    `pytest.mark.asyncio(loop_scope="module")`)."""
     arms = {name: await REFERENCE_ARMS[name]().start("127.0.0.1:0") for name in ("echo", "sleep")}
+    # NOTE: echo stands in for no role: the scribe declares those of a brain-planned goal.
+    arms["scribe"] = await scribe().start("127.0.0.1:0")
     settings = Settings(
         arm_endpoints=[a.address for a in arms.values()],
         listen="127.0.0.1:0",

@@ -7,6 +7,7 @@ import asyncio
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.role_arms import scribe
 
 GOAL = "Summarise what the retriever found about flow control"
 WAIT_S = 60.0
@@ -21,10 +22,10 @@ async def test_a_succeeded_task_is_remembered_and_shapes_the_next_plan(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
     """Task 1 succeeds and is remembered; task 2 with the same goal reuses its plan."""
-    arms = [await start_arm(REFERENCE_ARMS[name]()) for name in ("echo", "planner")]
+    arms = [await start_arm(scribe()), await start_arm(REFERENCE_ARMS["planner"]())]
     orch = await start_orchestrator(
         [a.address for a in arms],
-        wait_for=("echo", "planner"),
+        wait_for=("scribe", "planner"),
         memory=True,
         memory_path=":memory:",
         cache_ttl_s=0,  # NOTE: the plan must come from the memory, not from the plan cache

@@ -14,6 +14,7 @@ from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk import Arm, SubtaskInput
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.role_arms import scribe
 
 GOAL = "Summarise the design of the dispatch stream"
 
@@ -36,10 +37,14 @@ async def collect(
 
 @pytest.fixture
 async def mesh(start_arm, start_orchestrator, connect):  # type: ignore[no-untyped-def]
-    """An orchestrator with an echo and a sleep arm, and a client stub."""
+    """An orchestrator with an echo, a sleep and a scribe arm (the roles of a general plan),
+    and a client stub."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
     sleep = await start_arm(REFERENCE_ARMS["sleep"]())
-    orch = await start_orchestrator([echo.address, sleep.address], wait_for=("echo", "sleep"))
+    roles = await start_arm(scribe())
+    orch = await start_orchestrator(
+        [echo.address, sleep.address, roles.address], wait_for=("echo", "sleep", "scribe")
+    )
     return orch, connect(orch.address)
 
 
@@ -70,7 +75,8 @@ async def test_submit_runs_a_brain_plan_to_its_end(mesh: Any) -> None:
     assert {s.state for s in got.subtasks} == {pb.SUBTASK_STATE_SUCCEEDED}
     assert GOAL in got.result.answer
     assert not got.result.validation.passed
-    assert all(s.provenance.arm_id.startswith("echo-") for s in got.subtasks)
+    # NOTE: echo stands in for no role: the arm declaring them runs every step.
+    assert all(s.provenance.arm_id.startswith("scribe-") for s in got.subtasks)
     states = [e.state_changed.to_state for e in events if e.HasField("state_changed")]
     assert states[:3] == [pb.TASK_STATE_PARSING, pb.TASK_STATE_PLANNING, pb.TASK_STATE_EXECUTING]
 
@@ -189,7 +195,7 @@ async def test_list_arms_and_get_arm(mesh: Any) -> None:
     """ListArms shows every arm with health and credits; GetArm finds one by id."""
     _, stub = mesh
     arms = (await stub.ListArms(pb.ListArmsRequest())).arms
-    assert [a.descriptor.arm_type for a in arms] == ["echo", "sleep"]
+    assert [a.descriptor.arm_type for a in arms] == ["echo", "scribe", "sleep"]
     assert all(a.health == pb.ARM_HEALTH_SERVING and a.credits > 0 for a in arms)
     only = (await stub.ListArms(pb.ListArmsRequest(arm_type="sleep"))).arms
     assert [a.descriptor.arm_type for a in only] == ["sleep"]

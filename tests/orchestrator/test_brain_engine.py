@@ -7,6 +7,8 @@ import itertools
 from typing import Any
 
 import pytest
+from google.protobuf import duration_pb2
+from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
@@ -17,6 +19,7 @@ from arm_sdk.arms import retriever as retriever_arm
 from orchestrator_svc.dev import SAMPLE_DOCS
 from orchestrator_svc.llm import OpenAICompatibleClient
 from tests.llm.fake_openai import FakeOpenAI, completion
+from tests.role_arms import scribe
 
 GOAL = "Write a short note about credit-based flow control"
 
@@ -99,7 +102,8 @@ async def test_validation_that_never_passes_fails_after_three_repairs(
 async def test_brain_plan_with_no_usable_arm_fails_naming_the_types(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    """With only an unrelated arm, planning fails FAILED_PRECONDITION naming the missing types."""
+    """With only an unrelated arm, planning fails FAILED_PRECONDITION naming the missing role
+    (the research a general goal is answered from) and its arm type."""
     odd = Arm(arm_type="oddity", capabilities=("nothing-useful",))
 
     @odd.handler
@@ -110,8 +114,9 @@ async def test_brain_plan_with_no_usable_arm_fails_naming_the_types(
     orch = await start_orchestrator([server.address], wait_for=("oddity",))
     task, _ = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=GOAL))
     assert task.state == pb.TASK_STATE_FAILED
-    assert task.failure.reason == "NO_ARM_FOR_TYPE"
-    assert task.failure.metadata["missing_arm_types"]
+    assert task.failure.reason == "MISSING_CAPABILITY"
+    assert task.failure.metadata["missing_arm_types"] == "retriever"
+    assert task.failure.metadata["missing_capabilities"] == "retrieval"
 
 
 async def test_llm_talking_nonsense_falls_back_to_the_offline_brain(
@@ -121,10 +126,10 @@ async def test_llm_talking_nonsense_falls_back_to_the_offline_brain(
     (the events say why); echo's copy of the goal is no answer, so the task fails validation."""
     fake = await FakeOpenAI([completion("this is not json {")]).start()
     try:
-        echo = await start_arm(REFERENCE_ARMS["echo"]())
+        roles = await start_arm(scribe())
         orch = await start_orchestrator(
-            [echo.address],
-            wait_for=("echo",),
+            [roles.address],
+            wait_for=("scribe",),
             llm_base_url=fake.base_url,
             llm_max_retries=0,
             llm_output_retries=1,
@@ -181,42 +186,72 @@ def reason_for(events: list[pb.TaskEvent], state: pb.TaskState.ValueType) -> str
 
 
 @pytest.mark.parametrize(
-    ("goal", "planned"),
+    ("goal", "planned", "step"),
     [
         (
             "Write a Python function that parses ISO dates, and test it against the edge "
             "cases, then refactor it",
             "medium code",
+            "implement",
         ),
-        ("Analyze the monthly sales data and report the trends and outliers", "medium data"),
+        (
+            "Analyze the monthly sales data and report the trends and outliers",
+            "medium data",
+            "write_analysis",
+        ),
         (
             "Deploy the service to Kubernetes with a rolling update, and verify the rollout "
             "and plan the rollback",
             "medium infrastructure",
-        ),
-        (
-            "Audit the authentication flow for vulnerabilities, check the dependencies for "
-            "known CVEs, and verify the findings, then report each risk with its severity and "
-            "a fix",
-            "complex security",
+            "draft_change",
         ),
     ],
 )
-async def test_offline_plans_that_need_code_run_without_it(
-    start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any, goal: str, planned: str
+async def test_offline_goals_whose_deliverable_is_code_fail_naming_the_coder(
+    start_arm: Any,
+    start_orchestrator: Any,
+    connect: Any,
+    tmp_path: Any,
+    goal: str,
+    planned: str,
+    step: str,
 ) -> None:
-    """No LLM, so no coder: a goal whose template writes and runs code still plans steps the
-    served arms can do (no run step with nothing to run), runs them, and says what it left out;
-    with nothing indexed about the goal it fails ANSWER_NOT_FOUND rather than succeed."""
+    """No LLM, so no coder: a goal whose deliverable is code (a function, an analysis, an
+    infrastructure change) is not run without it; it ends FAILED / MISSING_CAPABILITY naming
+    code_generation, the step and the coder's state. (Until issue 16 these SUCCEEDED with the
+    code steps dropped: an answer that did not serve the goal.)"""
     address = await offline_mesh(start_arm, start_orchestrator, tmp_path)
-    task, events = await finish(connect(address), pb.SubmitTaskRequest(goal=goal))
+    budget = common_pb2.Budget(max_time=duration_pb2.Duration(seconds=60))
+    task, events = await finish(connect(address), pb.SubmitTaskRequest(goal=goal, budget=budget))
     assert f"planning a {planned} task" in reason_for(events, pb.TASK_STATE_PLANNING)
-    assert all(sub.state == pb.SUBTASK_STATE_SUCCEEDED for sub in task.subtasks)
-    assert not {"coder", "executor"} & {sub.arm_type for sub in task.subtasks}
-    # NOTE: what the served steps found is no answer to these goals (no document covers them
-    # and no model writes code): the task says so instead of succeeding.
+    assert task.state == pb.TASK_STATE_FAILED, task.failure
+    assert task.failure.reason == "MISSING_CAPABILITY"
+    assert task.failure.metadata["missing_capabilities"] == "code_generation"
+    assert task.failure.metadata["missing_arm_types"] == "coder"
+    assert task.failure.metadata["steps"] == step
+    assert "coder:" in task.failure.metadata["arm_status"]
+    assert not task.subtasks
+
+
+async def test_an_offline_security_audit_with_nothing_to_audit_is_no_success(
+    start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any
+) -> None:
+    """No coder and nothing given to scan: the plan leaves out the code inspection and the run
+    that would verify it, the safety arm finds nothing about the authentication flow, and the
+    task says it has no answer instead of succeeding (text given to scan is served: test_roles)."""
+    address = await offline_mesh(start_arm, start_orchestrator, tmp_path)
+    goal = (
+        "Audit the authentication flow for vulnerabilities, check the dependencies for known "
+        "CVEs, and verify the findings, then report each risk with its severity and a fix"
+    )
+    task, events = await finish(connect(address), pb.SubmitTaskRequest(goal=goal))
+    assert "planning a complex security task" in reason_for(events, pb.TASK_STATE_PLANNING)
     assert task.state == pb.TASK_STATE_FAILED
     assert task.failure.reason == "ANSWER_NOT_FOUND", task.failure
+    assert all(sub.state == pb.SUBTASK_STATE_SUCCEEDED for sub in task.subtasks)
+    ran = {sub.step_id: sub.arm_type for sub in task.subtasks}
+    assert ran["assess"] == "safety"
+    assert not {"coder", "executor"} & set(ran.values())
     executing = reason_for(events, pb.TASK_STATE_EXECUTING)
     assert "no arm serves 'coder'" in executing, executing
 

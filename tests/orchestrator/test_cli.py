@@ -10,6 +10,7 @@ import sys
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.role_arms import scribe
 
 
 async def octollm(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -93,9 +94,9 @@ async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) 
 
 async def test_submit_sends_the_client_token(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
     """With OCTOLLM_CLIENT_TOKEN the CLI authenticates; without it the refusal is one line."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
+    roles = await start_arm(scribe())
     orch = await start_orchestrator(
-        [echo.address], wait_for=("echo",), auth_tokens="ci:s3cret-token"
+        [roles.address], wait_for=("scribe",), auth_tokens="ci:s3cret-token"
     )
     args = ("submit", "Say hello with a token please", "--watch", "--address", orch.address)
     code, out, err = await octollm(*args, env={"OCTOLLM_CLIENT_TOKEN": "s3cret-token"})

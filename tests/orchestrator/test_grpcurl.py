@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.role_arms import scribe
 from tests.tools import grpcurl
 
 
@@ -12,7 +13,8 @@ async def test_grpcurl_list_describe_health_submit_get(start_arm, start_orchestr
     """grpcurl lists and describes services, checks and lists health, submits a task and reads
     it back."""
     echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    roles = await start_arm(scribe())
+    orch = await start_orchestrator([echo.address, roles.address], wait_for=("echo", "scribe"))
     address = orch.address
 
     services = (await grpcurl(address, "list")).split()

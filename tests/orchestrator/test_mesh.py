@@ -358,7 +358,8 @@ async def test_deadline_already_past_is_not_dispatched(start_arm, start_orchestr
 
 
 async def test_unavailable_arm_is_known_but_never_routed(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
-    """An arm whose `available` check fails serves NOT_SERVING: listed, never routed to."""
+    """An arm whose `available` check fails serves NOT_SERVING: listed, never routed to, and a
+    subtask for its type fails at once with ARM_NOT_SERVING (not at its deadline)."""
     lame = Arm(arm_type="lame", available=lambda: False)
 
     @lame.handler
@@ -375,6 +376,10 @@ async def test_unavailable_arm_is_known_but_never_routed(start_arm, start_orches
     assert arm is not None
     assert arm.health == pb.ARM_HEALTH_NOT_SERVING
     assert "lame" not in orch.mesh.routable_types()
-    outcome = await orch.mesh.execute("lame", dispatch("nope"), timeout_s=0.3)
+    outcome = await orch.mesh.execute("lame", dispatch("nope"), timeout_s=60)
     assert outcome.failure is not None
-    assert outcome.failure.reason == "SUBTASK_TIMEOUT"
+    assert outcome.failure.reason == "ARM_NOT_SERVING"
+    assert outcome.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert not outcome.failure.retryable
+    assert outcome.failure.metadata["arm_type"] == "lame"
+    assert "not serving" in outcome.failure.metadata["arm_reason"]

@@ -14,6 +14,7 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.role_arms import scribe
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -53,8 +54,8 @@ async def test_metrics_count_rpcs_tasks_subtasks_and_arms(
     start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
     """After one good task and one bad request the counters and arm gauges say so."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    arm_server = await start_arm(scribe())
+    orch = await start_orchestrator([arm_server.address], wait_for=("scribe",))
     assert orch.metrics_port > 0
     stub = connect(orch.address)
     plan = pb.Plan()
@@ -91,14 +92,14 @@ async def test_metrics_count_rpcs_tasks_subtasks_and_arms(
     assert value(samples, "octollm_tasks_finished_total", state="succeeded") == 1
     steps = len((await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task.subtasks)
     assert steps >= 1
-    finished = {"arm_type": "echo", "outcome": "succeeded"}
+    finished = {"arm_type": "scribe", "outcome": "succeeded"}
     assert value(samples, "octollm_subtasks_finished_total", **finished) == steps
-    assert value(samples, "octollm_subtask_duration_seconds_count", arm_type="echo") == steps
-    arm = {"arm_type": "echo", "arm_id": echo.arm_id}
+    assert value(samples, "octollm_subtask_duration_seconds_count", arm_type="scribe") == steps
+    arm = {"arm_type": "scribe", "arm_id": arm_server.arm_id}
     assert value(samples, "octollm_arm_routable", **arm) == 1
     assert value(samples, "octollm_arm_credits", **arm) > 0
     assert value(samples, "octollm_arm_in_flight", **arm) == 0
-    assert value(samples, "octollm_dispatch_queue_depth", arm_type="echo") == 0
+    assert value(samples, "octollm_dispatch_queue_depth", arm_type="scribe") == 0
     assert value(samples, "octollm_store_append_seconds_count") > 0
 
 
@@ -107,8 +108,8 @@ async def test_client_metrics_count_the_calls_to_arms(
 ) -> None:  # type: ignore[no-untyped-def]
     """After a task, the Execute stream and the health Watch to the arm are counted as started,
     with every message; once the arm stops, as handled with their code and duration."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([echo.address], wait_for=("echo",))
+    echo = await start_arm(scribe())
+    orch = await start_orchestrator([echo.address], wait_for=("scribe",))
     stub = connect(orch.address)
     task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal="Count my calls to the arm"))).task
     async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):

@@ -10,6 +10,7 @@ import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk.arms import REFERENCE_ARMS
+from tests.role_arms import scribe
 
 GOAL = "Summarise how replicas share the task log"
 
@@ -27,8 +28,8 @@ async def test_task_runs_on_postgres_and_its_log_is_in_the_database(
     pg_dsn: str, start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
     """With OCTOLLM_POSTGRES_DSN the task and every one of its events are rows in PostgreSQL."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
+    roles = await start_arm(scribe())
+    orch = await start_orchestrator([roles.address], wait_for=("scribe",), postgres_dsn=pg_dsn)
     stub = connect(orch.address)
     task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=summary_plan()))).task
     events = [
@@ -49,9 +50,9 @@ async def test_replicas_share_tasks_watches_and_idempotency(
     pg_dsn: str, start_arm, start_orchestrator, connect
 ) -> None:  # type: ignore[no-untyped-def]
     """Submit on one replica, watch and read it on the other; one request_id, one task."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
-    a = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
-    b = await start_orchestrator([echo.address], wait_for=("echo",), postgres_dsn=pg_dsn)
+    roles = await start_arm(scribe())
+    a = await start_orchestrator([roles.address], wait_for=("scribe",), postgres_dsn=pg_dsn)
+    b = await start_orchestrator([roles.address], wait_for=("scribe",), postgres_dsn=pg_dsn)
     stub_a, stub_b = connect(a.address), connect(b.address)
 
     task = (await stub_a.SubmitTask(pb.SubmitTaskRequest(goal=GOAL, plan=summary_plan()))).task

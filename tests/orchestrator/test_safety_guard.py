@@ -15,8 +15,9 @@ EMAIL = "alice@example.com"
 
 
 def parrot_arm(seen: list[str]) -> Arm:
-    """Repeats the goal it was given, so a leak into planning would show in the answer."""
-    arm = Arm(arm_type="parrot", capabilities=("general",))
+    """Repeats the goal it was given, so a leak into planning would show in the answer; it
+    declares the roles of a general goal's plan, so every step of one runs on it."""
+    arm = Arm(arm_type="parrot", capabilities=("planning", "retrieval", "review"))
 
     @arm.handler
     async def run(inp: SubtaskInput) -> dict[str, Any]:

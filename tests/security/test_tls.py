@@ -14,6 +14,7 @@ from arm_sdk._tls import ServerTLS, is_loopback
 from arm_sdk.arms import REFERENCE_ARMS
 from orchestrator_svc.config import Settings
 from orchestrator_svc.server import Orchestrator
+from tests.role_arms import scribe
 from tests.security.certs import Pki
 
 
@@ -79,11 +80,11 @@ async def test_orchestrator_runs_a_task_on_an_mtls_arm(
     start_orchestrator, connect, pki: Pki
 ) -> None:  # type: ignore[no-untyped-def]
     """An arm serving mTLS is reached with OCTOLLM_ARM_TLS_* and answers a task."""
-    arm = await REFERENCE_ARMS["echo"]().start("127.0.0.1:0", tls=pki.server_tls(mutual=True))
+    arm = await scribe().start("127.0.0.1:0", tls=pki.server_tls(mutual=True))
     try:
         orch = await start_orchestrator(
             [f"localhost:{arm.port}"],
-            wait_for=("echo",),
+            wait_for=("scribe",),
             arm_tls_ca=str(pki.ca_path),
             arm_tls_cert=str(pki.client.cert_path),
             arm_tls_key=str(pki.client.key_path),
