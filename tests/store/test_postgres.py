@@ -25,10 +25,9 @@ from orchestrator_svc.store import (
     TaskStore,
     migrate,
     open_store,
-    postgres,
 )
 from orchestrator_svc.store.migrate import bundled_migrations
-from orchestrator_svc.store.postgres import SESSION_SETTINGS, channel_for
+from orchestrator_svc.store.postgres import SESSION_SETTINGS, channel_for, sql
 from tests.store.postgres_schema import PgSchema
 
 NewTask = Callable[..., pb.Task]
@@ -463,17 +462,18 @@ async def test_a_writer_that_holds_the_projection_notices_another_writer(
 
 # Every statement the store prepares, by name, for the plan check below.
 _PREPARED = {
-    "held appends": postgres._WRITE_HELD_APPENDS,
-    "appends": postgres._WRITE_APPENDS,
-    "lock tasks": postgres._LOCK_TASKS,
-    "get task": postgres._GET_TASK,
-    "known key": postgres._KNOWN_KEY,
-    "read events": postgres._READ_EVENTS,
-    "last seqs": postgres._LAST_SEQS,
-    "renew leases": postgres._RENEW_LEASES,
-    "claim expired": postgres._CLAIM_EXPIRED,
-    "release leases": postgres._RELEASE_LEASES,
-    **{f"list tasks {key}": sql for key, sql in postgres._LIST_TASKS.items()},
+    "held appends": sql.WRITE_HELD_APPENDS,
+    "appends": sql.WRITE_APPENDS,
+    "lock tasks": sql.LOCK_TASKS,
+    "get task": sql.GET_TASK,
+    "log end": sql.LOG_END,
+    "known key": sql.KNOWN_KEY,
+    "read events": sql.READ_EVENTS,
+    "last seqs": sql.LAST_SEQS,
+    "renew leases": sql.RENEW_LEASES,
+    "claim expired": sql.CLAIM_EXPIRED,
+    "release leases": sql.RELEASE_LEASES,
+    **{f"list tasks {key}": statement for key, statement in sql.LIST_TASKS.items()},
 }
 
 
@@ -490,9 +490,9 @@ async def test_the_store_statements_plan_index_lookups_on_a_young_schema(
     await pg_schema.migrate()
     conn = await pg_schema.connect(SESSION_SETTINGS)
     bad: dict[str, list[str]] = {}
-    for name, sql in _PREPARED.items():
-        params = max(int(n) for n in re.findall(r"\$(\d+)", sql))
-        await conn.execute(f"PREPARE checked AS {sql}")
+    for name, statement in _PREPARED.items():
+        params = max(int(n) for n in re.findall(r"\$(\d+)", statement))
+        await conn.execute(f"PREPARE checked AS {statement}")
         nulls = ", ".join(["NULL"] * params)
         explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE checked({nulls})")
         await conn.execute("DEALLOCATE checked")
