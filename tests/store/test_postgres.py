@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
@@ -27,7 +28,7 @@ from orchestrator_svc.store import (
     open_store,
 )
 from orchestrator_svc.store.migrate import bundled_migrations
-from orchestrator_svc.store.postgres import SESSION_SETTINGS, channel_for, sql
+from orchestrator_svc.store.postgres import WRITER_SESSION_SETTINGS, channel_for, sql
 from tests.store.postgres_schema import PgSchema
 
 NewTask = Callable[..., pb.Task]
@@ -460,18 +461,20 @@ async def test_a_writer_that_holds_the_projection_notices_another_writer(
     assert (await b.get(task.task_id)).last_seq == 5
 
 
-# Every statement the store prepares, by name, for the plan check below.
-_PREPARED = {
+# The statements the writer sessions prepare, by name, for the plan check below.
+_APPENDS = {
     "held appends": sql.WRITE_HELD_APPENDS,
     "appends": sql.WRITE_APPENDS,
     "lock tasks": sql.LOCK_TASKS,
+}
+# The statements that look rows up by key on the other sessions. The lease rounds (renew,
+# claim) are not among them: they scan the unfinished tasks, as they must.
+_LOOKUPS = {
     "get task": sql.GET_TASK,
     "log end": sql.LOG_END,
     "known key": sql.KNOWN_KEY,
     "read events": sql.READ_EVENTS,
     "last seqs": sql.LAST_SEQS,
-    "renew leases": sql.RENEW_LEASES,
-    "claim expired": sql.CLAIM_EXPIRED,
     "release leases": sql.RELEASE_LEASES,
     **{f"list tasks {key}": statement for key, statement in sql.LIST_TASKS.items()},
 }
@@ -481,29 +484,87 @@ def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [plan, *(node for child in plan.get("Plans", ()) for node in _plan_nodes(child))]
 
 
-async def test_the_store_statements_plan_index_lookups_on_a_young_schema(
-    pg_schema: PgSchema,
-) -> None:
-    """The generic plans made while the tables are new (what a new deployment keeps until
-    autovacuum replans) look tasks and events up by index: no sequential scan of them and no
-    hash or merge join, whose cost would grow with every task ever stored."""
-    await pg_schema.migrate()
-    conn = await pg_schema.connect(SESSION_SETTINGS)
-    bad: dict[str, list[str]] = {}
-    for name, statement in _PREPARED.items():
+async def _table_scans(conn: Any, statements: dict[str, str]) -> dict[str, list[str]]:
+    """The nodes of each statement's generic plan on `conn` that read tasks or task_events
+    whole (a sequential scan, or a hash or merge join): {name: nodes}, statements without
+    any left out."""
+    found: dict[str, list[str]] = {}
+    for name, statement in statements.items():
         params = max(int(n) for n in re.findall(r"\$(\d+)", statement))
         await conn.execute(f"PREPARE checked AS {statement}")
         nulls = ", ".join(["NULL"] * params)
         explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE checked({nulls})")
         await conn.execute("DEALLOCATE checked")
-        nodes = _plan_nodes(json.loads(explained)[0]["Plan"])
-        bad[name] = [
+        nodes = [
             f"{node['Node Type']} {node.get('Relation Name', '')}".strip()
-            for node in nodes
+            for node in _plan_nodes(json.loads(explained)[0]["Plan"])
             if node["Node Type"] in ("Hash Join", "Merge Join")
             or (
                 node["Node Type"] == "Seq Scan"
                 and node.get("Relation Name") in ("tasks", "task_events")
             )
         ]
-    assert {name: nodes for name, nodes in bad.items() if nodes} == {}
+        if nodes:
+            found[name] = nodes
+    return found
+
+
+async def test_the_store_statements_plan_index_lookups_on_a_young_schema(
+    pg_schema: PgSchema,
+) -> None:
+    """The generic plans made while the tables are new (what a new deployment keeps until
+    autovacuum replans) look tasks and events up by index: the writer sessions' append
+    statements with no sequential scan of them and no hash or merge join, whose cost would grow
+    with every task ever stored, and the key lookups of the other sessions with no settings."""
+    await pg_schema.migrate()
+    writer = await pg_schema.connect(WRITER_SESSION_SETTINGS)
+    assert await _table_scans(writer, _APPENDS) == {}
+    reader = await pg_schema.connect({"plan_cache_mode": "force_generic_plan"})
+    assert await _table_scans(reader, _LOOKUPS) == {}
+
+
+async def test_only_the_sessions_that_write_appends_carry_the_planner_settings(
+    pg_schema: PgSchema, new_task: NewTask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The append statements run on writer sessions that keep generic, index-only plans; the
+    sessions that read, list, create and run the lease rounds, and the LISTEN session, leave
+    planning to PostgreSQL."""
+    opened: list[tuple[dict[str, str], Any]] = []
+    create_pool, connect = asyncpg.create_pool, asyncpg.connect
+
+    def recording_create_pool(*args: Any, **kwargs: Any) -> Any:
+        pool = create_pool(*args, **kwargs)
+        opened.append((kwargs.get("server_settings") or {}, pool))
+        return pool
+
+    async def recording_connect(*args: Any, **kwargs: Any) -> Any:
+        connection = await connect(*args, **kwargs)
+        opened.append((kwargs.get("server_settings") or {}, connection))
+        return connection
+
+    monkeypatch.setattr(asyncpg, "create_pool", recording_create_pool)
+    monkeypatch.setattr(asyncpg, "connect", recording_connect)
+    await pg_schema.migrate()
+    opened.clear()
+    store = await pg_schema.open_store()
+    task, _ = await store.create(new_task(), "fp")
+    await store.append(task.task_id, [_progress("one")], as_owner=True)
+    await store.list(10, "", ())
+    await store.claim_expired(10)
+    watch = store.watch(task.task_id, 0)
+    assert (await asyncio.wait_for(anext(watch), HANG_GUARD)).seq == 1
+    await watch.aclose()
+
+    planned = [
+        (owner, settings)
+        for settings, owner in opened
+        if WRITER_SESSION_SETTINGS.items() <= settings.items()
+    ]
+    unplanned = [
+        owner for settings, owner in opened if not WRITER_SESSION_SETTINGS.keys() & settings.keys()
+    ]
+    assert len(planned) == 1
+    writers = planned[0][0]
+    # NOTE: the group committer holds its writer session between commits.
+    assert writers.get_size() - writers.get_idle_size() == 1
+    assert len(unplanned) == len(opened) - 1 >= 2  # the read pool and the LISTEN session

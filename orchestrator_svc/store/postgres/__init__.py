@@ -1,7 +1,7 @@
 """The PostgreSQL adapter of the task store: PostgresTaskStore and the parts it is made of.
 
 - store.py: PostgresTaskStore, the TaskStore, TaskLeases and ArmHistory ports composed of:
-- sql.py: the statements, and how the store's sessions have PostgreSQL plan them;
+- sql.py: the statements, and how the sessions that write appends have PostgreSQL plan them;
 - sessions.py: connecting with retries, pooled sessions, driver failures as StoreErrors;
 - committer.py: appends committed (group commit), one statement or a locking transaction;
 - held.py: the projections of the tasks this store runs;
@@ -24,13 +24,13 @@ from orchestrator_svc.store.postgres.sessions import (
     describe_dsn,
     retry_until_reachable,
 )
-from orchestrator_svc.store.postgres.sql import SESSION_SETTINGS
+from orchestrator_svc.store.postgres.sql import WRITER_SESSION_SETTINGS
 from orchestrator_svc.store.postgres.store import PostgresTaskStore
 
 __all__ = [
     "CHANNEL_PREFIX",
-    "SESSION_SETTINGS",
     "TRANSIENT_ERRORS",
+    "WRITER_SESSION_SETTINGS",
     "CorruptRecord",
     "PostgresTaskStore",
     "channel_for",

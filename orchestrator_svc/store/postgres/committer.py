@@ -38,6 +38,7 @@ from orchestrator_svc.store.postgres.sessions import (
     BROKEN_SESSION_ERRORS,
     TRANSIENT_ERRORS,
     Sessions,
+    close_pool,
     lost,
     pooled_session,
 )
@@ -59,7 +60,9 @@ class Append:
 
 
 class Committer:
-    """Commits appends on the writer sessions (`writers`, a pool), grouped or one by one."""
+    """Commits appends on the writer sessions (`writers`, a pool of sessions that have
+    PostgreSQL plan the append statements with sql.WRITER_SESSION_SETTINGS), grouped or one
+    by one; close() closes the pool."""
 
     def __init__(
         self,
@@ -114,6 +117,7 @@ class Committer:
         await self._give_back_committer_conn()
         while self._queue:
             _settle(self._queue.popleft(), StoreClosed())
+        await close_pool(self._writers, timeout_s=self._sessions.timeout_s)
 
     async def _commit_forever(self) -> None:
         """Commit queued appends, each transaction taking all that queued up meanwhile."""

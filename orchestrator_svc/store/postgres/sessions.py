@@ -112,6 +112,18 @@ async def close_quietly(connection: Any, *, timeout_s: float) -> None:
         connection.terminate()
 
 
+async def close_pool(pool: Any, *, timeout_s: float) -> None:
+    """Close an asyncpg pool, terminating it if a graceful close fails or takes too long."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except asyncio.CancelledError:
+        pool.terminate()
+        raise
+    except Exception as exc:
+        log.warning("postgres_pool_close_failed", error=f"{type(exc).__name__}: {exc}")
+        pool.terminate()
+
+
 async def keep_session(connection: Any) -> None:
     """Pool reset hook: this store never changes session state, so skip asyncpg's reset query."""
 
@@ -213,11 +225,4 @@ class Sessions:
 
     async def close(self) -> None:
         """Close the pool, terminating it if a graceful close fails or takes too long."""
-        try:
-            await asyncio.wait_for(self.pool.close(), self.timeout_s)
-        except asyncio.CancelledError:
-            self.pool.terminate()
-            raise
-        except Exception as exc:
-            log.warning("postgres_pool_close_failed", error=f"{type(exc).__name__}: {exc}")
-            self.pool.terminate()
+        await close_pool(self.pool, timeout_s=self.timeout_s)

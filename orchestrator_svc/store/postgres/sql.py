@@ -6,15 +6,20 @@ task ids as uuid ($n::uuid, or uuid[] for a batch) and return them as text.
 
 from __future__ import annotations
 
-# NOTE: every statement the store prepares looks rows up by key (an index always applies) or
-# takes a few small arrays. PostgreSQL would plan the array-heavy appends again on every
-# execution (a fifth of an append's time), so the sessions keep one generic plan per statement.
-# A generic plan is made once, from what the planner believes of the tables then: on a young
-# schema (a new deployment) it assumes `tasks` is ten pages and an unnest() ten rows, picks a
-# hash join over a sequential scan of `tasks`, and keeps it while the table grows until
-# autovacuum invalidates it: every append then reads the whole table (1.9 ms an append instead
-# of 1.1 ms after a thousand tasks). Index paths are what these statements need at any size.
-SESSION_SETTINGS = {
+# NOTE: the append statements (WRITE_HELD_APPENDS, WRITE_APPENDS, LOCK_TASKS) run on writer
+# sessions of their own with these settings; every other session plans as PostgreSQL sees fit.
+# The appends take a few small arrays and run many times a second: PostgreSQL would plan them
+# again on every execution (a fifth of an append's time), so their sessions keep one generic
+# plan per statement. A generic plan is made once, from what the planner believes of the tables
+# then: on a young schema (a new deployment) it assumes `tasks` is ten pages, picks a hash join
+# over a sequential scan of `tasks`, and keeps it while the table grows until autovacuum
+# invalidates it: every append then reads the whole table (1.9 ms an append instead of 1.1 ms
+# after a thousand tasks). Index paths are what these statements need at any size. Fresher
+# statistics are no cure: ANALYZE of the new, empty tables has the planner expect them empty,
+# and then every statement's generic plan scans them. The other statements look a row up by key
+# or scan what they must (ListTasks, the lease rounds over unfinished tasks); planned afresh or
+# from statistics that autovacuum keeps current, they need no settings.
+WRITER_SESSION_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
     "enable_seqscan": "off",
     "enable_hashjoin": "off",

@@ -80,6 +80,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         self,
         pool: Any,
         *,
+        writers: Any,
         connect_listener: Callable[[float], Awaitable[Any]],
         channel: str,
         group_commit: bool,
@@ -106,7 +107,7 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
         self._held = HeldProjections(self._follower)
         self._committer = Committer(
             self._sessions,
-            pool,
+            writers,
             self._held,
             self._follower,
             group_commit=group_commit,
@@ -137,12 +138,14 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
     ) -> PostgresTaskStore:
         """Open a pool to `dsn` (waiting up to `startup_wait_s` for the server) and return a store.
 
+        Appends are written on sessions of a second pool (one session with group commit, up
+        to `max_size` without), which plan them with sql.WRITER_SESSION_SETTINGS.
         `server_settings` go to every session (e.g. {"search_path": "tenant_a"}); the NOTIFY
         channel defaults to one per schema (`channel_for`). `owner` names this replica in task
         leases (default: host, pid and a random suffix). Raises StoreUnavailable if the
         server cannot be reached, StoreError if the schema is not migrated.
         """
-        settings = {**sql.SESSION_SETTINGS, **(server_settings or {})}
+        settings = dict(server_settings or {})
 
         async def open_pool(attempt_timeout: float) -> Any:
             return await asyncpg.create_pool(
@@ -188,9 +191,21 @@ class PostgresTaskStore(TaskStore, TaskLeases, ArmHistory):
                 f"{where} at {describe_dsn(dsn)} has no task tables: run `octollm migrate` "
                 "(or start through open_store, which migrates)"
             )
+        # NOTE: opened empty; the first append connects (the group committer then keeps its
+        # one session, see committer.py).
+        writers = await asyncpg.create_pool(
+            dsn,
+            min_size=0,
+            max_size=1 if group_commit else max_size,
+            server_settings={**sql.WRITER_SESSION_SETTINGS, **settings},
+            timeout=connect_timeout_s,
+            command_timeout=timeout_s,
+            reset=keep_session,
+        )
         log.info("postgres_store_opened", target=describe_dsn(dsn), schema=schema)
         return cls(
             pool,
+            writers=writers,
             connect_listener=connect_listener,
             channel=channel or channel_for(schema),
             group_commit=group_commit,
