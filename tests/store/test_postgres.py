@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
+from structlog.testing import capture_logs
 
 from orchestrator_svc.config import Settings
 from orchestrator_svc.store import (
@@ -29,7 +32,7 @@ from orchestrator_svc.store import (
 )
 from orchestrator_svc.store.migrate import bundled_migrations
 from orchestrator_svc.store.postgres import WRITER_SESSION_SETTINGS, channel_for, sql
-from tests.store.postgres_schema import PgSchema
+from tests.store.postgres_schema import POSTGRES_DSN, PgSchema, require_postgres
 
 NewTask = Callable[..., pb.Task]
 HANG_GUARD = 10
@@ -340,6 +343,86 @@ async def test_migrate_reports_unreachable_postgres() -> None:
     dsn = f"postgresql://postgres@127.0.0.1:{port}/test"
     with pytest.raises(StoreUnavailable, match="unreachable"):
         await asyncio.wait_for(migrate(dsn, startup_wait_s=0.2), HANG_GUARD)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _proxy_to_postgres(port: int) -> AsyncIterator[None]:
+    """Forward 127.0.0.1:`port` to the test PostgreSQL while the context lasts."""
+    target = urlsplit(POSTGRES_DSN)
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(target.hostname, target.port or 5432)
+        for pipe in (_pipe(client_r, server_w), _pipe(server_r, client_w)):
+            pipes.add(asyncio.create_task(pipe))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+        for pipe in pipes:
+            pipe.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def test_open_store_waits_for_postgres_to_come_up(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """A store opened before PostgreSQL listens retries with backoff, one warning per failed
+    attempt, and opens once the server answers."""
+    await pg_schema.migrate()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dsn = f"postgresql://postgres@127.0.0.1:{port}{urlsplit(POSTGRES_DSN).path}"
+    with capture_logs() as logs:
+        opening = asyncio.create_task(
+            PostgresTaskStore.connect(
+                dsn,
+                server_settings=pg_schema.server_settings,
+                startup_wait_s=HANG_GUARD,
+                retry_initial_s=0.01,
+                retry_max_s=0.05,
+            )
+        )
+
+        def retries() -> list[dict[str, Any]]:
+            return [log for log in logs if log["event"] == "postgres_unreachable_retrying"]
+
+        while len(retries()) < 2:
+            await asyncio.sleep(0.01)
+        async with _proxy_to_postgres(port):
+            store = await asyncio.wait_for(opening, HANG_GUARD)
+            try:
+                created, _ = await store.create(new_task(), "fp")
+                assert (await store.get(created.task_id)).task_id == created.task_id
+            finally:
+                await store.close()
+    attempts = [log["attempt"] for log in retries()]
+    assert attempts == list(range(1, len(attempts) + 1))
+    assert all(f"127.0.0.1:{port}" in log["target"] for log in retries())
+
+
+async def test_migrate_gives_up_at_once_when_postgres_refuses() -> None:
+    """A refusal no retry can fix (here an unknown database) fails at once, without retries."""
+    dsn = POSTGRES_DSN.rsplit("/", 1)[0] + f"/octollm_missing_{uuid.uuid4().hex[:8]}"
+    await require_postgres()
+    with capture_logs() as logs, pytest.raises(StoreUnavailable, match="refused the connection"):
+        await asyncio.wait_for(migrate(dsn, startup_wait_s=HANG_GUARD), HANG_GUARD)
+    assert [log for log in logs if log["event"] == "postgres_unreachable_retrying"] == []
 
 
 async def test_a_watcher_of_a_task_this_store_runs_starts_from_memory(

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
+import tenacity
 
 from orchestrator_svc.store.ports import StoreClosed, StoreError, StoreUnavailable
 
@@ -70,34 +71,45 @@ async def retry_until_reachable(
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + startup_wait_s
-    delay = retry_initial_s
     attempts = 0
-    while True:
+    backoff = tenacity.wait_exponential(multiplier=retry_initial_s, max=retry_max_s)
+
+    def remaining() -> float:
+        return deadline - loop.time()
+
+    async def attempt() -> _T:
+        nonlocal attempts
         attempts += 1
-        attempt_timeout = max(0.05, min(connect_timeout_s, deadline - loop.time()))
-        try:
-            return await connect(attempt_timeout)
-        except TRANSIENT_ERRORS as exc:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise StoreUnavailable(
-                    f"PostgreSQL at {describe_dsn(dsn)} is unreachable: {attempts} attempt(s) in "
-                    f"{loop.time() - started:.1f} s, last error {type(exc).__name__}: {exc} "
-                    "(check OCTOLLM_POSTGRES_DSN and that the server is up)"
-                ) from exc
-            log.warning(
-                "postgres_unreachable_retrying",
-                target=describe_dsn(dsn),
-                attempt=attempts,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, retry_max_s)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreUnavailable(
-                f"PostgreSQL at {describe_dsn(dsn)} refused the connection: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        return await connect(max(0.05, min(connect_timeout_s, remaining())))
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "postgres_unreachable_retrying",
+            target=describe_dsn(dsn),
+            attempt=state.attempt_number,
+            error=f"{type(error).__name__}: {error}",
+        )
+
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type(TRANSIENT_ERRORS),
+        stop=lambda _state: remaining() <= 0,
+        wait=lambda state: max(0.0, min(backoff(state), remaining())),
+        before_sleep=warn,
+        reraise=True,
+    )
+    try:
+        return await retrying(attempt)
+    except TRANSIENT_ERRORS as exc:
+        raise StoreUnavailable(
+            f"PostgreSQL at {describe_dsn(dsn)} is unreachable: {attempts} attempt(s) in "
+            f"{loop.time() - started:.1f} s, last error {type(exc).__name__}: {exc} "
+            "(check OCTOLLM_POSTGRES_DSN and that the server is up)"
+        ) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StoreUnavailable(
+            f"PostgreSQL at {describe_dsn(dsn)} refused the connection: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 async def close_quietly(connection: Any, *, timeout_s: float) -> None:
