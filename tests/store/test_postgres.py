@@ -639,15 +639,16 @@ async def test_only_the_sessions_that_write_appends_carry_the_planner_settings(
     await watch.aclose()
 
     planned = [
-        (owner, settings)
-        for settings, owner in opened
+        opening
+        for settings, opening in opened
         if WRITER_SESSION_SETTINGS.items() <= settings.items()
     ]
     unplanned = [
-        owner for settings, owner in opened if not WRITER_SESSION_SETTINGS.keys() & settings.keys()
+        opening
+        for settings, opening in opened
+        if not WRITER_SESSION_SETTINGS.keys() & settings.keys()
     ]
-    assert len(planned) == 1
-    writers = planned[0][0]
+    (writers,) = planned
     # NOTE: the group committer holds its writer session between commits.
     assert writers.get_size() - writers.get_idle_size() == 1
     assert len(unplanned) == len(opened) - 1 >= 2  # the read pool and the LISTEN session
