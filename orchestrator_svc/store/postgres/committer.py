@@ -85,8 +85,8 @@ class Committer:
         # group commit
         self._queue: deque[Append] = deque()
         self._queued = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
-        self._committer_conn: Any = None  # the group committer's own pooled connection
+        self._group_task: asyncio.Task[None] | None = None
+        self._writer_conn: Any = None  # the group committer's own writer session
         # without group commit: one append per task at a time, in call order
         self._task_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -95,8 +95,8 @@ class Committer:
         if self._group_commit:
             self._queue.append(request)
             self._queued.set()
-            if self._committer is None or self._committer.done():
-                self._committer = asyncio.create_task(
+            if self._group_task is None or self._group_task.done():
+                self._group_task = asyncio.create_task(
                     self._commit_forever(), name="octollm-postgres-group-commit"
                 )
         else:
@@ -108,13 +108,13 @@ class Committer:
         """Commit (or fail) the appends accepted so far, then fail what is left StoreClosed;
         call once the sessions are marked closed."""
         self._queued.set()
-        if self._committer is not None:
+        if self._group_task is not None:
             # NOTE: accepted appends are committed (or fail) before the pool goes.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._committer), self._sessions.timeout_s)
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
-        await self._give_back_committer_conn()
+                await asyncio.wait_for(asyncio.shield(self._group_task), self._sessions.timeout_s)
+            self._group_task.cancel()
+            await asyncio.gather(self._group_task, return_exceptions=True)
+        await self._give_back_writer_conn()
         while self._queue:
             _settle(self._queue.popleft(), StoreClosed())
         await close_pool(self._writers, timeout_s=self._sessions.timeout_s)
@@ -311,24 +311,24 @@ class Committer:
             async with pooled_session(self._writers, self._sessions.timeout_s) as conn:
                 yield conn
             return
-        if self._committer_conn is not None and lost(self._committer_conn):
+        if self._writer_conn is not None and lost(self._writer_conn):
             # NOTE: the server ended the session while it sat idle (asyncpg has already given
             # it back to the pool): nothing was sent on it, so take another.
-            self._committer_conn = None
-        if self._committer_conn is None:
-            self._committer_conn = await self._writers.acquire(timeout=self._sessions.timeout_s)
-        conn = self._committer_conn
+            self._writer_conn = None
+        if self._writer_conn is None:
+            self._writer_conn = await self._writers.acquire(timeout=self._sessions.timeout_s)
+        conn = self._writer_conn
         try:
             yield conn
         except BaseException as exc:
             broken = isinstance(exc, BROKEN_SESSION_ERRORS)
             # NOTE: a statement the server refused leaves the connection fine: keep it.
             if broken or not isinstance(exc, asyncpg.PostgresError):
-                await self._give_back_committer_conn(terminate=broken)
+                await self._give_back_writer_conn(terminate=broken)
             raise
 
-    async def _give_back_committer_conn(self, *, terminate: bool = False) -> None:
-        conn, self._committer_conn = self._committer_conn, None
+    async def _give_back_writer_conn(self, *, terminate: bool = False) -> None:
+        conn, self._writer_conn = self._writer_conn, None
         if conn is None:
             return
         if terminate:

@@ -7,7 +7,8 @@ that survives the process and is shared by every store on the same schema:
 
 - create: the idempotency key is claimed with INSERT ... ON CONFLICT DO NOTHING in the same
   transaction as the task row, so one request_id makes one task across replicas.
-- append: committed before it returns, grouped with concurrent appends (committer.py).
+- append: committed before it returns, grouped with concurrent appends, on writer sessions of
+  its own (committer.py).
 - watch: replays the log from the table by seq, then follows it (follower.py).
 - leases and arm history: leases.py.
 
