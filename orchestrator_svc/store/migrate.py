@@ -20,7 +20,7 @@ import asyncpg  # type: ignore[import-untyped]
 import structlog
 
 from orchestrator_svc.store.ports import StoreError, StoreUnavailable
-from orchestrator_svc.store.postgres import (
+from orchestrator_svc.store.postgres.sessions import (
     TRANSIENT_ERRORS,
     close_quietly,
     describe_dsn,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
+from structlog.testing import capture_logs
 
 from orchestrator_svc.config import Settings
 from orchestrator_svc.store import (
@@ -25,11 +29,10 @@ from orchestrator_svc.store import (
     TaskStore,
     migrate,
     open_store,
-    postgres,
 )
 from orchestrator_svc.store.migrate import bundled_migrations
-from orchestrator_svc.store.postgres import SESSION_SETTINGS, channel_for
-from tests.store.postgres_schema import PgSchema
+from orchestrator_svc.store.postgres import WRITER_SESSION_SETTINGS, channel_for, sql
+from tests.store.postgres_schema import POSTGRES_DSN, PgSchema, require_postgres
 
 NewTask = Callable[..., pb.Task]
 HANG_GUARD = 10
@@ -342,6 +345,86 @@ async def test_migrate_reports_unreachable_postgres() -> None:
         await asyncio.wait_for(migrate(dsn, startup_wait_s=0.2), HANG_GUARD)
 
 
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _proxy_to_postgres(port: int) -> AsyncIterator[None]:
+    """Forward 127.0.0.1:`port` to the test PostgreSQL while the context lasts."""
+    target = urlsplit(POSTGRES_DSN)
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(target.hostname, target.port or 5432)
+        for pipe in (_pipe(client_r, server_w), _pipe(server_r, client_w)):
+            pipes.add(asyncio.create_task(pipe))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+        for pipe in pipes:
+            pipe.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def test_open_store_waits_for_postgres_to_come_up(
+    pg_schema: PgSchema, new_task: NewTask
+) -> None:
+    """A store opened before PostgreSQL listens retries with backoff, one warning per failed
+    attempt, and opens once the server answers."""
+    await pg_schema.migrate()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dsn = f"postgresql://postgres@127.0.0.1:{port}{urlsplit(POSTGRES_DSN).path}"
+    with capture_logs() as logs:
+        opening = asyncio.create_task(
+            PostgresTaskStore.connect(
+                dsn,
+                server_settings=pg_schema.server_settings,
+                startup_wait_s=HANG_GUARD,
+                retry_initial_s=0.01,
+                retry_max_s=0.05,
+            )
+        )
+
+        def retries() -> list[dict[str, Any]]:
+            return [log for log in logs if log["event"] == "postgres_unreachable_retrying"]
+
+        while len(retries()) < 2:
+            await asyncio.sleep(0.01)
+        async with _proxy_to_postgres(port):
+            store = await asyncio.wait_for(opening, HANG_GUARD)
+            try:
+                created, _ = await store.create(new_task(), "fp")
+                assert (await store.get(created.task_id)).task_id == created.task_id
+            finally:
+                await store.close()
+    attempts = [log["attempt"] for log in retries()]
+    assert attempts == list(range(1, len(attempts) + 1))
+    assert all(f"127.0.0.1:{port}" in log["target"] for log in retries())
+
+
+async def test_migrate_gives_up_at_once_when_postgres_refuses() -> None:
+    """A refusal no retry can fix (here an unknown database) fails at once, without retries."""
+    dsn = POSTGRES_DSN.rsplit("/", 1)[0] + f"/octollm_missing_{uuid.uuid4().hex[:8]}"
+    await require_postgres()
+    with capture_logs() as logs, pytest.raises(StoreUnavailable, match="refused the connection"):
+        await asyncio.wait_for(migrate(dsn, startup_wait_s=HANG_GUARD), HANG_GUARD)
+    assert [log for log in logs if log["event"] == "postgres_unreachable_retrying"] == []
+
+
 async def test_a_watcher_of_a_task_this_store_runs_starts_from_memory(
     pg_schema: PgSchema, new_task: NewTask
 ) -> None:
@@ -461,19 +544,22 @@ async def test_a_writer_that_holds_the_projection_notices_another_writer(
     assert (await b.get(task.task_id)).last_seq == 5
 
 
-# Every statement the store prepares, by name, for the plan check below.
-_PREPARED = {
-    "held appends": postgres._WRITE_HELD_APPENDS,
-    "appends": postgres._WRITE_APPENDS,
-    "lock tasks": postgres._LOCK_TASKS,
-    "get task": postgres._GET_TASK,
-    "known key": postgres._KNOWN_KEY,
-    "read events": postgres._READ_EVENTS,
-    "last seqs": postgres._LAST_SEQS,
-    "renew leases": postgres._RENEW_LEASES,
-    "claim expired": postgres._CLAIM_EXPIRED,
-    "release leases": postgres._RELEASE_LEASES,
-    **{f"list tasks {key}": sql for key, sql in postgres._LIST_TASKS.items()},
+# The statements the writer sessions prepare, by name, for the plan check below.
+_APPENDS = {
+    "held appends": sql.WRITE_HELD_APPENDS,
+    "appends": sql.WRITE_APPENDS,
+    "lock tasks": sql.LOCK_TASKS,
+}
+# The statements that look rows up by key on the other sessions. The lease rounds (renew,
+# claim) are not among them: they scan the unfinished tasks, as they must.
+_LOOKUPS = {
+    "get task": sql.GET_TASK,
+    "log end": sql.LOG_END,
+    "known key": sql.KNOWN_KEY,
+    "read events": sql.READ_EVENTS,
+    "last seqs": sql.LAST_SEQS,
+    "release leases": sql.RELEASE_LEASES,
+    **{f"list tasks {key}": statement for key, statement in sql.LIST_TASKS.items()},
 }
 
 
@@ -481,29 +567,88 @@ def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [plan, *(node for child in plan.get("Plans", ()) for node in _plan_nodes(child))]
 
 
-async def test_the_store_statements_plan_index_lookups_on_a_young_schema(
-    pg_schema: PgSchema,
-) -> None:
-    """The generic plans made while the tables are new (what a new deployment keeps until
-    autovacuum replans) look tasks and events up by index: no sequential scan of them and no
-    hash or merge join, whose cost would grow with every task ever stored."""
-    await pg_schema.migrate()
-    conn = await pg_schema.connect(SESSION_SETTINGS)
-    bad: dict[str, list[str]] = {}
-    for name, sql in _PREPARED.items():
-        params = max(int(n) for n in re.findall(r"\$(\d+)", sql))
-        await conn.execute(f"PREPARE checked AS {sql}")
+async def _table_scans(conn: Any, statements: dict[str, str]) -> dict[str, list[str]]:
+    """The nodes of each statement's generic plan on `conn` that read tasks or task_events
+    whole (a sequential scan, or a hash or merge join): {name: nodes}, statements without
+    any left out."""
+    found: dict[str, list[str]] = {}
+    for name, statement in statements.items():
+        params = max(int(n) for n in re.findall(r"\$(\d+)", statement))
+        await conn.execute(f"PREPARE checked AS {statement}")
         nulls = ", ".join(["NULL"] * params)
         explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE checked({nulls})")
         await conn.execute("DEALLOCATE checked")
-        nodes = _plan_nodes(json.loads(explained)[0]["Plan"])
-        bad[name] = [
+        nodes = [
             f"{node['Node Type']} {node.get('Relation Name', '')}".strip()
-            for node in nodes
+            for node in _plan_nodes(json.loads(explained)[0]["Plan"])
             if node["Node Type"] in ("Hash Join", "Merge Join")
             or (
                 node["Node Type"] == "Seq Scan"
                 and node.get("Relation Name") in ("tasks", "task_events")
             )
         ]
-    assert {name: nodes for name, nodes in bad.items() if nodes} == {}
+        if nodes:
+            found[name] = nodes
+    return found
+
+
+async def test_the_store_statements_plan_index_lookups_on_a_young_schema(
+    pg_schema: PgSchema,
+) -> None:
+    """The generic plans made while the tables are new (what a new deployment keeps until
+    autovacuum replans) look tasks and events up by index: the writer sessions' append
+    statements with no sequential scan of them and no hash or merge join, whose cost would grow
+    with every task ever stored, and the key lookups of the other sessions with no settings."""
+    await pg_schema.migrate()
+    writer = await pg_schema.connect(WRITER_SESSION_SETTINGS)
+    assert await _table_scans(writer, _APPENDS) == {}
+    reader = await pg_schema.connect({"plan_cache_mode": "force_generic_plan"})
+    assert await _table_scans(reader, _LOOKUPS) == {}
+
+
+async def test_only_the_sessions_that_write_appends_carry_the_planner_settings(
+    pg_schema: PgSchema, new_task: NewTask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The append statements run on writer sessions that keep generic, index-only plans; the
+    sessions that read, list, create and run the lease rounds, and the LISTEN session, leave
+    planning to PostgreSQL."""
+    opened: list[tuple[dict[str, str], Any]] = []
+    create_pool, connect = asyncpg.create_pool, asyncpg.connect
+
+    def recording_create_pool(*args: Any, **kwargs: Any) -> Any:
+        pool = create_pool(*args, **kwargs)
+        opened.append((kwargs.get("server_settings") or {}, pool))
+        return pool
+
+    async def recording_connect(*args: Any, **kwargs: Any) -> Any:
+        connection = await connect(*args, **kwargs)
+        opened.append((kwargs.get("server_settings") or {}, connection))
+        return connection
+
+    monkeypatch.setattr(asyncpg, "create_pool", recording_create_pool)
+    monkeypatch.setattr(asyncpg, "connect", recording_connect)
+    await pg_schema.migrate()
+    opened.clear()
+    store = await pg_schema.open_store()
+    task, _ = await store.create(new_task(), "fp")
+    await store.append(task.task_id, [_progress("one")], as_owner=True)
+    await store.list(10, "", ())
+    await store.claim_expired(10)
+    watch = store.watch(task.task_id, 0)
+    assert (await asyncio.wait_for(anext(watch), HANG_GUARD)).seq == 1
+    await watch.aclose()
+
+    planned = [
+        opening
+        for settings, opening in opened
+        if WRITER_SESSION_SETTINGS.items() <= settings.items()
+    ]
+    unplanned = [
+        opening
+        for settings, opening in opened
+        if not WRITER_SESSION_SETTINGS.keys() & settings.keys()
+    ]
+    (writers,) = planned
+    # NOTE: the group committer holds its writer session between commits.
+    assert writers.get_size() - writers.get_idle_size() == 1
+    assert len(unplanned) == len(opened) - 1 >= 2  # the read pool and the LISTEN session
