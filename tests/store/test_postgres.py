@@ -458,13 +458,14 @@ async def test_a_watcher_of_a_task_this_store_runs_starts_from_memory(
 _STORE_SESSIONS = "FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()"
 
 
-async def _end_store_sessions(observer: Any, schema: str) -> int:
-    """Have the server end every session a store of `schema` holds; how many it ended."""
-    return int(
-        await observer.fetchval(
-            f"SELECT count(pg_terminate_backend(pid)) {_STORE_SESSIONS}", schema
-        )
+async def _end_store_sessions(observer: Any, schema: str) -> list[int]:
+    """Have the server end every session a store of `schema` holds; the pids it ended."""
+    rows = await observer.fetch(
+        f"SELECT pid FROM (SELECT pid, pg_terminate_backend(pid) AS ended {_STORE_SESSIONS}) s "
+        "WHERE ended",
+        schema,
     )
+    return [int(row["pid"]) for row in rows]
 
 
 async def test_store_recovers_when_postgres_drops_its_sessions(
@@ -479,7 +480,7 @@ async def test_store_recovers_when_postgres_drops_its_sessions(
     await store.append(created.task_id, [_progress("before")])
 
     killed = await _end_store_sessions(observer, pg_schema.name)
-    assert killed >= 2  # a pool session and the LISTEN session
+    assert len(killed) >= 2  # a pool session and the LISTEN session
 
     async def append_until_accepted(event: pb.TaskEvent) -> None:
         while True:
@@ -506,8 +507,11 @@ async def test_an_append_after_the_server_ended_the_idle_commit_session_succeeds
     created, _ = await store.create(new_task(), "fp")
     await store.append(created.task_id, [_progress("before")])
     observer = await pg_schema.connect()
-    await _end_store_sessions(observer, pg_schema.name)
-    while await observer.fetchval(f"SELECT count(*) {_STORE_SESSIONS}", pg_schema.name):
+    ended = await _end_store_sessions(observer, pg_schema.name)
+    # NOTE: the ended sessions, not all of the store's: its LISTEN session reconnects at once.
+    while await observer.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", ended
+    ):
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)  # the store's event loop reads the closed sockets
 
