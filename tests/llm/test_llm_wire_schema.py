@@ -48,7 +48,8 @@ def test_wire_schemas_of_every_llm_step_carry_no_length_bounds(step: str) -> Non
     sent = wire_schema(RESPONSE_SCHEMAS[step])
     found = [(p, k) for p, k in keywords(sent) if k in WIRE_BOUND_KEYWORDS or k == "$ref"]
     assert found == []
-    assert sent["type"] == "object" and sent["properties"]
+    assert sent["type"] == "object"
+    assert sent["properties"]
 
 
 def test_the_coder_schema_had_the_bounds_that_crash_llama_cpp() -> None:
