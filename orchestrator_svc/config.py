@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     llm_cooldown_s: float = Field(
         15.0, ge=0, description="after the LLM fails, use the heuristics this long"
     )
+    llm_check_interval_s: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="LLM-backed arms check their endpoint (GET /v1/models) this often",
+    )
     safety: bool = Field(
         False,
         description="run the safety arm on task input and the final answer (on/off; fails closed)",

@@ -31,11 +31,12 @@ from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from arm_sdk.arms._input import bad_input, parse_input
 from arm_sdk.arms._llm import (
     HOW_TO_CONFIGURE,
+    EndpointWatch,
     arm_error_from,
     llm_client_from_env,
     output_with_usage,
 )
-from orchestrator_svc.llm import JSONCompleter, LLMError
+from orchestrator_svc.llm import JSONCompleter, LLMError, LLMUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -101,8 +102,17 @@ Rules:
 - "explanation": two or three sentences on what the code does (and what you changed)"""
 
 
-def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm:
-    """A new coder arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any)."""
+def build(
+    arm_id: str | None = None,
+    *,
+    llm: JSONCompleter | None = None,
+    check_interval_s: float | None = None,
+) -> Arm:
+    """A new coder arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any).
+
+    Its endpoint is checked at start and every ``check_interval_s`` (default
+    ``OCTOLLM_LLM_CHECK_INTERVAL_S``): NOT_SERVING, with the reason, while it is unreachable or
+    does not list the model."""
     owned = llm_client_from_env() if llm is None else None
     client: JSONCompleter | None = llm if llm is not None else owned
     capabilities: tuple[str, ...] = ("code_generation", "code_analysis", "refactoring")
@@ -125,9 +135,15 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
     )
     if owned is not None:
         arm.on_stop(owned.aclose)  # opened here, so closed here; a given `llm` is the caller's
+    watch = None
+    if client is not None:
+        watch = EndpointWatch(client, required=True, interval_s=check_interval_s)
+        watch.attach(arm)
 
     @arm.handler
     async def code(inp: SubtaskInput) -> SubtaskOutput:
+        if watch is not None and not watch.usable:
+            raise watch.unusable_error()
         if client is None:
             raise ArmError(
                 f"the coder arm has no LLM configured and will not fake code: {HOW_TO_CONFIGURE}",
@@ -149,6 +165,8 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
             )
         except LLMError as exc:
             log.warning("code_not_written", subtask_id=inp.subtask_id, error=str(exc))
+            if isinstance(exc, LLMUnavailable) and watch is not None:
+                watch.suspect()
             raise arm_error_from(exc) from None
         language = draft.language.strip() or request.language.strip() or "text"
         explanation = draft.explanation.strip()

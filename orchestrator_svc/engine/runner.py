@@ -830,16 +830,31 @@ class TaskRun:
                         outcome = Outcome(outcome.arm_id, outcome.attempt, failure=invalid)
                     else:
                         await self.r.result_cache.store(descriptor, dispatch, result)
-                if outcome.failure is None:
+                failed = outcome.failure
+                if failed is None:
                     break
-                retry = recovery.next(outcome.failure, outcome.arm_id)
+                retry = recovery.next(
+                    failed,
+                    outcome.arm_id,
+                    remaining_s=self.deadline - asyncio.get_running_loop().time(),
+                    other_arm=any(
+                        c.routable and c.arm_type == step.arm_type and c.arm_id != outcome.arm_id
+                        for c in mesh.arms()
+                    ),
+                )
                 if retry is None:
+                    if recovery.gave_up_because:
+                        why = f"{failed.message} ({recovery.gave_up_because})"
+                        given, failed = failed, common_pb2.Failure()
+                        failed.CopyFrom(given)
+                        failed.message = why
+                        outcome = Outcome(outcome.arm_id, outcome.attempt, failure=failed)
                     break
                 step_log.info(
                     "subtask_retry",
                     kind=retry.kind,
                     attempt=dispatch.attempt,
-                    reason=outcome.failure.reason,
+                    reason=failed.reason,
                     arm_id=outcome.arm_id,
                 )
                 self.r.metrics.retries.labels(retry.kind).inc()

@@ -7,14 +7,17 @@ configured the brain uses its offline heuristics.
 
 from .cached import CachedCompleter
 from .client import RESPONSE_FORMAT_MODES, OpenAICompatibleClient, ResponseFormatMode
+from .endpoint import ENDPOINT_OK, EndpointStatus
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
 from .port import JSONCompleter
 from .usage import NO_USAGE, LLMUsage
 
 __all__ = [
+    "ENDPOINT_OK",
     "NO_USAGE",
     "RESPONSE_FORMAT_MODES",
     "CachedCompleter",
+    "EndpointStatus",
     "JSONCompleter",
     "LLMError",
     "LLMInvalidOutput",

@@ -34,6 +34,7 @@ import structlog
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from pydantic import BaseModel, ValidationError
 
+from .endpoint import EndpointStatus
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
 from .schema import json_text, schema_name, wire_schema
 from .usage import NO_USAGE, LLMUsage
@@ -118,6 +119,49 @@ class OpenAICompatibleClient:
 
     async def aclose(self) -> None:
         await self._openai.close()
+
+    async def check_endpoint(self, timeout_s: float = 5.0) -> EndpointStatus:
+        """`GET /v1/models`: is the endpoint reachable, and does it list the configured model?
+
+        A server without `/models` (HTTP 404/405) cannot be verified and counts as usable; an
+        empty list too. A usable answer ends a cool-down (the endpoint is back)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                page = await self._openai.models.list(timeout=timeout_s)
+        except (TimeoutError, openai.APITimeoutError):
+            return EndpointStatus(False, f"LLM endpoint did not answer within {timeout_s:g}s")
+        except openai.APIConnectionError as exc:
+            return EndpointStatus(False, f"LLM endpoint unreachable ({exc.message})")
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in (404, 405):
+                return self._endpoint_back(EndpointStatus(True))
+            if status in (401, 403):
+                return EndpointStatus(
+                    False, f"LLM endpoint refused the API key (HTTP {status})", permanent=True
+                )
+            return EndpointStatus(False, f"LLM endpoint failing (HTTP {status})")
+        except (openai.APIError, ValueError) as exc:
+            return EndpointStatus(False, f"LLM endpoint answered nonsense ({type(exc).__name__})")
+        listed = tuple(
+            str(getattr(m, "id", "")) for m in (getattr(page, "data", None) or ()) if m is not None
+        )
+        if listed and self._model not in listed:
+            shown = ", ".join(listed[:10])
+            return EndpointStatus(
+                False,
+                f"model {self._model!r} is not served by the LLM endpoint (it lists: {shown})",
+                permanent=True,
+                models=listed,
+            )
+        return self._endpoint_back(EndpointStatus(True, models=listed))
+
+    def _endpoint_back(self, status: EndpointStatus) -> EndpointStatus:
+        if self._cool_error is not None:
+            log.info("llm_endpoint_back", model=self._model)
+        self._cool_error = None
+        self._cool_until = 0.0
+        return status
 
     async def __aenter__(self) -> OpenAICompatibleClient:
         return self
@@ -359,7 +403,7 @@ class OpenAICompatibleClient:
         message = f"{error} (cooling down, {left:.1f}s left)"
         if isinstance(error, LLMRateLimited):
             raise LLMRateLimited(message, retry_after=left)
-        raise LLMUnavailable(message)
+        raise LLMUnavailable(message, retry_after=left)
 
     def _log_call(
         self,

@@ -75,12 +75,17 @@ class FakeOpenAI:
     """Serves `/v1/chat/completions` (and `/v1/models`) from a script.
 
     `script` is either a list of replies (served in order; the last one repeats forever) or a
-    function of (request JSON body, request index) returning the reply.
+    function of (request JSON body, request index) returning the reply. `/v1/models` lists
+    `model_ids`, or answers `models_reply` when one is set (e.g. an error while "down");
+    `model_checks` counts those requests.
     """
 
     def __init__(self, script: Script) -> None:
         self._script = script
         self.requests: list[dict[str, Any]] = []
+        self.model_ids: list[str] = ["fake-model"]
+        self.models_reply: Reply | None = None
+        self.model_checks = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self.port = 0
@@ -126,7 +131,13 @@ class FakeOpenAI:
                 headers[name.strip().lower()] = value.strip()
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
             if method == "GET" and path.endswith("/models"):
-                reply = Reply(body={"object": "list", "data": [{"id": "fake-model"}]})
+                self.model_checks += 1
+                reply = self.models_reply or Reply(
+                    body={
+                        "object": "list",
+                        "data": [{"id": m, "object": "model"} for m in self.model_ids],
+                    }
+                )
             else:
                 reply = self._reply_for(json.loads(raw) if raw else {})
             if reply.delay_s:
