@@ -9,14 +9,17 @@ from .cached import CachedCompleter
 from .client import RESPONSE_FORMAT_MODES, OpenAICompatibleClient, ResponseFormatMode
 from .endpoint import ENDPOINT_OK, EndpointStatus
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
+from .limits import NO_LIMITS, CallLimits
 from .port import JSONCompleter
 from .usage import NO_USAGE, LLMUsage
 
 __all__ = [
     "ENDPOINT_OK",
+    "NO_LIMITS",
     "NO_USAGE",
     "RESPONSE_FORMAT_MODES",
     "CachedCompleter",
+    "CallLimits",
     "EndpointStatus",
     "JSONCompleter",
     "LLMError",
