@@ -24,10 +24,11 @@ import structlog
 from arm_sdk._arm import Arm
 from arm_sdk._errors import ArmError
 from arm_sdk._server import ArmServer
-from arm_sdk._subtask import SubtaskOutput
+from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from orchestrator_svc.config import Settings
 from orchestrator_svc.llm import (
     ENDPOINT_OK,
+    CallLimits,
     EndpointStatus,
     JSONCompleter,
     LLMError,
@@ -43,6 +44,19 @@ from orchestrator_svc.llm.configured import client_from_settings
 log = structlog.get_logger(__name__)
 
 CHECK_TIMEOUT_S = 5.0
+# Of a dispatch's time, what its LLM calls leave for the arm to answer (a fallback, a Failure).
+ANSWER_MARGIN = 0.1
+ANSWER_MARGIN_MAX_S = 2.0
+
+
+def limits_for(inp: SubtaskInput) -> CallLimits:
+    """What a subtask's LLM calls may use: the dispatch's time less a margin to answer in, and
+    the tokens its budget allows (the orchestrator sends what the task has left)."""
+    seconds = None
+    if inp.timeout is not None:
+        seconds = inp.timeout - min(ANSWER_MARGIN_MAX_S, ANSWER_MARGIN * inp.timeout)
+    return CallLimits.within(seconds, inp.budget.max_tokens or None)
+
 
 HOW_TO_CONFIGURE = (
     "set OCTOLLM_LLM_BASE_URL to an OpenAI-compatible endpoint (e.g. https://api.openai.com/v1 "

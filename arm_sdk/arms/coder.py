@@ -33,6 +33,7 @@ from arm_sdk.arms._llm import (
     HOW_TO_CONFIGURE,
     EndpointWatch,
     arm_error_from,
+    limits_for,
     llm_client_from_env,
     output_with_usage,
 )
@@ -162,6 +163,8 @@ def build(
                 user=coder_prompt(task, request, inp.acceptance_criteria),
                 schema=CodeDraft,
                 max_tokens=MAX_TOKENS,
+                limits=limits_for(inp),
+                fresh=request.repair is not None,
             )
         except LLMError as exc:
             log.warning("code_not_written", subtask_id=inp.subtask_id, error=str(exc))

@@ -44,9 +44,17 @@ from referencing.exceptions import Unresolvable
 from arm_sdk._arm import Arm
 from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from arm_sdk.arms._input import bad_input, parse_input
-from arm_sdk.arms._llm import EndpointWatch, llm_client_from_env, output_with_usage
+from arm_sdk.arms._llm import EndpointWatch, limits_for, llm_client_from_env, output_with_usage
 from orchestrator_svc.brain import CriterionCheck, LLMValidator, validate
-from orchestrator_svc.llm import NO_USAGE, JSONCompleter, LLMError, LLMUnavailable, LLMUsage
+from orchestrator_svc.llm import (
+    NO_LIMITS,
+    NO_USAGE,
+    CallLimits,
+    JSONCompleter,
+    LLMError,
+    LLMUnavailable,
+    LLMUsage,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +150,7 @@ def build(
         text = judged_text(output)
         skipped = watch is not None and not watch.usable
         criteria_checks, usage, notes = await _check_criteria(
-            None if skipped else validator, text, criteria, watch
+            None if skipped else validator, text, criteria, watch, limits_for(inp)
         )
         if watch is not None and skipped:
             notes.insert(0, f"LLM skipped: {watch.status.reason}; checked the criteria by rules")
@@ -191,13 +199,14 @@ async def _check_criteria(
     text: str,
     criteria: Sequence[str],
     watch: EndpointWatch | None = None,
+    limits: CallLimits = NO_LIMITS,
 ) -> tuple[list[CheckOut], LLMUsage, list[str]]:
     """The brain's checks of ``text``: by LLM for vague criteria when there is one, else rules."""
     usage, notes = NO_USAGE, []
     report = None
     if validator is not None:
         try:
-            report, usage = await validator.validate(text, {}, criteria, sinks=())
+            report, usage = await validator.validate(text, {}, criteria, sinks=(), limits=limits)
         except LLMError as exc:
             usage = exc.usage or NO_USAGE
             notes.append(f"{exc}; checked the criteria by rules only")

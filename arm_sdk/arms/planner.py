@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from arm_sdk._arm import Arm
 from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from arm_sdk.arms._input import bad_input, parse_input
-from arm_sdk.arms._llm import EndpointWatch, llm_client_from_env, output_with_usage
+from arm_sdk.arms._llm import EndpointWatch, limits_for, llm_client_from_env, output_with_usage
 from orchestrator_svc.brain import (
     ArmCapability,
     Episode,
@@ -188,7 +188,10 @@ def build(
         skipped = watch is not None and not watch.usable
         llm = LLMPlanner(client) if client is not None and not skipped else None
         outcome = await Planner(llm, heuristic).plan(
-            intent, CANONICAL_ARMS, acceptance_criteria=inp.acceptance_criteria
+            intent,
+            CANONICAL_ARMS,
+            acceptance_criteria=inp.acceptance_criteria,
+            limits=limits_for(inp),
         )
         steps, dropped = first_steps(outcome.plan.steps, request.max_steps)
         notes = list(outcome.notes)

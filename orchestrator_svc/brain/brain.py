@@ -3,7 +3,9 @@
 With an LLM client each step asks the model first and falls back to the offline heuristics when
 the model is down, slow, rate-limited or talks nonsense; without one it is fully offline. Only
 `plan` raises (`NoArmsAvailable`); LLM trouble never does. Every call returns the LLM usage it
-spent and notes for the task's event log saying what happened.
+spent and notes for the task's event log saying what happened. `limits` bounds each step's LLM
+calls by what the task has left (time and tokens); `fresh` (integrate, validate) asks for new
+answers rather than cached ones, for repair rounds.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMError, LLMUsage
 from .episode import Episode
 from .integrate import Integration, LLMIntegrator, answer_steps, integrate
 from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
@@ -80,11 +82,15 @@ class Brain:
         goal: str,
         constraints: Sequence[str] = (),
         context: Mapping[str, Any] | None = None,
+        *,
+        limits: CallLimits = NO_LIMITS,
     ) -> ParseOutcome:
         usage, notes = NO_USAGE, []
         if self._llm_parser is not None:
             try:
-                intent, usage = await self._llm_parser.parse(goal, constraints, context)
+                intent, usage = await self._llm_parser.parse(
+                    goal, constraints, context, limits=limits
+                )
             except LLMError as exc:
                 usage = _spent(exc)
                 notes.append(f"{exc}; used the heuristic intent parser")
@@ -103,6 +109,7 @@ class Brain:
         *,
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
+        limits: CallLimits = NO_LIMITS,
     ) -> PlanOutcome:
         """Raises `NoArmsAvailable` (naming the missing arm types) when nothing can run it.
 
@@ -115,7 +122,7 @@ class Brain:
             if cached is not None:
                 return cached
         outcome = await self._planner.plan(
-            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past
+            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past, limits=limits
         )
         if cache is not None and outcome.from_llm:
             await cache.store(key, outcome.plan)
@@ -129,12 +136,20 @@ class Brain:
         confidences: Mapping[str, float],
         *,
         acceptance_criteria: Sequence[str] = (),
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> IntegrateOutcome:
         usage, notes = NO_USAGE, []
         if self._llm_integrator is not None and outputs:
             try:
                 integration, usage = await self._llm_integrator.integrate(
-                    goal, plan, outputs, confidences, acceptance_criteria=acceptance_criteria
+                    goal,
+                    plan,
+                    outputs,
+                    confidences,
+                    acceptance_criteria=acceptance_criteria,
+                    limits=limits,
+                    fresh=fresh,
                 )
             except LLMError as exc:
                 usage = _spent(exc)
@@ -154,6 +169,8 @@ class Brain:
         *,
         plan: ExecutionPlan | None = None,
         sinks: Collection[str] | None = None,
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> ValidateOutcome:
         """`failing_steps` blames `sinks` if given, else the steps whose text made the answer
         (see `answer_steps`) when `plan` is given, else every step in `outputs`."""
@@ -163,7 +180,7 @@ class Brain:
         if self._llm_validator is not None:
             try:
                 report, usage = await self._llm_validator.validate(
-                    answer, outputs, acceptance_criteria, sinks=sinks
+                    answer, outputs, acceptance_criteria, sinks=sinks, limits=limits, fresh=fresh
                 )
             except LLMError as exc:
                 usage = _spent(exc)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..llm import JSONCompleter, LLMUsage
+from ..llm import NO_LIMITS, CallLimits, JSONCompleter, LLMUsage
 from .plan import ExecutionPlan, PlannedStep
 
 ANSWER_FIELDS = ("answer", "text", "summary", "code")
@@ -162,7 +162,10 @@ class LLMIntegrator:
         confidences: Mapping[str, float],
         *,
         acceptance_criteria: Sequence[str] = (),
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> tuple[Integration, LLMUsage]:
+        """`fresh`: a repair round, so never a cached answer."""
         merged = integrate(goal, plan, outputs, confidences)
         present = [s for s in plan.steps if s.step_id in outputs]
         share = max(400, self._max_input_chars // max(1, len(present)))
@@ -180,5 +183,7 @@ class LLMIntegrator:
             user=truncate("\n".join(lines), self._max_input_chars + 2000),
             schema=_AnswerDraft,
             max_tokens=self._max_tokens,
+            limits=limits,
+            fresh=fresh,
         )
         return Integration(draft.answer.strip(), merged.confidence, ()), usage

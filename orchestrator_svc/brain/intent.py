@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..llm import JSONCompleter, LLMUsage
+from ..llm import NO_LIMITS, CallLimits, JSONCompleter, LLMUsage
 from .lexicon import (
     ACTION_VERBS,
     DOMAIN_TERMS,
@@ -287,12 +287,15 @@ class LLMIntentParser:
         goal: str,
         constraints: Sequence[str] = (),
         context: Mapping[str, Any] | None = None,
+        *,
+        limits: CallLimits = NO_LIMITS,
     ) -> tuple[ParsedIntent, LLMUsage]:
         draft, usage = await self._client.complete_json(
             system=INTENT_SYSTEM_PROMPT,
             user=intent_user_prompt(goal, constraints, context),
             schema=IntentDraft,
             max_tokens=self._max_tokens,
+            limits=limits,
         )
         given = [c.strip() for c in constraints if c.strip()]
         merged = list(dict.fromkeys([*given, *(c.strip() for c in draft.constraints if c.strip())]))

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMError, LLMUsage
 from .episode import Episode
 from .intent import ParsedIntent
 from .plan import (
@@ -183,6 +183,7 @@ class LLMPlanner:
         problems: Sequence[PlanProblem] = (),
         previous: ExecutionPlan | None = None,
         past: Sequence[Episode] = (),
+        limits: CallLimits = NO_LIMITS,
     ) -> tuple[ExecutionPlan, LLMUsage]:
         """A plan as the LLM wrote it (not validated), with the usage it cost."""
         types = sorted({a.arm_type for a in arms})
@@ -197,6 +198,7 @@ class LLMPlanner:
             schema=PlanDraft,
             max_tokens=self._max_tokens,
             json_schema=plan_json_schema(types),
+            limits=limits,
         )
         steps = tuple(
             PlannedStep(
@@ -254,8 +256,10 @@ class Planner:
         *,
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
+        limits: CallLimits = NO_LIMITS,
     ) -> PlanOutcome:
-        """Raises `NoArmsAvailable` when no served arm can run any step."""
+        """Raises `NoArmsAvailable` when no served arm can run any step. `limits` bounds the
+        LLM's calls (the replan gets what the first call left)."""
         if not arms:
             raise NoArmsAvailable(t.arm_type for t in template_for(intent))
         notes: list[str] = []
@@ -266,7 +270,7 @@ class Planner:
                 notes.append(f"{shown} similar past task(s) given to the planner")
             try:
                 plan, usage, more = await self._plan_with_llm(
-                    self._llm, intent, arms, budget, acceptance_criteria, past
+                    self._llm, intent, arms, budget, acceptance_criteria, past, limits
                 )
             except LLMError as exc:
                 usage = usage + (exc.usage or NO_USAGE)
@@ -290,9 +294,12 @@ class Planner:
         budget: PlanBudget | None,
         criteria: Sequence[str],
         past: Sequence[Episode],
+        limits: CallLimits = NO_LIMITS,
     ) -> tuple[ExecutionPlan | None, LLMUsage, list[str]]:
         served = {a.arm_type for a in arms}
-        plan, usage = await llm.plan(intent, arms, budget, acceptance_criteria=criteria, past=past)
+        plan, usage = await llm.plan(
+            intent, arms, budget, acceptance_criteria=criteria, past=past, limits=limits
+        )
         checked, problems = self._check(plan, arms, served, budget)
         if checked is not None:
             note = f"LLM planned {len(checked.steps)} step(s)"
@@ -308,6 +315,7 @@ class Planner:
                 problems=problems,
                 previous=plan,
                 past=past,
+                limits=limits.spent(usage),
             )
         except LLMError as exc:
             exc.usage = usage + (exc.usage or NO_USAGE)

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..llm import NO_USAGE, JSONCompleter, LLMInvalidOutput, LLMUsage
+from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMInvalidOutput, LLMUsage
 from ..llm.schema import json_text
 from .integrate import output_text, truncate
 from .lexicon import names
@@ -269,7 +269,10 @@ class LLMValidator:
         acceptance_criteria: Sequence[str],
         *,
         sinks: Collection[str] | None = None,
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> tuple[ValidationReport, LLMUsage]:
+        """`fresh`: a repair round, so never a cached verdict."""
         checks = rule_checks(answer, acceptance_criteria)
         soft = [i for i, check in enumerate(checks) if check.rule == "overlap"]
         if not soft or not answer.strip():
@@ -280,6 +283,8 @@ class LLMValidator:
             user=f"Answer:\n{truncate(answer, self._max_answer_chars)}\n\nCriteria:\n{numbered}",
             schema=_Verdicts,
             max_tokens=self._max_tokens,
+            limits=limits,
+            fresh=fresh,
         )
         if len(verdicts.verdicts) != len(soft):
             raise LLMInvalidOutput(

@@ -9,7 +9,7 @@ from .cached import CachedCompleter
 from .client import RESPONSE_FORMAT_MODES, OpenAICompatibleClient, ResponseFormatMode
 from .endpoint import ENDPOINT_OK, EndpointStatus
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
-from .limits import NO_LIMITS, CallLimits
+from .limits import NO_LIMITS, CallLimits, StallGuard
 from .port import JSONCompleter
 from .usage import NO_USAGE, LLMUsage
 
@@ -30,4 +30,5 @@ __all__ = [
     "LLMUsage",
     "OpenAICompatibleClient",
     "ResponseFormatMode",
+    "StallGuard",
 ]

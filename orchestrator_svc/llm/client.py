@@ -72,6 +72,8 @@ _FORMAT_REJECT_STATUSES = frozenset({400, 422, 500})
 _FEEDBACK_ERRORS = 8
 _ECHO_CHARS = 4000
 CHARS_PER_TOKEN = 4
+# A streamed answer this many times longer than max_tokens allows is cut off (a runaway server).
+RUNAWAY_FACTOR = 2
 
 
 def default_max_concurrency(base_url: str) -> int:
@@ -445,6 +447,8 @@ class OpenAICompatibleClient:
         except TimeoutError:
             self._log_call(mode, attempt, started, "timeout")
             used = "the task's time left" if by_task else "the client's timeout"
+            if limits.stalls is not None:
+                limits.stalls.timed_out(f"after {timeout_s:.3g}s")
             # NOTE: the server bills what it generated: what was streamed, or when not
             # streaming, as much as it was allowed to.
             generated = (
@@ -547,7 +551,8 @@ class OpenAICompatibleClient:
         stream = await self._openai.chat.completions.create(
             **common, stream=True, stream_options={"include_usage": True}
         )
-        finish, model = "", None
+        finish, model, length = "", None, 0
+        cap = RUNAWAY_FACTOR * max_tokens * CHARS_PER_TOKEN if max_tokens else None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         # NOTE: leaving this block, by timeout or cancellation too, closes the connection:
@@ -568,8 +573,14 @@ class OpenAICompatibleClient:
                         raise ValueError("stream chunk content is not text")
                     if delta:
                         streamed.append(delta)
+                        length += len(delta)
                     if getattr(choice, "finish_reason", None):
                         finish = str(choice.finish_reason)
+                if cap is not None and length > cap:
+                    # NOTE: a server that ignores max_tokens; stop reading, as it should have.
+                    log.warning("llm_stream_over_max_tokens", model=self._model, chars=length)
+                    finish = "length"
+                    break
         content = "".join(streamed)
         return _Answer(
             content,

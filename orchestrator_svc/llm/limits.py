@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .usage import LLMUsage
 
@@ -14,21 +14,40 @@ MIN_COMPLETION_TOKENS = 32
 MIN_CALL_SECONDS = 0.05
 
 
+@dataclass(slots=True)
+class StallGuard:
+    """Shared by the calls of one task: once one of them timed out, the task asks no more
+    (a stalled server would eat the time its fallbacks need). `reason` says why, once set."""
+
+    reason: str = ""
+
+    def timed_out(self, what: str) -> None:
+        if not self.reason:
+            self.reason = f"an LLM call of this task timed out earlier ({what})"
+
+
 @dataclass(frozen=True, slots=True)
 class CallLimits:
     """`deadline`: `time.monotonic()` by which the call (re-asks included) must be over;
-    `max_tokens`: prompt plus completion tokens it may spend in all. None: no limit."""
+    `max_tokens`: prompt plus completion tokens it may spend in all. None: no limit.
+    `stalls`: the task's `StallGuard`, when its calls share one."""
 
     deadline: float | None = None
     max_tokens: int | None = None
+    stalls: StallGuard | None = field(default=None, compare=False)
 
     @classmethod
-    def within(cls, seconds: float | None = None, tokens: int | None = None) -> CallLimits:
+    def within(
+        cls,
+        seconds: float | None = None,
+        tokens: int | None = None,
+        stalls: StallGuard | None = None,
+    ) -> CallLimits:
         """Limits of `seconds` from now and `tokens` in all (None or non-finite: no limit)."""
         deadline = None
         if seconds is not None and math.isfinite(seconds):
             deadline = time.monotonic() + seconds
-        return cls(deadline, None if tokens is None else max(0, tokens))
+        return cls(deadline, None if tokens is None else max(0, tokens), stalls)
 
     def seconds_left(self) -> float | None:
         """Time left before the deadline, or None when there is none."""
@@ -38,7 +57,7 @@ class CallLimits:
         """What is left after `usage` was spent."""
         if self.max_tokens is None:
             return self
-        return CallLimits(self.deadline, max(0, self.max_tokens - usage.total_tokens))
+        return CallLimits(self.deadline, max(0, self.max_tokens - usage.total_tokens), self.stalls)
 
     def completion_tokens(self, prompt_chars: int, wanted: int | None) -> int | None:
         """The `max_tokens` to ask for: `wanted`, cut to what the budget leaves after a prompt of
@@ -50,6 +69,8 @@ class CallLimits:
 
     def why_not(self, prompt_chars: int, wanted: int | None) -> str:
         """Why a call with this prompt cannot be made within the limits ("" when it can)."""
+        if self.stalls is not None and self.stalls.reason:
+            return self.stalls.reason
         seconds = self.seconds_left()
         if seconds is not None and seconds < MIN_CALL_SECONDS:
             return "no time left for an LLM call"

@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import arm_service_pb2_grpc as arm_grpc
+from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import ArmServer
@@ -18,7 +19,7 @@ from arm_sdk.arms import coder, judge, planner
 from arm_sdk.arms import echo as echo_arm
 from orchestrator_svc.llm import OpenAICompatibleClient
 from tests.arms.llm_arm_harness import FakeLLMs, StartLLM, StreamOpener, failure_of, run
-from tests.llm.fake_openai import completion, error, refused_base_url
+from tests.llm.fake_openai import Reply, completion, error, refused_base_url
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -184,3 +185,30 @@ async def test_arms_with_an_offline_path_keep_serving_and_skip_a_dead_llm(
     assert message.WhichOneof("kind") == "result"
     notes = list(message.result.output.fields["notes"].list_value.values)
     assert any("LLM skipped" in n.string_value and "unreachable" in n.string_value for n in notes)
+
+
+async def test_the_coder_asks_for_no_more_tokens_than_the_dispatch_budget_leaves(
+    opener: StreamOpener, start_llm: StartLLM
+) -> None:
+    """Dispatch budget 600 tokens: the coder's max_tokens is 600 less its prompt, not 4096."""
+    fake, client = await start_llm([completion(DRAFT)])
+    stream, _ = await opener.open(coder.build(llm=client, check_interval_s=30))
+    budget = common_pb2.Budget(max_tokens=600)
+    message = await run(stream, {"task": "Write add()"}, budget=budget)
+    assert message.WhichOneof("kind") == "result"
+    prompt_chars = sum(len(m["content"]) for m in fake.requests[0]["messages"])
+    assert fake.requests[0]["max_tokens"] == 600 - prompt_chars // 4
+
+
+async def test_the_coder_answers_within_the_dispatch_deadline_when_the_llm_stalls(
+    opener: StreamOpener, start_llm: StartLLM
+) -> None:
+    """Client timeout 5 s, dispatch timeout 1 s, a stalled server: the coder gives up before
+    the dispatch's deadline and fails LLM_UNAVAILABLE (retryable) saying the time ran out,
+    rather than letting the subtask time out."""
+    fake, client = await start_llm([Reply(body=completion(DRAFT).body, delay_s=60)])
+    stream, _ = await opener.open(coder.build(llm=client, check_interval_s=30))
+    failure = failure_of(await run(stream, {"task": "Write add()"}, timeout=1.0))
+    assert (failure.reason, failure.retryable) == ("LLM_UNAVAILABLE", True)
+    assert "task's time left" in failure.message
+    assert len(fake.requests) == 1

@@ -60,7 +60,7 @@ async def test_offline_brain_runs_the_readme_sample_end_to_end() -> None:
 
 async def test_brain_never_raises_when_the_llm_is_down(make_client: MakeClient) -> None:
     """LLM unreachable: every step falls back to heuristics and the notes say what happened."""
-    brain = Brain(make_client(refused_base_url(), max_retries=0, cooldown_s=60))
+    brain = Brain(make_client(refused_base_url(), max_retries=0, cooldown_s=60, breaker_failures=1))
     parsed = await asyncio.wait_for(brain.parse(README_SAMPLE), GUARD_S)
     assert parsed.notes[0].startswith("LLM unavailable (connection failed")
     assert parsed.notes[0].endswith("; used the heuristic intent parser")
@@ -210,6 +210,7 @@ def test_public_surface() -> None:
         "LLMInvalidOutput",
         "LLMRateLimited", "LLMRejected", "LLMUnavailable", "LLMUsage",
         "OpenAICompatibleClient", "ResponseFormatMode",
+        "ENDPOINT_OK", "EndpointStatus", "NO_LIMITS", "CallLimits", "StallGuard",
     }  # fmt: skip
     for pkg in (brain_pkg, llm_pkg):
         for name in pkg.__all__:
