@@ -4,7 +4,9 @@ The deterministic merge takes the answer-bearing fields ("answer", "text", "summ
 the plan's sink steps, in plan order, under a heading per step when there are several. A sink
 that carries none of them (a judge's verdict, say) defers to its nearest ancestors that do. When
 no step has such fields, the answer is a compact JSON rendering of the sinks' outputs.
-`LLMIntegrator` asks a model to write the answer from the outputs (bounded in size).
+`LLMIntegrator` asks a model to write the answer from the outputs (bounded in size, fenced as
+data); an answer much shorter than the merge, or unrelated to the goal and outputs, is rejected
+(the brain then merges).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..llm import NO_LIMITS, CallLimits, JSONCompleter, LLMUsage
+from ..llm import NO_LIMITS, CallLimits, JSONCompleter, LLMInvalidOutput, LLMUsage
+from ..llm.copies import DATA_RULE, fenced
 from .plan import ExecutionPlan, PlannedStep
+from .words import is_content, words
 
 ANSWER_FIELDS = ("answer", "text", "summary", "code")
 MAX_ANSWER_CHARS = 20_000
@@ -133,11 +137,34 @@ class _AnswerDraft(BaseModel):
     answer: str = Field(min_length=1)
 
 
-INTEGRATOR_SYSTEM_PROMPT = """You write the final answer of a task from the outputs of its steps.
-Use only the information in the step outputs; do not invent facts. Answer the goal directly,
-respect the constraints and satisfy every listed criterion.
-Return a JSON object with one key, "answer", whose value is your final answer to the goal
-(plain text or markdown), written from the step outputs."""
+INTEGRATOR_SYSTEM_PROMPT = f"""You write the final answer of a task from the outputs of its steps.
+{DATA_RULE}
+Use only the information in the step outputs; do not invent facts. Answer the goal directly and
+completely, respect the constraints and satisfy every listed criterion; keep what the outputs
+found (a passage, a number, code) rather than summarising it away.
+Reply with one JSON object with one field, answer: your final answer to the goal, as plain text
+or markdown, written from the step outputs."""
+
+# An LLM answer shorter than this share of the merged answer (and than a short paragraph)
+# is not a summary but a loss: a tiny model answered "1" in place of a good answer.
+MIN_ANSWER_SHARE = 0.2
+ENOUGH_ANSWER_CHARS = 200
+
+
+def answer_problem(answer: str, merged: str, sources: str) -> str:
+    """Why an LLM-written `answer` must not replace `merged`, the rules' merge of the outputs
+    ("" if it may): much shorter, or sharing no content word with the goal and the step
+    outputs (`sources`)."""
+    if len(answer) < min(MIN_ANSWER_SHARE * len(merged), ENOUGH_ANSWER_CHARS):
+        return (
+            f"the LLM's answer ({len(answer)} chars) is much shorter than the steps' answer "
+            f"({len(merged)} chars)"
+        )
+    theirs = {w for w in words(sources) if is_content(w)}
+    ours = {w for w in words(answer) if is_content(w)}
+    if theirs and ours and not ours & theirs:
+        return "the LLM's answer shares no words with the goal or the step outputs"
+    return ""
 
 
 class LLMIntegrator:
@@ -174,10 +201,11 @@ class LLMIntegrator:
             + truncate(output_text(outputs[s.step_id]), share)
             for s in present
         ]
-        lines = [f"Goal: {goal}"]
+        lines = ["Goal:", fenced("goal", goal)]
         if acceptance_criteria:
-            lines += ["The answer must satisfy:", *(f"- {c}" for c in acceptance_criteria)]
-        lines += ["Step outputs:", *blocks]
+            criteria = "\n".join(f"- {c}" for c in acceptance_criteria)
+            lines += ["The answer must satisfy:", fenced("criteria", criteria)]
+        lines += ["Step outputs:", fenced("step_outputs", "\n\n".join(blocks))]
         draft, usage = await self._client.complete_json(
             system=INTEGRATOR_SYSTEM_PROMPT,
             user=truncate("\n".join(lines), self._max_input_chars + 2000),
@@ -186,4 +214,9 @@ class LLMIntegrator:
             limits=limits,
             fresh=fresh,
         )
-        return Integration(draft.answer.strip(), merged.confidence, ()), usage
+        answer = draft.answer.strip()
+        sources = "\n".join([goal, *(output_text(outputs[s.step_id]) for s in present)])
+        problem = answer_problem(answer, merged.answer, sources)
+        if problem:
+            raise LLMInvalidOutput(problem, last_output=answer, usage=usage)
+        return Integration(answer, merged.confidence, ()), usage

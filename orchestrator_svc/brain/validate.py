@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMInvalidOutput, LLMUsage
+from ..llm.copies import DATA_RULE, fenced
 from ..llm.schema import json_text
 from .integrate import output_text, truncate
 from .lexicon import names
@@ -246,9 +247,11 @@ class _Verdicts(BaseModel):
     verdicts: list[_Verdict]
 
 
-JUDGE_SYSTEM_PROMPT = """You check whether an answer satisfies acceptance criteria.
-For each numbered criterion, in order, say whether the answer satisfies it and why, briefly.
-Return JSON: {"verdicts": [{"passed": true, "reason": "..."}]} with one verdict per criterion."""
+JUDGE_SYSTEM_PROMPT = f"""You check whether an answer satisfies acceptance criteria.
+{DATA_RULE}
+Reply with one JSON object with one field, verdicts: a list with one verdict per numbered
+criterion, in order. Each verdict has passed (true when the answer satisfies the criterion,
+else false) and reason (why, in one short sentence of your own about this answer)."""
 
 
 class LLMValidator:
@@ -280,7 +283,10 @@ class LLMValidator:
         numbered = "\n".join(f"{n}. {checks[i].criterion}" for n, i in enumerate(soft, 1))
         verdicts, usage = await self._client.complete_json(
             system=JUDGE_SYSTEM_PROMPT,
-            user=f"Answer:\n{truncate(answer, self._max_answer_chars)}\n\nCriteria:\n{numbered}",
+            user=(
+                f"Answer:\n{fenced('answer', truncate(answer, self._max_answer_chars))}\n\n"
+                f"Criteria:\n{fenced('criteria', numbered)}"
+            ),
             schema=_Verdicts,
             max_tokens=self._max_tokens,
             limits=limits,

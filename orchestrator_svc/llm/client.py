@@ -11,8 +11,9 @@ what the server took:
 
 A server "rejects" a format when it answers HTTP 400/422/500 mentioning response_format,
 json_schema or json_object. The schema sent carries no bounds (see `wire_schema`); the reply is
-validated by the full pydantic model. Output that is not JSON or violates the model is re-asked
-with the validation error fed back, `output_retries` more times.
+validated by the full pydantic model. Output that is not JSON, violates the model, or copies
+placeholders, quoted examples of the system prompt or the schema's descriptions (see copies.py)
+is re-asked with what was wrong fed back, `output_retries` more times.
 
 Every call is bounded by `CallLimits` (the task's time and tokens left) as well as the client's
 own `timeout_s`, and streamed (`stream=True`), so that a call given up on closes its connection
@@ -50,6 +51,7 @@ from tenacity import (
 )
 
 from .breaker import Endpoint, endpoint_for
+from .copies import copied_values
 from .endpoint import EndpointStatus
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
 from .limits import NO_LIMITS, CallLimits
@@ -289,9 +291,16 @@ class OpenAICompatibleClient:
             spent += answer.usage
             content = answer.content
             try:
-                return schema.model_validate_json(json_text(content)), spent
+                value = schema.model_validate_json(json_text(content))
             except ValidationError as exc:
                 feedback, error_count = _feedback(exc, answer.finish_reason), exc.error_count()
+            else:
+                copies = copied_values(
+                    value.model_dump(mode="json"), system=system, schema=sent_schema
+                )
+                if not copies:
+                    return value, spent
+                feedback, error_count = _copy_feedback(copies), len(copies)
             log.info(
                 "llm_output_invalid",
                 model=self._model,
@@ -682,6 +691,15 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
             return max(0.0, when.timestamp() - time.time())
     return None
+
+
+def _copy_feedback(copies: list[str]) -> str:
+    return (
+        "Your previous reply copied placeholders or text from the instructions instead of "
+        "answering:\n"
+        + "\n".join(f"- {c}" for c in copies[:_FEEDBACK_ERRORS])
+        + "\nReply again with one JSON object whose values are your own answer for this request."
+    )
 
 
 def _feedback(exc: ValidationError, finish_reason: str) -> str:

@@ -153,12 +153,13 @@ async def test_llm_integrator_input_is_bounded(
     start_fake: StartFake, make_client: MakeClient
 ) -> None:
     """Huge step outputs are cut so the integration prompt stays within its bound."""
-    fake = await start_fake([completion({"answer": "short"})])
+    summary = "The goal is met by all three steps. " * 6
+    fake = await start_fake([completion({"answer": summary})])
     brain = Brain(make_client(fake.base_url))
     plan = ExecutionPlan("p", tuple(PlannedStep(f"s{i}", "d", "echo") for i in range(3)))
     outputs = {f"s{i}": {"text": "x" * 50_000} for i in range(3)}
     merged = await asyncio.wait_for(brain.integrate("goal", plan, outputs, {}), GUARD_S)
-    assert merged.integration.answer == "short"
+    assert merged.integration.answer == summary.strip()
     assert len(fake.requests[0]["messages"][1]["content"]) <= 14_000
 
 
