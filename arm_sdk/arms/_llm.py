@@ -174,14 +174,19 @@ class EndpointWatch:
                 log.exception("llm_endpoint_check_failed", model=self._client.model)
 
 
+HEURISTIC_MODEL = "heuristic"
+
+
 def output_with_usage(
-    output: dict[str, Any], usage: LLMUsage, *, confidence: float = 1.0
+    output: dict[str, Any], usage: LLMUsage, *, confidence: float = 1.0, heuristic: bool = False
 ) -> SubtaskOutput:
-    """A Result carrying what the LLM calls behind it spent (model, tokens, dollars)."""
+    """A Result carrying what the LLM calls behind it spent (tokens, dollars) and the model the
+    server named; `heuristic`: rules made the output (the LLM failed or was skipped), so the
+    model is ``"heuristic"`` while the tokens a failed call spent still count."""
     return SubtaskOutput(
         output=output,
         confidence=confidence,
-        model=usage.model,
+        model=HEURISTIC_MODEL if heuristic else usage.model,
         tokens=usage.total_tokens,
         cost_usd=usage.cost_usd,
     )

@@ -179,7 +179,8 @@ def build(
             score=round(verdict.score, 3),
             checks=len(checks),
         )
-        return output_with_usage(verdict.model_dump(), usage)
+        judged_by_llm = any(c.rule == "llm" for c in checks)
+        return output_with_usage(verdict.model_dump(), usage, heuristic=not judged_by_llm)
 
     return arm
 

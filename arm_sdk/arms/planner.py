@@ -216,7 +216,9 @@ def build(
             notes=notes,
         )
         log.info("plan_drafted", subtask_id=inp.subtask_id, source=source, steps=len(steps))
-        return output_with_usage(output.model_dump(), outcome.usage)
+        return output_with_usage(
+            output.model_dump(), outcome.usage, heuristic=source == "heuristic"
+        )
 
     return arm
 

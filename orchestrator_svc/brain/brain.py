@@ -62,8 +62,16 @@ class Brain:
     """See the module docstring. `client` None means the offline brain; with a `cache` (and a
     client) plans the LLM wrote are reused for the same request (see plan_cache.py)."""
 
-    def __init__(self, client: JSONCompleter | None = None, *, cache: Cache | None = None) -> None:
+    def __init__(
+        self,
+        client: JSONCompleter | None = None,
+        *,
+        cache: Cache | None = None,
+        offline_reason: str = "",
+    ) -> None:
+        """`offline_reason`: why a configured LLM is not used (misconfigured), for the notes."""
         self._client = client
+        self._offline_reason = offline_reason
         self._plan_cache = (
             PlanCache(cache, client.model) if cache is not None and client is not None else None
         )
@@ -98,6 +106,8 @@ class Brain:
                 notes.append(f"LLM parsed the goal: {intent.domain}, {intent.complexity}")
                 return ParseOutcome(intent, usage, tuple(notes))
         intent = self._heuristic_parser.parse(goal, constraints, context)
+        if self._offline_reason:
+            notes.append(f"LLM not used: {self._offline_reason}")
         notes.append(f"heuristic parse: {intent.domain}, {intent.complexity}")
         return ParseOutcome(intent, usage, tuple(notes))
 

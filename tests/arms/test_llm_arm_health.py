@@ -212,3 +212,22 @@ async def test_the_coder_answers_within_the_dispatch_deadline_when_the_llm_stall
     assert (failure.reason, failure.retryable) == ("LLM_UNAVAILABLE", True)
     assert "task's time left" in failure.message
     assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("module", [judge, planner], ids=["judge", "planner"])
+async def test_a_rules_output_is_marked_heuristic_and_still_bills_the_failed_call(
+    opener: StreamOpener, start_llm: StartLLM, module: Any
+) -> None:
+    """The LLM answered nonsense, so rules made the output: provenance says model "heuristic"
+    (not the LLM's name), and the tokens the failed calls spent are still counted."""
+    _, client = await start_llm([completion("I would rather not.", prompt_tokens=30)])
+    stream, _ = await opener.open(module.build(llm=client, check_interval_s=30))
+    payload: dict[str, Any] = (
+        {"output": "Paris is the capital of France.", "criteria": ["be concise and clear"]}
+        if module is judge
+        else {"goal": "Summarise the release notes of the last three versions"}
+    )
+    message = await run(stream, payload)
+    assert message.WhichOneof("kind") == "result"
+    assert message.result.provenance.model == "heuristic"
+    assert message.result.provenance.usage.tokens > 0

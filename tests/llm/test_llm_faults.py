@@ -168,3 +168,23 @@ async def test_an_unreachable_endpoint_costs_tasks_nothing_but_a_note(
     notes = [r for _, reasons in finished for r in reasons]
     assert any("connection failed" in r for r in notes)
     assert any("cooling down" in r for r in notes)
+
+
+async def test_a_model_the_endpoint_does_not_serve_is_caught_at_start(
+    start_arm: Any, start_orchestrator: Any, connect: Any
+) -> None:
+    """OCTOLLM_LLM_MODEL is not in /v1/models: the orchestrator runs its brain offline, asks
+    the endpoint nothing, and every task's events say why."""
+    fake = await FakeOpenAI([completion({"answer": "x"})]).start()
+    fake.model_ids = ["gemma3-270m"]
+    try:
+        echo = await start_arm(REFERENCE_ARMS["echo"]())
+        orch = await start_orchestrator(
+            [echo.address], wait_for=("echo",), llm_base_url=fake.base_url, llm_model="gemma3"
+        )
+        ((task, reasons),) = await run_tasks(orch, connect, [pb.SubmitTaskRequest(goal=GOAL)])
+    finally:
+        await fake.close()
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    assert fake.requests == []
+    assert any("LLM not used: model 'gemma3' is not served" in r for r in reasons), reasons
