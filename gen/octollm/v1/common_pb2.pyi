@@ -31,9 +31,12 @@ class Budget(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_TIME_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
-    """Maximum LLM tokens (prompt + completion) the work may consume. Must be >= 0."""
+    """Maximum LLM tokens (prompt + completion) the work may consume. Must be >= 0.
+    For a subtask this is what the task's budget had left when it was dispatched:
+    arms size their LLM requests (max_tokens) to fit it.
+    """
     max_cost_usd: _builtins.float
-    """Maximum spend in US dollars. Must be >= 0."""
+    """Maximum spend in US dollars. Must be >= 0. For a subtask, what the task had left."""
     @_builtins.property
     def max_time(self) -> _duration_pb2.Duration:
         """Maximum wall time, measured from when the server accepts the request.
