@@ -35,6 +35,8 @@ class SubtaskInput:
     timeout: float | None = None
     traceparent: str = ""
     budget: Budget = field(default_factory=Budget)
+    # What the orchestrator wants from the arm for this subtask (the plan step's).
+    required_capabilities: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, dispatch: arm_pb.Dispatch) -> SubtaskInput:
@@ -55,6 +57,7 @@ class SubtaskInput:
                 max_tokens=dispatch.budget.max_tokens,
                 max_cost_usd=dispatch.budget.max_cost_usd,
             ),
+            required_capabilities=tuple(dispatch.required_capabilities),
         )
 
 

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     subtask_timeout_s: float = Field(60.0, gt=0, description="per-subtask timeout by default")
     task_timeout_s: float = Field(300.0, gt=0, description="end-to-end task time by default")
+    max_task_time_s: float = Field(
+        86_400.0, gt=0, description="longest budget.max_time a SubmitTask may ask for"
+    )
     max_concurrent_tasks: int = Field(
         10, gt=0, description="tasks running at once; more wait in PENDING, none is dropped"
     )

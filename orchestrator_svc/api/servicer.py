@@ -34,6 +34,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self._runner = runner
         self._mesh = mesh
         self.accepting = True
+        settings = runner.settings
+        self._limits = validation.SubmitLimits(
+            max_time_s=settings.max_task_time_s,
+            prices_configured=settings.llm_price_per_1k_prompt > 0
+            or settings.llm_price_per_1k_completion > 0,
+        )
 
     async def SubmitTask(
         self, request: pb.SubmitTaskRequest, context: Context
@@ -46,7 +52,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     reason="SHUTTING_DOWN",
                 )
             served = self._mesh.arm_types()
-            validation.validate_submit(request, served)
+            validation.validate_submit(request, served, limits=self._limits)
             if not request.HasField("plan") and not served:
                 raise failed_precondition(
                     "no arm is connected to the orchestrator yet; start an arm or retry later",

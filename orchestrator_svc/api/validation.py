@@ -2,8 +2,9 @@
 
 Checks run in a fixed order and the first violation is reported, so a caller fixing errors one
 at a time sees them in the order of the request's fields. Everything that makes a request
-malformed is INVALID_ARGUMENT; "no arm serves this type" is FAILED_PRECONDITION because the
-same request may succeed once such an arm joins.
+malformed is INVALID_ARGUMENT; "no arm serves this type" and "this server cannot enforce a
+cost budget" are FAILED_PRECONDITION because the same request may succeed once such an arm
+joins or the server is configured with prices.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import re
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
 from octollm.v1 import common_pb2
@@ -27,6 +29,7 @@ MAX_CONSTRAINTS = 20
 CONSTRAINT_MAX_CHARS = 500
 MAX_ACCEPTANCE_CRITERIA = 20
 MAX_PLAN_STEPS = 1000
+MAX_REQUIRED_CAPABILITIES = 16
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_CHARS = 1024
@@ -38,9 +41,23 @@ _MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's range, ~10
 # NOTE: matched with fullmatch: `$` would also accept a trailing newline.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _STEP_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CAPABILITY = re.compile(r"[A-Za-z0-9_.:+#/-]{1,64}")
 
 _PRIORITIES = frozenset(pb.Priority.values())
 _TASK_STATES = frozenset(pb.TaskState.values()) - {pb.TASK_STATE_UNSPECIFIED}
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitLimits:
+    """What this server can honour (from its settings): the longest `budget.max_time` it
+    accepts, and whether it knows LLM prices (without them no spend is counted, so a
+    `budget.max_cost_usd` could never stop a task)."""
+
+    max_time_s: float = 86_400.0
+    prices_configured: bool = False
+
+
+DEFAULT_LIMITS = SubmitLimits()
 
 
 def fingerprint(req: pb.SubmitTaskRequest) -> str:
@@ -51,8 +68,14 @@ def fingerprint(req: pb.SubmitTaskRequest) -> str:
     return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
 
 
-def validate_submit(req: pb.SubmitTaskRequest, served_arm_types: Collection[str]) -> None:
-    """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now."""
+def validate_submit(
+    req: pb.SubmitTaskRequest,
+    served_arm_types: Collection[str],
+    *,
+    limits: SubmitLimits = DEFAULT_LIMITS,
+) -> None:
+    """Check a SubmitTaskRequest; `served_arm_types` are the arm types some arm serves now,
+    `limits` what this server can honour."""
     _check_goal(req.goal)
     _check_constraints(req.constraints)
     _check_json(req.context, "context")
@@ -64,7 +87,7 @@ def validate_submit(req: pb.SubmitTaskRequest, served_arm_types: Collection[str]
             "TOO_MANY_ACCEPTANCE_CRITERIA",
         )
     if req.HasField("budget"):
-        _check_budget(req.budget)
+        _check_budget(req.budget, limits.max_time_s)
     if req.request_id and not _REQUEST_ID.fullmatch(req.request_id):
         raise invalid_argument(
             "request_id",
@@ -79,6 +102,14 @@ def validate_submit(req: pb.SubmitTaskRequest, served_arm_types: Collection[str]
         )
     if req.HasField("plan"):
         _check_plan(req.plan, served_arm_types)
+    if req.budget.max_cost_usd > 0 and not limits.prices_configured:
+        raise failed_precondition(
+            "budget.max_cost_usd cannot be enforced: this server has no LLM prices configured "
+            "(OCTOLLM_LLM_PRICE_PER_1K_PROMPT and OCTOLLM_LLM_PRICE_PER_1K_COMPLETION are 0), "
+            "so it counts no spend; drop the cost budget or configure the prices",
+            "COST_BUDGET_UNENFORCEABLE",
+            field="budget.max_cost_usd",
+        )
 
 
 def validate_task_id(task_id: str, field: str = "task_id") -> str:
@@ -243,7 +274,7 @@ def _check_json(struct: struct_pb2.Struct, field: str) -> None:
             )
 
 
-def _check_budget(budget: common_pb2.Budget) -> None:
+def _check_budget(budget: common_pb2.Budget, max_time_s: float) -> None:
     if budget.max_tokens < 0:
         raise invalid_argument(
             "budget.max_tokens",
@@ -283,6 +314,34 @@ def _check_budget(budget: common_pb2.Budget) -> None:
             f"(got {max_time.seconds})",
             "INVALID_DURATION",
         )
+    if max_time.ToNanoseconds() > max_time_s * 1e9:
+        limit = f"{max_time_s:g}"
+        raise invalid_argument(
+            "budget.max_time",
+            f"budget.max_time must be at most {limit}s on this server "
+            f"(got {max_time.seconds}.{max_time.nanos:09d}s)",
+            "MAX_TIME_TOO_LONG",
+            {"limit_s": limit},
+        )
+
+
+def _check_capabilities(capabilities: Collection[str], step: str) -> None:
+    field = f"{step}.required_capabilities"
+    if len(capabilities) > MAX_REQUIRED_CAPABILITIES:
+        raise invalid_argument(
+            field,
+            f"{field} must have at most {MAX_REQUIRED_CAPABILITIES} entries "
+            f"(got {len(capabilities)})",
+            "TOO_MANY_CAPABILITIES",
+        )
+    for index, capability in enumerate(capabilities):
+        if not _CAPABILITY.fullmatch(capability):
+            raise invalid_argument(
+                f"{field}[{index}]",
+                f"{field}[{index}] must be 1 to 64 characters of letters, digits, "
+                f"'_', '.', ':', '+', '#', '/' or '-' (got {capability[:80]!r})",
+                "INVALID_CAPABILITY",
+            )
 
 
 def _check_plan(plan: pb.Plan, served_arm_types: Collection[str]) -> None:
@@ -321,6 +380,7 @@ def _check_plan(plan: pb.Plan, served_arm_types: Collection[str]) -> None:
                 "MISSING_ARM_TYPE",
             )
         _check_json(step.input, f"plan.steps[{index}].input")
+        _check_capabilities(step.required_capabilities, f"plan.steps[{index}]")
 
     for index, step in enumerate(steps):
         for dep_index, dependency in enumerate(step.depends_on):

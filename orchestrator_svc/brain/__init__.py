@@ -15,6 +15,7 @@ from .plan import (
     NoArmsAvailable,
     PlanBudget,
     PlannedStep,
+    estimate,
     sink_ids,
 )
 from .plan_checks import PlanProblem, repair_plan, validate_plan
@@ -67,6 +68,7 @@ __all__ = [
     "ValidationReport",
     "answer_steps",
     "choose",
+    "estimate",
     "integrate",
     "plan_single_step",
     "ranked",

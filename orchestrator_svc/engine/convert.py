@@ -10,12 +10,13 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk._structs import struct_to_dict
 
-from ..brain import ArmCapability, ExecutionPlan, PlannedStep
+from ..brain import ArmCapability, ExecutionPlan, PlannedStep, estimate
 from ..mesh import ArmConnection
 
 
 def plan_to_proto(plan: ExecutionPlan) -> pb.Plan:
-    message = pb.Plan(plan_id=plan.plan_id)
+    message = pb.Plan(plan_id=plan.plan_id, estimated_tokens=plan.estimated_tokens)
+    message.estimated_duration.FromNanoseconds(round(plan.estimated_duration_s * 1e9))
     for s in plan.steps:
         step = message.steps.add(
             step_id=s.step_id,
@@ -23,14 +24,28 @@ def plan_to_proto(plan: ExecutionPlan) -> pb.Plan:
             arm_type=s.arm_type,
             depends_on=s.depends_on,
             acceptance_criteria=s.acceptance_criteria,
+            required_capabilities=s.required_capabilities,
         )
         step.input.update(s.input)
     return message
 
 
+def estimate_plan(plan: pb.Plan) -> None:
+    """Set a plan's estimates (a submitted plan's are replaced) from its arm types' profiles."""
+    # NOTE: only the shape counts: converting every step's input would cost more than the rest.
+    shape = [
+        PlannedStep(s.step_id, "", s.arm_type, depends_on=tuple(s.depends_on)) for s in plan.steps
+    ]
+    duration_s, tokens = estimate(shape)
+    plan.estimated_tokens = tokens
+    plan.estimated_duration.FromNanoseconds(round(duration_s * 1e9))
+
+
 def plan_from_proto(plan: pb.Plan) -> ExecutionPlan:
     return ExecutionPlan(
         plan_id=plan.plan_id,
+        estimated_duration_s=plan.estimated_duration.ToNanoseconds() / 1e9,
+        estimated_tokens=plan.estimated_tokens,
         steps=tuple(
             PlannedStep(
                 step_id=s.step_id,
@@ -39,6 +54,7 @@ def plan_from_proto(plan: pb.Plan) -> ExecutionPlan:
                 input=struct_to_dict(s.input),
                 depends_on=tuple(s.depends_on),
                 acceptance_criteria=tuple(s.acceptance_criteria),
+                required_capabilities=tuple(s.required_capabilities),
             )
             for s in plan.steps
         ),

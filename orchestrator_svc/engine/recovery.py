@@ -14,7 +14,10 @@
 
 [1] OCTOLLM_MAX_RETRIES.
 
-Budgets are counted per kind, so a step can time out twice and then be rerouted once.
+Budgets are counted per kind, so a step can time out twice and then be rerouted once. Every
+retry's deadline is the base subtask timeout times `Retry.timeout_factor`, which counts the
+timeouts so far (1.5x after one, 2.25x after two, whatever kind of retry follows): factors
+never compound from one attempt's deadline to the next.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class Retry:
 
     kind: str  # "timeout" | "reroute" | "transient" | "cooldown"
     delay_s: float
-    timeout_factor: float = 1.0
+    timeout_factor: float = 1.0  # of the base subtask timeout, not of the last attempt's
     avoid_arm: str = ""
 
 
@@ -84,13 +87,14 @@ class RecoveryBudget:
         if n >= limit:
             return None
         self.used[kind] = n + 1
+        factor = TIMEOUT_GROWTH ** self.used.get("timeout", 0)
         if kind == "timeout":
             # NOTE: the mesh uses the avoided arm still when it is the only one of its type.
-            return Retry(kind, 0.0, timeout_factor=TIMEOUT_GROWTH ** (n + 1), avoid_arm=arm_id)
+            return Retry(kind, 0.0, timeout_factor=factor, avoid_arm=arm_id)
         if kind == "reroute":
-            return Retry(kind, 0.0, avoid_arm=arm_id)
+            return Retry(kind, 0.0, timeout_factor=factor, avoid_arm=arm_id)
         # Full jitter on an exponential base: 0.1 s, 0.2 s, 0.4 s caps.
-        return Retry(kind, random.uniform(0.0, 0.1 * 2**n))
+        return Retry(kind, random.uniform(0.0, 0.1 * 2**n), timeout_factor=factor)
 
     def _after_cooldown(
         self,
@@ -102,7 +106,7 @@ class RecoveryBudget:
         wait = failure.retry_after.ToNanoseconds() / 1e9
         if other_arm and self.used.get("reroute", 0) < REROUTES:
             self.used["reroute"] = self.used.get("reroute", 0) + 1
-            return Retry("reroute", 0.0, avoid_arm=arm_id)
+            return Retry("reroute", 0.0, timeout_factor=self._factor(), avoid_arm=arm_id)
         n = self.used.get("cooldown", 0)
         if n >= COOLDOWN_WAITS:
             return None
@@ -113,4 +117,7 @@ class RecoveryBudget:
             )
             return None
         self.used["cooldown"] = n + 1
-        return Retry("cooldown", wait)
+        return Retry("cooldown", wait, timeout_factor=self._factor())
+
+    def _factor(self) -> float:
+        return TIMEOUT_GROWTH ** self.used.get("timeout", 0)

@@ -5,6 +5,8 @@ The mesh never imports the brain; the server wires this function in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..brain import ArmView, choose
 from ..mesh import ArmConnection
 
@@ -28,13 +30,16 @@ def view(conn: ArmConnection) -> ArmView:
     )
 
 
-def pick(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:
-    """The best-scoring ready arm (capability 0.4, availability 0.2, success 0.3, cost 0.1;
-    ties to the least loaded), preferring any arm but `avoid_arm`."""
+def pick(
+    ready: list[ArmConnection], avoid_arm: str, required_capabilities: Sequence[str] = ()
+) -> ArmConnection:
+    """The best-scoring ready arm for a subtask needing `required_capabilities` (capability
+    0.4, availability 0.2, success 0.3, cost 0.1; ties to the least loaded), preferring any arm
+    but `avoid_arm`."""
     if avoid_arm:
         ready = [c for c in ready if c.arm_id != avoid_arm] or ready
     if len(ready) == 1:
         return ready[0]
     by_id = {c.arm_id: c for c in ready}
-    best = choose([view(c) for c in ready], ())
+    best = choose([view(c) for c in ready], required_capabilities)
     return by_id[best.arm_id] if best is not None else ready[0]

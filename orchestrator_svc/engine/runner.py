@@ -47,6 +47,7 @@ from ..telemetry import trace
 from ..telemetry.metrics import Metrics
 from ..telemetry.otel import tracer_from_settings
 from . import convert, events
+from .admission import TaskAdmission, effective_priority
 from .events import TaskEventLog
 from .output_check import OutputChecker
 from .recovery import RecoveryBudget
@@ -121,8 +122,9 @@ class TaskRunner:
         self.leases = store if isinstance(store, TaskLeases) else None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, TaskRun] = {}
-        # NOTE: accepted tasks beyond the limit wait here in PENDING; none is dropped.
-        self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
+        # NOTE: accepted tasks beyond the limit wait here in PENDING, highest priority first;
+        # none is dropped.
+        self._slots = TaskAdmission(settings.max_concurrent_tasks)
         self._cancel_reasons: dict[str, str] = {}
         # Tasks this replica stopped running without recording an end (lost or handed off).
         self._abandoned: set[str] = set()
@@ -207,7 +209,7 @@ class TaskRunner:
     async def _run(self, task: pb.Task, resumed: bool) -> None:
         run = self._runs[task.task_id] = TaskRun(self, task, resumed=resumed)
         try:
-            async with self._slots:
+            async with self._slots.slot(task.priority):
                 await run.run()
         except asyncio.CancelledError:
             if task.task_id in self._abandoned:
@@ -424,6 +426,7 @@ class TaskRun:
             plan.CopyFrom(task.plan)
             if not plan.plan_id:
                 plan.plan_id = str(uuid.uuid4())
+            convert.estimate_plan(plan)
             return plan, ()
         self.move(pb.TASK_STATE_PARSING, "reading the goal", guarded)
         parsed = await brain.parse(
@@ -664,7 +667,10 @@ class TaskRun:
         self._put_budget_left(dispatch)
         remaining = self.deadline - asyncio.get_running_loop().time()
         outcome = await self.r.mesh.execute(
-            arm_type, dispatch, timeout_s=min(self.r.settings.subtask_timeout_s, remaining)
+            arm_type,
+            dispatch,
+            timeout_s=min(self.r.settings.subtask_timeout_s, remaining),
+            priority=effective_priority(task.priority),
         )
         if outcome.result is None:
             reason = outcome.failure.reason if outcome.failure else ""
@@ -792,6 +798,7 @@ class TaskRun:
             step_id=step.step_id,
             description=step.description,
             acceptance_criteria=step.acceptance_criteria,
+            required_capabilities=step.required_capabilities,
             # The mesh raises attempt itself on failover, so count on from where it left off.
             attempt=self.attempts.get(step.step_id, 0),
         )
@@ -871,6 +878,7 @@ class TaskRun:
                     timeout_s=min(timeout_s, self.deadline - asyncio.get_running_loop().time()),
                     on_event=on_event,
                     avoid_arm=avoid,
+                    priority=effective_priority(self.task.priority),
                 )
                 result = outcome.result
                 if result is not None:
@@ -909,7 +917,7 @@ class TaskRun:
                     arm_id=outcome.arm_id,
                 )
                 self.r.metrics.retries.labels(retry.kind).inc()
-                timeout_s *= retry.timeout_factor
+                timeout_s = settings.subtask_timeout_s * retry.timeout_factor
                 avoid = retry.avoid_arm
                 if retry.delay_s:
                     await asyncio.sleep(retry.delay_s)

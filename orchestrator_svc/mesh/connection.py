@@ -46,6 +46,7 @@ class Pending:
     failovers: int = 0
     avoid_arm: str = ""
     withdrawn: bool = False  # cancelled or expired while queued: the queue skips it
+    priority: int = 0  # higher is sent first when subtasks wait for credit
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ or the subtask's deadline passes. An accepted subtask is never dropped: it ends 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict, deque
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 
 import grpc
 import structlog
@@ -19,8 +19,12 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 
 from .connection import ArmConnection, MeshEvent, Outcome, Pending, RPCMetrics
+from .dispatch_queue import DispatchQueue
 
 log = structlog.get_logger(__name__)
+
+# (ready arms of one type with credit, arm id to avoid, capabilities the subtask needs) -> arm
+Picker = Callable[[list[ArmConnection], str, Sequence[str]], ArmConnection]
 
 
 def mesh_failure(
@@ -46,10 +50,11 @@ class Mesh:
         credentials: grpc.ChannelCredentials | None = None,
         default_timeout_s: float = 60.0,
         max_failovers: int = 3,
-        picker: Callable[[list[ArmConnection], str], ArmConnection] | None = None,
+        picker: Picker | None = None,
         rpc_metrics: RPCMetrics | None = None,
     ) -> None:
-        """`rpc_metrics` counts the gRPC calls of every arm connection (client side)."""
+        """`picker` chooses among the ready arms of one type (default: least loaded);
+        `rpc_metrics` counts the gRPC calls of every arm connection (client side)."""
         self._channel_options = channel_options
         self._credentials = credentials
         self._rpc_metrics = rpc_metrics
@@ -59,7 +64,7 @@ class Mesh:
         self._by_address: dict[str, ArmConnection] = {}
         self._by_arm_id: dict[str, ArmConnection] = {}
         self._by_type: dict[str, list[ArmConnection]] = defaultdict(list)
-        self._queues: dict[str, deque[Pending]] = defaultdict(deque)
+        self._queues: dict[str, DispatchQueue] = defaultdict(DispatchQueue)
         self._withdrawn: dict[str, int] = defaultdict(int)  # withdrawn entries left in a queue
         self._changed = asyncio.Event()
 
@@ -141,12 +146,14 @@ class Mesh:
         timeout_s: float | None = None,
         on_event: Callable[[MeshEvent], None] | None = None,
         avoid_arm: str = "",
+        priority: int = 0,
     ) -> Outcome:
         """Run one subtask on an arm of `arm_type` and return how it ended.
 
         Never raises for arm-side problems: they come back as `Outcome.failure`. Cancelling the
         caller cancels the subtask at the arm. `avoid_arm` (an arm id) is used only when no other
-        arm of the type can take the subtask (a reroute after that arm failed).
+        arm of the type can take the subtask (a reroute after that arm failed). While subtasks
+        wait for credit, a higher `priority` (0-4) is sent first, FIFO within one priority.
         """
         if not self._by_type.get(arm_type):
             failure = mesh_failure(
@@ -168,7 +175,13 @@ class Mesh:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pending = Pending(
-            arm_type, dispatch, loop.create_future(), deadline, on_event, avoid_arm=avoid_arm
+            arm_type,
+            dispatch,
+            loop.create_future(),
+            deadline,
+            on_event,
+            avoid_arm=avoid_arm,
+            priority=priority,
         )
         self._queues[arm_type].append(pending)
         self._pump(arm_type)
@@ -205,14 +218,13 @@ class Mesh:
         if not queue or pending.withdrawn:
             return
         pending.withdrawn = True
-        if queue[-1] is pending:
-            queue.pop()
+        if queue.pop_if_last(pending):
             return
         # NOTE: left in place (the pump skips it) and swept out once withdrawn entries are
         # half the queue: withdrawing one of n queued subtasks must not cost a scan of n.
         self._withdrawn[pending.arm_type] += 1
         if self._withdrawn[pending.arm_type] * 2 > len(queue):
-            self._queues[pending.arm_type] = deque(p for p in queue if not p.withdrawn)
+            self._queues[pending.arm_type] = DispatchQueue(p for p in queue if not p.withdrawn)
             self._withdrawn[pending.arm_type] = 0
 
     def _pump(self, arm_type: str) -> None:
@@ -230,7 +242,7 @@ class Mesh:
                 continue
             if pending.future.done():
                 continue
-            conn = self._pick(ready, pending.avoid_arm)
+            conn = self._pick(ready, pending.avoid_arm, pending.dispatch.required_capabilities)
             conn.send(pending, now)
             if conn.credits <= 0:
                 ready.remove(conn)
@@ -345,9 +357,11 @@ class Mesh:
         self._changed = asyncio.Event()
 
 
-def least_loaded(ready: list[ArmConnection], avoid_arm: str) -> ArmConnection:
+def least_loaded(
+    ready: list[ArmConnection], avoid_arm: str, required_capabilities: Sequence[str] = ()
+) -> ArmConnection:
     """The default picker: the ready arm with the fewest subtasks in flight, not `avoid_arm`
-    when another is ready."""
+    when another is ready (it ignores capabilities; the orchestrator wires in the router)."""
     if avoid_arm:
         ready = [c for c in ready if c.arm_id != avoid_arm] or ready
     return ready[0] if len(ready) == 1 else min(ready, key=lambda c: len(c.in_flight))

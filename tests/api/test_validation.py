@@ -26,6 +26,7 @@ from orchestrator_svc.api.errors import (
     invalid_argument,
 )
 from orchestrator_svc.api.validation import (
+    SubmitLimits,
     fingerprint,
     invalid_page_token,
     validate_arm_id,
@@ -37,6 +38,7 @@ from orchestrator_svc.api.validation import (
 from orchestrator_svc.store import IdempotencyConflict, StoreClosed, TaskClosed, TaskNotFound
 
 ARMS = frozenset({"retriever", "coder"})
+PRICED = SubmitLimits(prices_configured=True)
 GOAL = "summarise the quarterly report"
 TASK_ID = "0b7f1a8e-4c55-4d7a-9b1e-2f4f1c0d9a11"
 
@@ -114,7 +116,9 @@ def test_valid_submit_passes() -> None:
             ("review", "coder", ["search", "code"]),
         ),
     )
-    validate_submit(req, ARMS)
+    req.plan.steps[1].required_capabilities.extend(["code_generation", "c++", "node.js"] * 5)
+    req.plan.steps[1].required_capabilities.append("x" * 64)
+    validate_submit(req, ARMS, limits=PRICED)
 
 
 @pytest.mark.parametrize(
@@ -200,6 +204,40 @@ def test_budget_fields(budget: common_pb2.Budget, reason: str, field: str) -> No
     _invalid_submit(_submit(budget=budget), reason, field)
 
 
+def test_max_time_is_bounded_by_the_server() -> None:
+    """A budget.max_time beyond the server's limit (24 h by default, configurable) is
+    MAX_TIME_TOO_LONG naming the limit; the limit itself passes."""
+    day = common_pb2.Budget(max_time=duration_pb2.Duration(seconds=86_400))
+    validate_submit(_submit(budget=day), ARMS)
+    for seconds, nanos in ((86_400, 1), (315_576_000_000, 0)):
+        budget = common_pb2.Budget(max_time=duration_pb2.Duration(seconds=seconds, nanos=nanos))
+        message = _invalid_submit(
+            _submit(budget=budget), "MAX_TIME_TOO_LONG", "budget.max_time", limit_s="86400"
+        )
+        assert "at most 86400s" in message
+    hour = SubmitLimits(max_time_s=3600)
+    err = _raised(lambda: validate_submit(_submit(budget=day), ARMS, limits=hour))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "MAX_TIME_TOO_LONG", "budget.max_time")
+
+
+def test_cost_budget_without_prices_is_refused() -> None:
+    """budget.max_cost_usd on a server with no LLM prices could never be enforced: it is
+    FAILED_PRECONDITION COST_BUDGET_UNENFORCEABLE, after every INVALID_ARGUMENT check."""
+    req = _submit(budget=common_pb2.Budget(max_cost_usd=0.05))
+    err = _raised(lambda: validate_submit(req, ARMS))
+    _assert_error(
+        err,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "COST_BUDGET_UNENFORCEABLE",
+        "budget.max_cost_usd",
+    )
+    assert "OCTOLLM_LLM_PRICE_PER_1K_PROMPT" in err.message
+    validate_submit(req, ARMS, limits=PRICED)
+    validate_submit(_submit(budget=common_pb2.Budget(max_tokens=100)), ARMS)
+    req.request_id = "bad id"
+    _invalid_submit(req, "INVALID_REQUEST_ID", "request_id")
+
+
 @pytest.mark.parametrize(
     "request_id", ["has space", "x" * 129, "slash/no", "newline\n", "ünïcode", "semi;colon"]
 )
@@ -252,6 +290,26 @@ def test_missing_arm_type() -> None:
     """A step without arm_type is MISSING_ARM_TYPE (INVALID_ARGUMENT, not a precondition)."""
     plan = _steps(("a", "coder", []), ("b", "", []))
     _invalid_submit(_submit(plan=plan), "MISSING_ARM_TYPE", "plan.steps[1].arm_type")
+
+
+@pytest.mark.parametrize("capability", ["", "has space", "x" * 65, "semi;colon", "ü", "a\n"])
+def test_invalid_required_capability(capability: str) -> None:
+    """A required capability must be 1-64 chars of [A-Za-z0-9_.:+#/-], reported at its index."""
+    plan = _steps(("a", "coder", []), ("b", "coder", []))
+    plan.steps[1].required_capabilities.extend(["python", capability])
+    _invalid_submit(
+        _submit(plan=plan), "INVALID_CAPABILITY", "plan.steps[1].required_capabilities[1]"
+    )
+
+
+def test_too_many_required_capabilities() -> None:
+    """More than 16 required capabilities on one step is TOO_MANY_CAPABILITIES."""
+    plan = _steps(("a", "coder", []))
+    plan.steps[0].required_capabilities.extend(f"c{i}" for i in range(17))
+    message = _invalid_submit(
+        _submit(plan=plan), "TOO_MANY_CAPABILITIES", "plan.steps[0].required_capabilities"
+    )
+    assert "got 17" in message
 
 
 def test_unknown_dependency() -> None:

@@ -203,7 +203,7 @@ def test_public_surface() -> None:
         "LLMIntegrator", "LLMIntentParser", "LLMPlanner", "LLMValidator", "NoArmsAvailable",
         "ParseOutcome", "ParsedIntent", "PlanBudget", "PlanOutcome", "PlanProblem",
         "PlannedStep", "Planner", "ValidateOutcome", "ValidationReport", "answer_steps",
-        "choose", "integrate", "plan_single_step", "ranked", "repair_plan", "score",
+        "choose", "estimate", "integrate", "plan_single_step", "ranked", "repair_plan", "score",
         "sink_ids", "validate", "validate_plan",
     }  # fmt: skip
     assert set(llm_pkg.__all__) == {

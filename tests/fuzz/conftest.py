@@ -25,6 +25,8 @@ async def fuzz_mesh() -> AsyncIterator[FuzzMesh]:
         metrics_port=-1,
         memory=False,
         subtask_timeout_s=10,
+        # NOTE: with a price, cost budgets are accepted (and run) instead of refused at submit.
+        llm_price_per_1k_prompt=0.001,
     )
     orchestrator = await Orchestrator(settings).start()
     await orchestrator.wait_for_arms(set(arms), timeout_s=10)

@@ -161,6 +161,16 @@ def plans(draw: Any, valid_inputs: bool = True) -> pb.Plan:
     inputs = draw(
         st.lists(finite_objects if valid_inputs else json_objects, min_size=1, max_size=3)
     )
+    capability = st.from_regex(r"[A-Za-z0-9_.:+#/-]{1,64}", fullmatch=True)
+    capability_lists = draw(
+        st.lists(
+            st.lists(capability | any_text, max_size=17)
+            if fault_rate
+            else st.lists(capability, max_size=3),
+            min_size=1,
+            max_size=3,
+        )
+    )
     plan = pb.Plan(plan_id=draw(st.just("") | identifiers))
     ids: list[str] = []
     for i in range(n):
@@ -176,6 +186,7 @@ def plans(draw: Any, valid_inputs: bool = True) -> pb.Plan:
         arm_type = rng.choice(["echo", *arm_types]) if fault_rate else "echo"
         step = plan.steps.add(step_id=step_id, arm_type=arm_type, depends_on=deps)
         step.input.update(rng.choice(inputs))
+        step.required_capabilities.extend(rng.choice(capability_lists))
         if arm_type == "sleep":
             step.input.update({"seconds": 0})  # NOTE: the fuzz is about shape, not waiting
         ids.append(step_id)

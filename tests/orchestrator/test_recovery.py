@@ -32,6 +32,59 @@ def test_timeouts_retry_twice_with_longer_deadlines() -> None:
     assert budget.next(timeout, "a") is None
 
 
+def test_timeout_factors_are_relative_to_the_base_timeout() -> None:
+    """Each retry's factor applies to the base subtask timeout and counts the timeouts so far:
+    a transient retry after one timeout keeps the 1.5x deadline, a reroute too."""
+    budget = RecoveryBudget()
+    timeout = failure(grpc.StatusCode.DEADLINE_EXCEEDED, "SUBTASK_TIMEOUT")
+    after_timeout = budget.next(timeout, "a")
+    transient = budget.next(failure(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_BUSY"), "a")
+    reroute = budget.next(failure(grpc.StatusCode.UNAVAILABLE, "ARM_LOST"), "a")
+    second_timeout = budget.next(timeout, "a")
+    assert [r.timeout_factor if r else None for r in (after_timeout, transient, reroute)] == [
+        1.5
+    ] * 3
+    assert second_timeout is not None
+    assert second_timeout.timeout_factor == 2.25
+
+
+async def test_each_retry_deadline_grows_from_the_base_timeout(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """Two timeouts, then success: the attempts get 1x, 1.5x and 2.25x the base subtask
+    timeout (not 1.5 x 2.25 = 3.375x, as when the factors compounded)."""
+    base = 0.4
+    timeouts: list[float] = []
+    arm = Arm(arm_type="slowstart")
+
+    @arm.handler
+    async def run(inp: SubtaskInput) -> dict[str, Any]:
+        assert inp.timeout is not None
+        timeouts.append(inp.timeout)
+        if inp.attempt < 3:
+            await asyncio.sleep(60)
+        return {"attempt": inp.attempt}
+
+    server = await start_arm(arm)
+    orch = await start_orchestrator(
+        [server.address], wait_for=("slowstart",), subtask_timeout_s=base
+    )
+    stub = connect(orch.address)
+    plan = pb.Plan()
+    plan.steps.add(step_id="s", arm_type="slowstart")
+    task = (
+        await stub.SubmitTask(pb.SubmitTaskRequest(goal="Recover from two timeouts", plan=plan))
+    ).task
+    async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        pass
+    done = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+    assert done.state == pb.TASK_STATE_SUCCEEDED
+    assert done.subtasks[0].attempt == 3
+    # NOTE: an arm is told the time left when the dispatch was sent: at most what was granted.
+    assert len(timeouts) == 3
+    assert timeouts[0] < timeouts[1] < timeouts[2] <= base * 2.25 + 1e-3
+
+
 def test_lost_arm_is_rerouted_once_avoiding_it() -> None:
     """An arm lost mid-subtask: one reroute that avoids that arm."""
     budget = RecoveryBudget()

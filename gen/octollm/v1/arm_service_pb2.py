@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from octollm.v1 import common_pb2 as octollm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1coctollm/v1/arm_service.proto\x12\noctollm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17octollm/v1/common.proto\"\xa5\x02\n\rArmDescriptor\x12\x0e\n\x06\x61rm_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rm_type\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tcost_tier\x18\x06 \x01(\x0e\x32\x14.octollm.v1.CostTier\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12\x15\n\rdeterministic\x18\n \x01(\x08\"\x14\n\x12\x44\x65scribeArmRequest\"D\n\x13\x44\x65scribeArmResponse\x12-\n\ndescriptor\x18\x01 \x01(\x0b\x32\x19.octollm.v1.ArmDescriptor\"\x8a\x01\n\x0e\x45xecuteRequest\x12(\n\x08\x64ispatch\x18\x01 \x01(\x0b\x32\x14.octollm.v1.DispatchH\x00\x12$\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x12.octollm.v1.CancelH\x00\x12 \n\x04ping\x18\x03 \x01(\x0b\x32\x10.octollm.v1.PingH\x00\x42\x06\n\x04kind\"\xba\x02\n\x08\x44ispatch\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07step_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12&\n\x05input\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1b\n\x13\x61\x63\x63\x65ptance_criteria\x18\x08 \x03(\t\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x06\x62udget\x18\n \x01(\x0b\x32\x12.octollm.v1.Budget\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\",\n\x06\x43\x61ncel\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x03\"\xae\x02\n\x0f\x45xecuteResponse\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.octollm.v1.HelloH\x00\x12$\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x12.octollm.v1.CreditH\x00\x12(\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x0b\x32\x14.octollm.v1.AcceptedH\x00\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x14.octollm.v1.ProgressH\x00\x12$\n\x06result\x18\x05 \x01(\x0b\x32\x12.octollm.v1.ResultH\x00\x12-\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x1a.octollm.v1.SubtaskFailureH\x00\x12 \n\x04pong\x18\x07 \x01(\x0b\x32\x10.octollm.v1.PongH\x00\x42\x06\n\x04kind\"6\n\x05Hello\x12-\n\ndescriptor\x18\x01 \x01(\x0b\x32\x19.octollm.v1.ArmDescriptor\"\x13\n\x06\x43redit\x12\t\n\x01n\x18\x01 \x01(\x05\"/\n\x08\x41\x63\x63\x65pted\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"A\n\x08Progress\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x96\x01\n\x06Result\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12*\n\nprovenance\x18\x04 \x01(\x0b\x32\x16.octollm.v1.Provenance\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\x88\x01\n\x0eSubtaskFailure\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12$\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x13.octollm.v1.Failure\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x03*b\n\x08\x43ostTier\x12\x19\n\x15\x43OST_TIER_UNSPECIFIED\x10\x00\x12\x11\n\rCOST_TIER_LOW\x10\x01\x12\x14\n\x10\x43OST_TIER_MEDIUM\x10\x02\x12\x12\n\x0e\x43OST_TIER_HIGH\x10\x03\x32\xa4\x01\n\nArmService\x12N\n\x0b\x44\x65scribeArm\x12\x1e.octollm.v1.DescribeArmRequest\x1a\x1f.octollm.v1.DescribeArmResponse\x12\x46\n\x07\x45xecute\x12\x1a.octollm.v1.ExecuteRequest\x1a\x1b.octollm.v1.ExecuteResponse(\x01\x30\x01\x42\x46\n\rio.octollm.v1P\x01Z3github.com/octollm/mesh/gen/go/octollm/v1;octollmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1coctollm/v1/arm_service.proto\x12\noctollm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17octollm/v1/common.proto\"\xa5\x02\n\rArmDescriptor\x12\x0e\n\x06\x61rm_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rm_type\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tcost_tier\x18\x06 \x01(\x0e\x32\x14.octollm.v1.CostTier\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12\x15\n\rdeterministic\x18\n \x01(\x08\"\x14\n\x12\x44\x65scribeArmRequest\"D\n\x13\x44\x65scribeArmResponse\x12-\n\ndescriptor\x18\x01 \x01(\x0b\x32\x19.octollm.v1.ArmDescriptor\"\x8a\x01\n\x0e\x45xecuteRequest\x12(\n\x08\x64ispatch\x18\x01 \x01(\x0b\x32\x14.octollm.v1.DispatchH\x00\x12$\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x12.octollm.v1.CancelH\x00\x12 \n\x04ping\x18\x03 \x01(\x0b\x32\x10.octollm.v1.PingH\x00\x42\x06\n\x04kind\"\xd9\x02\n\x08\x44ispatch\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07step_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12&\n\x05input\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1b\n\x13\x61\x63\x63\x65ptance_criteria\x18\x08 \x03(\t\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x06\x62udget\x18\n \x01(\x0b\x32\x12.octollm.v1.Budget\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x1d\n\x15required_capabilities\x18\x0c \x03(\t\",\n\x06\x43\x61ncel\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x03\"\xae\x02\n\x0f\x45xecuteResponse\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.octollm.v1.HelloH\x00\x12$\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x12.octollm.v1.CreditH\x00\x12(\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x0b\x32\x14.octollm.v1.AcceptedH\x00\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x14.octollm.v1.ProgressH\x00\x12$\n\x06result\x18\x05 \x01(\x0b\x32\x12.octollm.v1.ResultH\x00\x12-\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x1a.octollm.v1.SubtaskFailureH\x00\x12 \n\x04pong\x18\x07 \x01(\x0b\x32\x10.octollm.v1.PongH\x00\x42\x06\n\x04kind\"6\n\x05Hello\x12-\n\ndescriptor\x18\x01 \x01(\x0b\x32\x19.octollm.v1.ArmDescriptor\"\x13\n\x06\x43redit\x12\t\n\x01n\x18\x01 \x01(\x05\"/\n\x08\x41\x63\x63\x65pted\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"A\n\x08Progress\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x96\x01\n\x06Result\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12*\n\nprovenance\x18\x04 \x01(\x0b\x32\x16.octollm.v1.Provenance\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\x88\x01\n\x0eSubtaskFailure\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12$\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x13.octollm.v1.Failure\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x03*b\n\x08\x43ostTier\x12\x19\n\x15\x43OST_TIER_UNSPECIFIED\x10\x00\x12\x11\n\rCOST_TIER_LOW\x10\x01\x12\x14\n\x10\x43OST_TIER_MEDIUM\x10\x02\x12\x12\n\x0e\x43OST_TIER_HIGH\x10\x03\x32\xa4\x01\n\nArmService\x12N\n\x0b\x44\x65scribeArm\x12\x1e.octollm.v1.DescribeArmRequest\x1a\x1f.octollm.v1.DescribeArmResponse\x12\x46\n\x07\x45xecute\x12\x1a.octollm.v1.ExecuteRequest\x1a\x1b.octollm.v1.ExecuteResponse(\x01\x30\x01\x42\x46\n\rio.octollm.v1P\x01Z3github.com/octollm/mesh/gen/go/octollm/v1;octollmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'octollm.v1.arm_service_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rio.octollm.v1P\001Z3github.com/octollm/mesh/gen/go/octollm/v1;octollmv1'
-  _globals['_COSTTIER']._serialized_start=1859
-  _globals['_COSTTIER']._serialized_end=1957
+  _globals['_COSTTIER']._serialized_start=1890
+  _globals['_COSTTIER']._serialized_end=1988
   _globals['_ARMDESCRIPTOR']._serialized_start=132
   _globals['_ARMDESCRIPTOR']._serialized_end=425
   _globals['_DESCRIBEARMREQUEST']._serialized_start=427
@@ -46,27 +46,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST']._serialized_start=520
   _globals['_EXECUTEREQUEST']._serialized_end=658
   _globals['_DISPATCH']._serialized_start=661
-  _globals['_DISPATCH']._serialized_end=975
-  _globals['_CANCEL']._serialized_start=977
-  _globals['_CANCEL']._serialized_end=1021
-  _globals['_PING']._serialized_start=1023
-  _globals['_PING']._serialized_end=1044
-  _globals['_EXECUTERESPONSE']._serialized_start=1047
-  _globals['_EXECUTERESPONSE']._serialized_end=1349
-  _globals['_HELLO']._serialized_start=1351
-  _globals['_HELLO']._serialized_end=1405
-  _globals['_CREDIT']._serialized_start=1407
-  _globals['_CREDIT']._serialized_end=1426
-  _globals['_ACCEPTED']._serialized_start=1428
-  _globals['_ACCEPTED']._serialized_end=1475
-  _globals['_PROGRESS']._serialized_start=1477
-  _globals['_PROGRESS']._serialized_end=1542
-  _globals['_RESULT']._serialized_start=1545
-  _globals['_RESULT']._serialized_end=1695
-  _globals['_SUBTASKFAILURE']._serialized_start=1698
-  _globals['_SUBTASKFAILURE']._serialized_end=1834
-  _globals['_PONG']._serialized_start=1836
-  _globals['_PONG']._serialized_end=1857
-  _globals['_ARMSERVICE']._serialized_start=1960
-  _globals['_ARMSERVICE']._serialized_end=2124
+  _globals['_DISPATCH']._serialized_end=1006
+  _globals['_CANCEL']._serialized_start=1008
+  _globals['_CANCEL']._serialized_end=1052
+  _globals['_PING']._serialized_start=1054
+  _globals['_PING']._serialized_end=1075
+  _globals['_EXECUTERESPONSE']._serialized_start=1078
+  _globals['_EXECUTERESPONSE']._serialized_end=1380
+  _globals['_HELLO']._serialized_start=1382
+  _globals['_HELLO']._serialized_end=1436
+  _globals['_CREDIT']._serialized_start=1438
+  _globals['_CREDIT']._serialized_end=1457
+  _globals['_ACCEPTED']._serialized_start=1459
+  _globals['_ACCEPTED']._serialized_end=1506
+  _globals['_PROGRESS']._serialized_start=1508
+  _globals['_PROGRESS']._serialized_end=1573
+  _globals['_RESULT']._serialized_start=1576
+  _globals['_RESULT']._serialized_end=1726
+  _globals['_SUBTASKFAILURE']._serialized_start=1729
+  _globals['_SUBTASKFAILURE']._serialized_end=1865
+  _globals['_PONG']._serialized_start=1867
+  _globals['_PONG']._serialized_end=1888
+  _globals['_ARMSERVICE']._serialized_start=1991
+  _globals['_ARMSERVICE']._serialized_end=2155
 # @@protoc_insertion_point(module_scope)

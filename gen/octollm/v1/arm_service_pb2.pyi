@@ -217,6 +217,7 @@ class Dispatch(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    REQUIRED_CAPABILITIES_FIELD_NUMBER: _builtins.int
     subtask_id: _builtins.str
     """Id of the subtask; stable across attempts so arms can deduplicate."""
     attempt: _builtins.int
@@ -255,6 +256,14 @@ class Dispatch(_message.Message):
     def budget(self) -> _common_pb2.Budget:
         """Resources the subtask may spend."""
 
+    @_builtins.property
+    def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities the orchestrator wants from the arm for this subtask (the
+        plan step's required_capabilities). The arm was chosen among the replicas
+        of its type with them in mind; it may use them to pick how to do the work
+        and may ignore them. Empty: nothing in particular.
+        """
+
     def __init__(
         self,
         *,
@@ -269,10 +278,11 @@ class Dispatch(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         budget: _common_pb2.Budget | None = ...,
         traceparent: _builtins.str = ...,
+        required_capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "context", b"context", "input", b"input", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "attempt", b"attempt", "budget", b"budget", "context", b"context", "description", b"description", "input", b"input", "step_id", b"step_id", "subtask_id", b"subtask_id", "task_id", b"task_id", "timeout", b"timeout", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "attempt", b"attempt", "budget", b"budget", "context", b"context", "description", b"description", "input", b"input", "required_capabilities", b"required_capabilities", "step_id", b"step_id", "subtask_id", b"subtask_id", "task_id", b"task_id", "timeout", b"timeout", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -154,7 +154,14 @@ class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.Val
     """Ahead of everything else."""
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
-    """Priority orders tasks competing for the same arms."""
+    """Priority orders tasks competing for the orchestrator's task slots and for
+    arm credit. When every task slot is taken (OCTOLLM_MAX_CONCURRENT_TASKS),
+    waiting PENDING tasks start highest priority first; when subtasks wait for
+    an arm with free credit, the higher priority task's subtask is sent first.
+    Within one priority both go in arrival order. Priority never preempts
+    running work, and nothing ages: while higher priority work keeps arriving,
+    lower priority work waits.
+    """
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
 """Not set; treated as PRIORITY_NORMAL."""
@@ -245,6 +252,7 @@ class PlanStep(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     ACCEPTANCE_CRITERIA_FIELD_NUMBER: _builtins.int
+    REQUIRED_CAPABILITIES_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Id of the step, unique in the plan: 1-64 chars of [A-Za-z0-9_.-]."""
     description: _builtins.str
@@ -265,6 +273,16 @@ class PlanStep(_message.Message):
     def acceptance_criteria(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Criteria the step's output must satisfy."""
 
+    @_builtins.property
+    def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities the step needs from its arm, e.g. "code_generation": at most
+        16, each 1-64 chars of [A-Za-z0-9_.:+#/-], compared case-insensitively.
+        Among the arms of arm_type the router prefers those that declare them
+        (capability match is 0.4 of an arm's score); an arm lacking some still
+        runs the step when it is the best one with credit. Empty: any arm of the
+        type fits.
+        """
+
     def __init__(
         self,
         *,
@@ -274,10 +292,11 @@ class PlanStep(_message.Message):
         input: _struct_pb2.Struct | None = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         acceptance_criteria: _abc.Iterable[_builtins.str] | None = ...,
+        required_capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "arm_type", b"arm_type", "depends_on", b"depends_on", "description", b"description", "input", b"input", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "arm_type", b"arm_type", "depends_on", b"depends_on", "description", b"description", "input", b"input", "required_capabilities", b"required_capabilities", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,21 +310,37 @@ class Plan(_message.Message):
 
     PLAN_ID_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_DURATION_FIELD_NUMBER: _builtins.int
+    ESTIMATED_TOKENS_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """Id of the plan; assigned by the server when empty."""
+    estimated_tokens: _builtins.int
+    """Output only: the server's estimate of the LLM tokens (prompt +
+    completion) the plan's steps use, from each arm type's usual use (a value
+    sent in a submitted plan is replaced).
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]:
         """The steps, in any order; at most 1000."""
+
+    @_builtins.property
+    def estimated_duration(self) -> _duration_pb2.Duration:
+        """Output only: the server's estimate of the plan's wall time along its
+        critical path, from the usual duration of a step on each arm type (a
+        value sent in a submitted plan is replaced).
+        """
 
     def __init__(
         self,
         *,
         plan_id: _builtins.str = ...,
         steps: _abc.Iterable[Global___PlanStep] | None = ...,
+        estimated_duration: _duration_pb2.Duration | None = ...,
+        estimated_tokens: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_duration", b"estimated_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_duration", b"estimated_duration", "estimated_tokens", b"estimated_tokens", "plan_id", b"plan_id", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,7 +527,7 @@ class Task(_message.Message):
     goal: _builtins.str
     """The natural-language goal."""
     priority: Global___Priority.ValueType
-    """Scheduling priority."""
+    """Scheduling priority (UNSPECIFIED is stored as NORMAL); see Priority."""
     state: Global___TaskState.ValueType
     """Current lifecycle state."""
     last_seq: _builtins.int
@@ -592,7 +627,9 @@ class SubmitTaskRequest(_message.Message):
     goal: _builtins.str
     """The natural-language goal, 10 to 2000 characters."""
     priority: Global___Priority.ValueType
-    """Scheduling priority."""
+    """Scheduling priority; UNSPECIFIED means NORMAL. See Priority for how it
+    orders tasks and subtasks.
+    """
     request_id: _builtins.str
     """Idempotency key, at most 128 chars of [A-Za-z0-9_.:-]. Retrying with the
     same key and body returns the same task.
