@@ -441,11 +441,13 @@ class OpenAICompatibleClient:
         streamed: list[str] = []
         started = time.monotonic()
         attempt = state.attempt_number
+        sent = False
         try:
             # NOTE: the SDK's timeout is per read; asyncio bounds the whole exchange, the wait
             # for a free slot of the endpoint included.
             async with asyncio.timeout(timeout_s):
                 async with endpoint.slots:
+                    sent = True
                     endpoint.in_flight += 1
                     try:
                         answer = await self._exchange(
@@ -458,6 +460,14 @@ class OpenAICompatibleClient:
             used = "the task's time left" if by_task else "the client's timeout"
             if limits.stalls is not None:
                 limits.stalls.timed_out(f"after {timeout_s:.3g}s")
+            if not sent:
+                raise _Charged(
+                    LLMUnavailable(
+                        f"LLM unavailable (no free slot of the endpoint within {timeout_s:.3g}s,"
+                        f" {used}; {endpoint.in_flight} call(s) in flight)"
+                    ),
+                    counts=False,
+                ) from None
             # NOTE: the server bills what it generated: what was streamed, or when not
             # streaming, as much as it was allowed to.
             generated = (

@@ -210,3 +210,23 @@ def test_limits_compose() -> None:
     assert left.max_tokens == 350
     assert left.completion_tokens(400, 1000) == 250
     assert CallLimits().completion_tokens(400, None) is None
+
+
+async def test_a_call_that_never_got_a_slot_is_not_charged(
+    start_fake: StartFake, make_client: MakeClient
+) -> None:
+    """One slot, held by a stalled call: a second call with 0.3 s left times out waiting for
+    the slot, costs nothing and says why; the endpoint is not blamed."""
+    fake = await start_fake([Reply(body=completion(GOOD).body, delay_s=60)])
+    client = make_client(fake.base_url, max_concurrency=1, timeout_s=60, breaker_failures=1)
+    holder = asyncio.create_task(ask(client))
+    await until(lambda: client.endpoint().in_flight == 1)
+    with pytest.raises(LLMUnavailable, match="no free slot") as raised:
+        await ask(client, limits=CallLimits.within(seconds=0.3))
+    assert raised.value.usage is not None
+    assert raised.value.usage.total_tokens == 0
+    assert len(fake.requests) == 1
+    assert client.endpoint().breaker.failures == 0
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
