@@ -188,3 +188,34 @@ async def test_a_model_the_endpoint_does_not_serve_is_caught_at_start(
     assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
     assert fake.requests == []
     assert any("LLM not used: model 'gemma3' is not served" in r for r in reasons), reasons
+
+
+async def test_repair_rounds_ask_the_model_afresh_instead_of_the_cache(
+    start_arm: Any, start_orchestrator: Any, connect: Any
+) -> None:
+    """An answer that keeps failing its criterion is re-integrated each repair round by a new
+    LLM call (with the cache on, the same prompt would otherwise get the same reply)."""
+
+    def answers(body: dict[str, Any], index: int) -> Reply:
+        return completion({"answer": f"Bounded queues keep work in check (draft {index})."})
+
+    fake = await FakeOpenAI(answers).start()
+    try:
+        echo = await start_arm(REFERENCE_ARMS["echo"]())
+        orch = await start_orchestrator(
+            [echo.address],
+            wait_for=("echo",),
+            llm_base_url=fake.base_url,
+            llm_model="fake-model",
+            cache_ttl_s=300,
+        )
+        request = echo_plan_request()
+        request.acceptance_criteria.append("mentions zebras")
+        ((task, reasons),) = await run_tasks(orch, connect, [request])
+    finally:
+        await fake.close()
+    rounds = sum(r.startswith("combining step outputs") for r in reasons)
+    integrations = [r for r in fake.requests if "final answer" in r["messages"][0]["content"]]
+    assert rounds > 1
+    assert len(integrations) == rounds
+    assert task.state == pb.TASK_STATE_FAILED
