@@ -41,6 +41,7 @@ async def test_llm_garbage_falls_back_to_the_offline_brain(
             [echo.address],
             wait_for=("echo",),
             llm_base_url=fake.base_url,
+            llm_model="fake-model",
             llm_max_retries=0,
             llm_output_retries=1,
             llm_timeout_s=5,

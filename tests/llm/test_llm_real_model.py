@@ -32,7 +32,7 @@ from orchestrator_svc.brain import (
     Planner,
     validate_plan,
 )
-from orchestrator_svc.llm import OpenAICompatibleClient
+from orchestrator_svc.llm import CallLimits, OpenAICompatibleClient
 from tests.arm_sdk.arm_stream import ArmStream
 from tests.tools import tool_unavailable
 
@@ -46,6 +46,7 @@ SKIP_REASON = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -e ".[llm-test]" (first build ~4-7 min)'
 )
 ALIAS = "gemma3-270m"
+STEP_TOKENS = 1000
 
 
 def free_port() -> int:
@@ -195,24 +196,29 @@ async def test_every_llm_step_and_arm_leaves_the_server_up(
     ) as client:
         assert (await client.check_endpoint()).usable
         brain = Brain(client)
+        # NOTE: each step gets its prompt plus a few hundred tokens of answer: the test is about
+        # the server surviving every request shape, not a 270M model's prose (and CI is slow).
+        room = CallLimits(max_tokens=STEP_TOKENS)
         goal = "Write a Python function that reverses a string, with a short explanation."
-        parsed = await asyncio.wait_for(brain.parse(goal), CALL_GUARD_S)
+        parsed = await asyncio.wait_for(brain.parse(goal, limits=room), CALL_GUARD_S)
         arms = [ArmCapability(t, (), f"the {t} arm", 2) for t in ("retriever", "coder", "judge")]
-        planned = await asyncio.wait_for(brain.plan(parsed.intent, arms), CALL_GUARD_S)
+        planned = await asyncio.wait_for(brain.plan(parsed.intent, arms, limits=room), CALL_GUARD_S)
         outputs = {
             s.step_id: {"answer": "def reverse(s): return s[::-1] reverses a string."}
             for s in planned.plan.steps
         }
         integrated = await asyncio.wait_for(
-            brain.integrate(goal, planned.plan, outputs, {}), CALL_GUARD_S
+            brain.integrate(goal, planned.plan, outputs, {}, limits=room), CALL_GUARD_S
         )
         checked = await asyncio.wait_for(
-            brain.validate(integrated.integration.answer, outputs, ["explains the code clearly"]),
+            brain.validate(
+                integrated.integration.answer, outputs, ["explains the code clearly"], limits=room
+            ),
             CALL_GUARD_S,
         )
         print("real model brain notes:", parsed.notes, planned.notes, integrated.notes)
         print("real model validation:", checked.report.checks, checked.notes)
-        budget = common_pb2.Budget(max_tokens=1500)
+        budget = common_pb2.Budget(max_tokens=STEP_TOKENS)
         answers = {}
         for name, payload in (
             ("coder", {"task": "Write a Python function reverse(s) that reverses a string."}),
