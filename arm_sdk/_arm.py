@@ -20,7 +20,7 @@ from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 from arm_sdk import grpc_options
 from arm_sdk._health import HealthServicer
 from arm_sdk._metrics import ArmMetrics
-from arm_sdk._server import ArmServer, StopHook
+from arm_sdk._server import ArmServer, StartHook, StopHook
 from arm_sdk._servicer import ArmServicer
 from arm_sdk._session import ArmRuntime
 from arm_sdk._subtask import Handler
@@ -90,6 +90,7 @@ class Arm:
         self._handler: Handler | None = None
         self._available = available
         self._stop_hooks: list[StopHook] = []
+        self._start_hooks: list[StartHook] = []
         self.deterministic = deterministic
 
     def handler(self, fn: Handler) -> Handler:
@@ -111,6 +112,17 @@ class Arm:
         if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)):
             raise TypeError(f"a stop hook must be an async callable, got {fn!r}")
         self._stop_hooks.append(fn)
+        return fn
+
+    def on_start(self, fn: StartHook) -> StartHook:
+        """Register an async callable run with the ``ArmServer`` once it listens and reports its
+        first health (use as a decorator); returns it unchanged. ``start()`` returns after the
+        hooks, so a hook can check a dependency and ``set_serving`` before anyone is told the
+        address, and start a background watch that a stop hook ends. A hook that fails is
+        logged, never raised out of ``start()``."""
+        if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)):
+            raise TypeError(f"a start hook must be an async callable, got {fn!r}")
+        self._start_hooks.append(fn)
         return fn
 
     def descriptor(self) -> arm_pb.ArmDescriptor:
@@ -172,6 +184,11 @@ class Arm:
         await arm_server.set_serving(serving)
         if not serving:
             log.warning("arm_unavailable", arm_id=self.arm_id, description=self.description)
+        for hook in self._start_hooks:
+            try:
+                await hook(arm_server)
+            except Exception:
+                log.exception("arm_start_hook_failed", arm_id=self.arm_id)
         log.info(
             "arm_serving", arm_id=self.arm_id, arm_type=self.arm_type, address=arm_server.address
         )

@@ -22,6 +22,7 @@ STOP_HOOK_TIMEOUT_S = 5.0
 SERVER_STOP_SLACK_S = 5.0
 
 StopHook = Callable[[], Awaitable[None]]
+StartHook = Callable[["ArmServer"], Awaitable[None]]
 
 
 class ArmServer:
@@ -45,6 +46,8 @@ class ArmServer:
         self._host = host
         self._port = port
         self._drain: asyncio.Task[None] | None = None
+        self._description = runtime.descriptor.description
+        self.not_serving_reason = ""
         self.metrics_port = -1  # set when started with a metrics endpoint
 
     @property
@@ -80,13 +83,25 @@ class ArmServer:
             self._drain = asyncio.create_task(self._drain_now(grace))
         await asyncio.shield(self._drain)
 
-    async def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool, reason: str = "") -> None:
         """Report SERVING or NOT_SERVING on grpc.health.v1 (overall and for ArmService).
 
         Use it when the arm temporarily cannot do its work (a dependency is down): the
         orchestrator stops routing to it at once and resumes when it is SERVING again.
-        In-flight subtasks keep running.
+        In-flight subtasks keep running. ``reason`` (NOT_SERVING only) says why: it is logged,
+        kept in ``not_serving_reason`` and put first in the description that DescribeArm and
+        the Hello of new Execute streams carry ("NOT SERVING (reason): description").
         """
+        reason = "" if serving else reason.strip()
+        if reason != self.not_serving_reason:
+            self.not_serving_reason = reason
+            self._runtime.descriptor.description = (
+                f"NOT SERVING ({reason}): {self._description}" if reason else self._description
+            )
+            if reason:
+                log.warning("arm_not_serving", arm_id=self.arm_id, reason=reason)
+            else:
+                log.info("arm_serving_again", arm_id=self.arm_id)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

@@ -303,6 +303,7 @@ class ExecuteSession:
                 retryable=exc.retryable,
                 metadata=exc.metadata,
                 started=started,
+                retry_after=exc.retry_after,
             )
         except Exception as exc:
             message = self._handler_error(inp, exc, started)
@@ -413,6 +414,7 @@ def _failure(
     retryable: bool,
     metadata: dict[str, str] | None = None,
     started: int | None = None,
+    retry_after: float | None = None,
 ) -> arm_pb.ExecuteResponse:
     response = arm_pb.ExecuteResponse()
     failure = response.failure
@@ -424,6 +426,8 @@ def _failure(
     failure.failure.retryable = retryable
     if metadata:
         failure.failure.metadata.update(metadata)
+    if retry_after is not None:
+        failure.failure.retry_after.FromNanoseconds(round(retry_after * 1e9))
     if started is not None:
         failure.duration.FromNanoseconds(time.monotonic_ns() - started)
     return response

@@ -89,6 +89,19 @@ class Orchestrator:
         host = self.settings.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
 
+    async def _brain(self) -> Brain:
+        """The brain, asking the configured LLM unless `/v1/models` shows it misconfigured (the
+        model not listed, the key refused): then offline, and every task's events say why."""
+        if self.llm is None:
+            return Brain(cache=self.cache)
+        status = await self.llm.check_endpoint()
+        if status.permanent:
+            log.error("llm_misconfigured", model=self.llm.model, reason=status.reason)
+            return Brain(cache=self.cache, offline_reason=status.reason)
+        if not status.usable:
+            log.warning("llm_endpoint_not_usable_yet", model=self.llm.model, reason=status.reason)
+        return Brain(with_response_cache(self.llm, self.cache), cache=self.cache)
+
     async def start(self) -> Orchestrator:
         """Open the store, serve, and start dialling arms. Raises StoreError (store down or
         unmigratable) and OSError (cannot listen) with readable messages."""
@@ -96,7 +109,7 @@ class Orchestrator:
             self.settings, startup_wait_s=self.settings.postgres_startup_wait_s
         )
         self.cache = await open_cache(self.settings, self.metrics.observe_cache)
-        brain = Brain(with_response_cache(self.llm, self.cache), cache=self.cache)
+        brain = await self._brain()
         self.runner = TaskRunner(
             self.store,
             self.mesh,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import grpc
@@ -31,11 +31,14 @@ from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from arm_sdk.arms._input import bad_input, parse_input
 from arm_sdk.arms._llm import (
     HOW_TO_CONFIGURE,
+    EndpointWatch,
     arm_error_from,
+    limits_for,
     llm_client_from_env,
     output_with_usage,
 )
-from orchestrator_svc.llm import JSONCompleter, LLMError
+from orchestrator_svc.llm import JSONCompleter, LLMError, LLMUnavailable
+from orchestrator_svc.llm.copies import DATA_RULE, fenced
 
 log = structlog.get_logger(__name__)
 
@@ -88,21 +91,32 @@ class CodeDraft(BaseModel):
     explanation: str = Field(default="", max_length=2000, description="what it does or changed")
 
 
-CODER_SYSTEM_PROMPT = """You are the coder of OctoLLM, a mesh of specialist AI arms.
+CODER_SYSTEM_PROMPT = f"""You are the coder of OctoLLM, a mesh of specialist AI arms.
 Write or edit code for the task you are given.
+{DATA_RULE}
 
-Return JSON: {"language": "python", "code": "...", "explanation": "..."}
+Reply with one JSON object with these fields:
+- language: the programming language of the code
+- code: the complete code as a plain string, without Markdown fences; when you edit code,
+  the whole edited code, not a diff
+- explanation: two or three sentences of your own on what the code does (and what you changed)
 
 Rules:
-- "code" is the complete code as a plain string, without Markdown fences; when you edit code,
-  return the whole edited code, not a diff
-- write real, working code: no placeholders, no TODOs, nothing left out
-- respect every constraint and acceptance criterion
-- "explanation": two or three sentences on what the code does (and what you changed)"""
+- write real, working code for this task: no placeholders, no TODOs, nothing left out
+- respect every constraint and acceptance criterion"""
 
 
-def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm:
-    """A new coder arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any)."""
+def build(
+    arm_id: str | None = None,
+    *,
+    llm: JSONCompleter | None = None,
+    check_interval_s: float | None = None,
+) -> Arm:
+    """A new coder arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any).
+
+    Its endpoint is checked at start and every ``check_interval_s`` (default
+    ``OCTOLLM_LLM_CHECK_INTERVAL_S``): NOT_SERVING, with the reason, while it is unreachable or
+    does not list the model."""
     owned = llm_client_from_env() if llm is None else None
     client: JSONCompleter | None = llm if llm is not None else owned
     capabilities: tuple[str, ...] = ("code_generation", "code_analysis", "refactoring")
@@ -125,9 +139,15 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
     )
     if owned is not None:
         arm.on_stop(owned.aclose)  # opened here, so closed here; a given `llm` is the caller's
+    watch = None
+    if client is not None:
+        watch = EndpointWatch(client, required=True, interval_s=check_interval_s)
+        watch.attach(arm)
 
     @arm.handler
     async def code(inp: SubtaskInput) -> SubtaskOutput:
+        if watch is not None and not watch.usable:
+            raise watch.unusable_error()
         if client is None:
             raise ArmError(
                 f"the coder arm has no LLM configured and will not fake code: {HOW_TO_CONFIGURE}",
@@ -146,9 +166,13 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
                 user=coder_prompt(task, request, inp.acceptance_criteria),
                 schema=CodeDraft,
                 max_tokens=MAX_TOKENS,
+                limits=limits_for(inp),
+                fresh=request.repair is not None,
             )
         except LLMError as exc:
             log.warning("code_not_written", subtask_id=inp.subtask_id, error=str(exc))
+            if isinstance(exc, LLMUnavailable) and watch is not None:
+                watch.suspect()
             raise arm_error_from(exc) from None
         language = draft.language.strip() or request.language.strip() or "text"
         explanation = draft.explanation.strip()
@@ -171,26 +195,33 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
 
 
 def coder_prompt(task: str, request: CoderInput, criteria: tuple[str, ...] = ()) -> str:
-    """The user prompt: the task first, then what shapes it, then the code to edit."""
-    parts = [f"Task: {task}"]
+    """The user prompt: the task first, then what shapes it, then the code to edit; every part
+    that comes from a user or an earlier step is fenced as data."""
+    parts = [f"Task:\n{fenced('task', task)}"]
     if request.language.strip():
         parts.append(f"Language: {request.language.strip()}")
     if request.goal.strip() and request.goal.strip() != task:
-        parts.append(f"Overall goal this task serves: {request.goal.strip()}")
+        parts.append(f"Overall goal this task serves:\n{fenced('goal', request.goal.strip())}")
     if request.constraints:
-        parts.append("Constraints:\n" + "\n".join(f"- {c}" for c in request.constraints))
+        parts.append("Constraints:\n" + fenced("constraints", _bullets(request.constraints)))
     if criteria:
-        parts.append("The result must satisfy:\n" + "\n".join(f"- {c}" for c in criteria))
+        parts.append("The result must satisfy:\n" + fenced("criteria", _bullets(criteria)))
     if request.repair is not None and request.repair.issues:
-        issues = "\n".join(f"- {i}" for i in request.repair.issues)
+        issues = fenced("issues", _bullets(request.repair.issues))
         parts.append(f"A reviewer rejected the previous attempt; fix these issues:\n{issues}")
     if request.context.strip():
-        parts.append(f"Context:\n{_cut(request.context.strip(), MAX_CONTEXT_CHARS)}")
+        context = _cut(request.context.strip(), MAX_CONTEXT_CHARS)
+        parts.append(f"Context:\n{fenced('context', context)}")
     if request.dependencies:
-        parts.append("Results of earlier steps:\n" + _dependencies(request.dependencies))
+        earlier = _dependencies(request.dependencies)
+        parts.append(f"Results of earlier steps:\n{fenced('step_outputs', earlier)}")
     if request.code:
-        parts.append(f"Code to edit:\n{request.code}")
+        parts.append(f"Code to edit:\n{fenced('code', request.code)}")
     return "\n\n".join(parts)
+
+
+def _bullets(items: Sequence[str]) -> str:
+    return "\n".join(f"- {item}" for item in items)
 
 
 def unfenced(code: str) -> str:

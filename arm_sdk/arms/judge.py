@@ -44,9 +44,17 @@ from referencing.exceptions import Unresolvable
 from arm_sdk._arm import Arm
 from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from arm_sdk.arms._input import bad_input, parse_input
-from arm_sdk.arms._llm import llm_client_from_env, output_with_usage
+from arm_sdk.arms._llm import EndpointWatch, limits_for, llm_client_from_env, output_with_usage
 from orchestrator_svc.brain import CriterionCheck, LLMValidator, validate
-from orchestrator_svc.llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from orchestrator_svc.llm import (
+    NO_LIMITS,
+    NO_USAGE,
+    CallLimits,
+    JSONCompleter,
+    LLMError,
+    LLMUnavailable,
+    LLMUsage,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -90,8 +98,17 @@ class JudgeOutput(BaseModel):
     notes: list[str]
 
 
-def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm:
-    """A new judge arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any)."""
+def build(
+    arm_id: str | None = None,
+    *,
+    llm: JSONCompleter | None = None,
+    check_interval_s: float | None = None,
+) -> Arm:
+    """A new judge arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any).
+
+    Its endpoint is checked at start and every ``check_interval_s`` (default
+    ``OCTOLLM_LLM_CHECK_INTERVAL_S``); while it is not usable the judge keeps serving and checks
+    by rules alone, saying so in ``notes``."""
     owned = llm_client_from_env() if llm is None else None
     client: JSONCompleter | None = llm if llm is not None else owned
     how = f"rules, and {client.model} for vague criteria" if client is not None else "rules"
@@ -112,6 +129,10 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
     if owned is not None:
         arm.on_stop(owned.aclose)  # opened here, so closed here; a given `llm` is the caller's
     validator = LLMValidator(client) if client is not None else None
+    watch = None
+    if client is not None:
+        watch = EndpointWatch(client, required=False, interval_s=check_interval_s)
+        watch.attach(arm)
 
     @arm.handler
     async def judge(inp: SubtaskInput) -> SubtaskOutput:
@@ -127,7 +148,12 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
             checks.append(schema_check)
             issues.extend(schema_issues)
         text = judged_text(output)
-        criteria_checks, usage, notes = await _check_criteria(validator, text, criteria)
+        skipped = watch is not None and not watch.usable
+        criteria_checks, usage, notes = await _check_criteria(
+            None if skipped else validator, text, criteria, watch, limits_for(inp)
+        )
+        if watch is not None and skipped:
+            notes.insert(0, f"LLM skipped: {watch.status.reason}; checked the criteria by rules")
         checks.extend(criteria_checks)
         issues.extend(
             f"{c.criterion!r} failed: {c.detail}" for c in criteria_checks if not c.passed
@@ -153,7 +179,8 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
             score=round(verdict.score, 3),
             checks=len(checks),
         )
-        return output_with_usage(verdict.model_dump(), usage)
+        judged_by_llm = any(c.rule == "llm" for c in checks)
+        return output_with_usage(verdict.model_dump(), usage, heuristic=not judged_by_llm)
 
     return arm
 
@@ -169,17 +196,23 @@ def _judged_output(raw: Mapping[str, Any], request: JudgeInput) -> Any:
 
 
 async def _check_criteria(
-    validator: LLMValidator | None, text: str, criteria: Sequence[str]
+    validator: LLMValidator | None,
+    text: str,
+    criteria: Sequence[str],
+    watch: EndpointWatch | None = None,
+    limits: CallLimits = NO_LIMITS,
 ) -> tuple[list[CheckOut], LLMUsage, list[str]]:
     """The brain's checks of ``text``: by LLM for vague criteria when there is one, else rules."""
     usage, notes = NO_USAGE, []
     report = None
     if validator is not None:
         try:
-            report, usage = await validator.validate(text, {}, criteria, sinks=())
+            report, usage = await validator.validate(text, {}, criteria, sinks=(), limits=limits)
         except LLMError as exc:
             usage = exc.usage or NO_USAGE
             notes.append(f"{exc}; checked the criteria by rules only")
+            if isinstance(exc, LLMUnavailable) and watch is not None:
+                watch.suspect()
     if report is None:
         report = validate(text, {}, criteria, sinks=())
     return [_check_out(c) for c in report.checks], usage, notes

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from arm_sdk._arm import Arm
 from arm_sdk._subtask import SubtaskInput, SubtaskOutput
 from arm_sdk.arms._input import bad_input, parse_input
-from arm_sdk.arms._llm import llm_client_from_env, output_with_usage
+from arm_sdk.arms._llm import EndpointWatch, limits_for, llm_client_from_env, output_with_usage
 from orchestrator_svc.brain import (
     ArmCapability,
     Episode,
@@ -142,8 +142,17 @@ class _HeuristicFallback(HeuristicPlanner):
         )
 
 
-def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm:
-    """A new planner arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any)."""
+def build(
+    arm_id: str | None = None,
+    *,
+    llm: JSONCompleter | None = None,
+    check_interval_s: float | None = None,
+) -> Arm:
+    """A new planner arm; ``llm`` None takes the LLM from ``OCTOLLM_LLM_*`` (if any).
+
+    Its endpoint is checked at start and every ``check_interval_s`` (default
+    ``OCTOLLM_LLM_CHECK_INTERVAL_S``); while it is not usable the planner keeps serving with its
+    heuristic templates, saying so in ``notes``."""
     owned = llm_client_from_env() if llm is None else None
     client: JSONCompleter | None = llm if llm is not None else owned
     how = f"LLM planning with {client.model}" if client is not None else "heuristic templates"
@@ -160,6 +169,10 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
     )
     if owned is not None:
         arm.on_stop(owned.aclose)  # opened here, so closed here; a given `llm` is the caller's
+    watch = None
+    if client is not None:
+        watch = EndpointWatch(client, required=False, interval_s=check_interval_s)
+        watch.attach(arm)
 
     @arm.handler
     async def plan(inp: SubtaskInput) -> SubtaskOutput:
@@ -174,12 +187,18 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
             update={"complexity": _capped(intent.complexity, request.max_steps)}
         )
         heuristic = _HeuristicFallback()
-        planner = Planner(LLMPlanner(client) if client is not None else None, heuristic)
-        outcome = await planner.plan(
-            intent, CANONICAL_ARMS, acceptance_criteria=inp.acceptance_criteria
+        skipped = watch is not None and not watch.usable
+        llm = LLMPlanner(client) if client is not None and not skipped else None
+        outcome = await Planner(llm, heuristic).plan(
+            intent,
+            CANONICAL_ARMS,
+            acceptance_criteria=inp.acceptance_criteria,
+            limits=limits_for(inp),
         )
         steps, dropped = first_steps(outcome.plan.steps, request.max_steps)
         notes = list(outcome.notes)
+        if watch is not None and skipped:
+            notes.insert(0, f"LLM skipped: {watch.status.reason}; used the heuristic planner")
         if dropped:
             notes.append(f"kept the first {len(steps)} step(s); dropped {', '.join(dropped)}")
         source: Literal["llm", "heuristic"] = "heuristic" if heuristic.used else "llm"
@@ -199,7 +218,9 @@ def build(arm_id: str | None = None, *, llm: JSONCompleter | None = None) -> Arm
             notes=notes,
         )
         log.info("plan_drafted", subtask_id=inp.subtask_id, source=source, steps=len(steps))
-        return output_with_usage(output.model_dump(), outcome.usage)
+        return output_with_usage(
+            output.model_dump(), outcome.usage, heuristic=source == "heuristic"
+        )
 
     return arm
 

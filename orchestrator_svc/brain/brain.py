@@ -3,7 +3,9 @@
 With an LLM client each step asks the model first and falls back to the offline heuristics when
 the model is down, slow, rate-limited or talks nonsense; without one it is fully offline. Only
 `plan` raises (`NoArmsAvailable`); LLM trouble never does. Every call returns the LLM usage it
-spent and notes for the task's event log saying what happened.
+spent and notes for the task's event log saying what happened. `limits` bounds each step's LLM
+calls by what the task has left (time and tokens); `fresh` (integrate, validate) asks for new
+answers rather than cached ones, for repair rounds.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMError, LLMUsage
 from .episode import Episode
 from .integrate import Integration, LLMIntegrator, answer_steps, integrate
 from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
@@ -60,8 +62,16 @@ class Brain:
     """See the module docstring. `client` None means the offline brain; with a `cache` (and a
     client) plans the LLM wrote are reused for the same request (see plan_cache.py)."""
 
-    def __init__(self, client: JSONCompleter | None = None, *, cache: Cache | None = None) -> None:
+    def __init__(
+        self,
+        client: JSONCompleter | None = None,
+        *,
+        cache: Cache | None = None,
+        offline_reason: str = "",
+    ) -> None:
+        """`offline_reason`: why a configured LLM is not used (misconfigured), for the notes."""
         self._client = client
+        self._offline_reason = offline_reason
         self._plan_cache = (
             PlanCache(cache, client.model) if cache is not None and client is not None else None
         )
@@ -80,11 +90,15 @@ class Brain:
         goal: str,
         constraints: Sequence[str] = (),
         context: Mapping[str, Any] | None = None,
+        *,
+        limits: CallLimits = NO_LIMITS,
     ) -> ParseOutcome:
         usage, notes = NO_USAGE, []
         if self._llm_parser is not None:
             try:
-                intent, usage = await self._llm_parser.parse(goal, constraints, context)
+                intent, usage = await self._llm_parser.parse(
+                    goal, constraints, context, limits=limits
+                )
             except LLMError as exc:
                 usage = _spent(exc)
                 notes.append(f"{exc}; used the heuristic intent parser")
@@ -92,6 +106,8 @@ class Brain:
                 notes.append(f"LLM parsed the goal: {intent.domain}, {intent.complexity}")
                 return ParseOutcome(intent, usage, tuple(notes))
         intent = self._heuristic_parser.parse(goal, constraints, context)
+        if self._offline_reason:
+            notes.append(f"LLM not used: {self._offline_reason}")
         notes.append(f"heuristic parse: {intent.domain}, {intent.complexity}")
         return ParseOutcome(intent, usage, tuple(notes))
 
@@ -104,6 +120,7 @@ class Brain:
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
         given: GivenInputs | None = None,
+        limits: CallLimits = NO_LIMITS,
     ) -> PlanOutcome:
         """Raises `NoArmsAvailable` (naming the missing arm types) when nothing can run it,
         `MissingCapability` when the goal needs a role no arm has.
@@ -118,7 +135,13 @@ class Brain:
             if cached is not None:
                 return cached
         outcome = await self._planner.plan(
-            intent, arms, budget, acceptance_criteria=acceptance_criteria, past=past, given=given
+            intent,
+            arms,
+            budget,
+            acceptance_criteria=acceptance_criteria,
+            past=past,
+            given=given,
+            limits=limits,
         )
         if cache is not None and outcome.from_llm:
             await cache.store(key, outcome.plan)
@@ -133,13 +156,21 @@ class Brain:
         *,
         acceptance_criteria: Sequence[str] = (),
         models: Mapping[str, str] | None = None,
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> IntegrateOutcome:
         """`models`: the model each step's arm used (from its provenance), if any."""
         usage, notes = NO_USAGE, []
         if self._llm_integrator is not None and outputs:
             try:
                 integration, usage = await self._llm_integrator.integrate(
-                    goal, plan, outputs, confidences, acceptance_criteria=acceptance_criteria
+                    goal,
+                    plan,
+                    outputs,
+                    confidences,
+                    acceptance_criteria=acceptance_criteria,
+                    limits=limits,
+                    fresh=fresh,
                 )
             except LLMError as exc:
                 usage = _spent(exc)
@@ -160,6 +191,8 @@ class Brain:
         plan: ExecutionPlan | None = None,
         sinks: Collection[str] | None = None,
         goal: str = "",
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> ValidateOutcome:
         """`failing_steps` blames `sinks` if given, else the steps whose text made the answer
         (see `answer_steps`) when `plan` is given, else every step in `outputs`. With a `goal`
@@ -175,7 +208,14 @@ class Brain:
         if self._llm_validator is not None:
             try:
                 report, usage = await self._llm_validator.validate(
-                    answer, outputs, acceptance_criteria, sinks=sinks, goal=goal, restated=restated
+                    answer,
+                    outputs,
+                    acceptance_criteria,
+                    sinks=sinks,
+                    goal=goal,
+                    restated=restated,
+                    limits=limits,
+                    fresh=fresh,
                 )
             except LLMError as exc:
                 usage = _spent(exc)

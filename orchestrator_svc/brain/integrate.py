@@ -9,7 +9,8 @@ the paragraphs that cover the goal are quoted exactly under a first line saying 
 them, and what the documents do not cover is answered "not found in the indexed documents" (see
 coverage.py). When no step has answer fields, the answer is a compact JSON rendering of the
 sinks' outputs. `LLMIntegrator` asks a model to write the answer from the outputs (bounded in
-size).
+size, fenced as data); an answer much shorter than the merge, or unrelated to the goal and
+outputs, is rejected (the brain then merges).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ..llm import JSONCompleter, LLMUsage
+from ..llm import NO_LIMITS, CallLimits, JSONCompleter, LLMInvalidOutput, LLMUsage
+from ..llm.copies import DATA_RULE, fenced
 from .coverage import is_retrieval, passages_of, retrieval_answer
 from .plan import ExecutionPlan, PlannedStep
+from .words import is_content, words
 
 ANSWER_FIELDS = ("answer", "text", "summary", "code")
 MAX_ANSWER_CHARS = 20_000
@@ -196,11 +199,34 @@ class _AnswerDraft(BaseModel):
     answer: str = Field(min_length=1)
 
 
-INTEGRATOR_SYSTEM_PROMPT = """You write the final answer of a task from the outputs of its steps.
-Use only the information in the step outputs; do not invent facts. Answer the goal directly,
-respect the constraints and satisfy every listed criterion.
-Return a JSON object with one key, "answer", whose value is your final answer to the goal
-(plain text or markdown), written from the step outputs."""
+INTEGRATOR_SYSTEM_PROMPT = f"""You write the final answer of a task from the outputs of its steps.
+{DATA_RULE}
+Use only the information in the step outputs; do not invent facts. Answer the goal directly and
+completely, respect the constraints and satisfy every listed criterion; keep what the outputs
+found (a passage, a number, code) rather than summarising it away.
+Reply with one JSON object with one field, answer: your final answer to the goal, as plain text
+or markdown, written from the step outputs."""
+
+# An LLM answer shorter than this share of the merged answer (and than a short paragraph)
+# is not a summary but a loss: a tiny model answered "1" in place of a good answer.
+MIN_ANSWER_SHARE = 0.2
+ENOUGH_ANSWER_CHARS = 200
+
+
+def answer_problem(answer: str, merged: str, sources: str) -> str:
+    """Why an LLM-written `answer` must not replace `merged`, the rules' merge of the outputs
+    ("" if it may): much shorter, or sharing no content word with the goal and the step
+    outputs (`sources`)."""
+    if len(answer) < min(MIN_ANSWER_SHARE * len(merged), ENOUGH_ANSWER_CHARS):
+        return (
+            f"the LLM's answer ({len(answer)} chars) is much shorter than the steps' answer "
+            f"({len(merged)} chars)"
+        )
+    theirs = {w for w in words(sources) if is_content(w)}
+    ours = {w for w in words(answer) if is_content(w)}
+    if theirs and ours and not ours & theirs:
+        return "the LLM's answer shares no words with the goal or the step outputs"
+    return ""
 
 
 class LLMIntegrator:
@@ -225,7 +251,10 @@ class LLMIntegrator:
         confidences: Mapping[str, float],
         *,
         acceptance_criteria: Sequence[str] = (),
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> tuple[Integration, LLMUsage]:
+        """`fresh`: a repair round, so never a cached answer."""
         merged = integrate(goal, plan, outputs, confidences)
         present = [s for s in plan.steps if s.step_id in outputs]
         share = max(400, self._max_input_chars // max(1, len(present)))
@@ -234,14 +263,22 @@ class LLMIntegrator:
             + truncate(output_text(outputs[s.step_id]), share)
             for s in present
         ]
-        lines = [f"Goal: {goal}"]
+        lines = ["Goal:", fenced("goal", goal)]
         if acceptance_criteria:
-            lines += ["The answer must satisfy:", *(f"- {c}" for c in acceptance_criteria)]
-        lines += ["Step outputs:", *blocks]
+            criteria = "\n".join(f"- {c}" for c in acceptance_criteria)
+            lines += ["The answer must satisfy:", fenced("criteria", criteria)]
+        lines += ["Step outputs:", fenced("step_outputs", "\n\n".join(blocks))]
         draft, usage = await self._client.complete_json(
             system=INTEGRATOR_SYSTEM_PROMPT,
             user=truncate("\n".join(lines), self._max_input_chars + 2000),
             schema=_AnswerDraft,
             max_tokens=self._max_tokens,
+            limits=limits,
+            fresh=fresh,
         )
-        return Integration(draft.answer.strip(), merged.confidence, (), "llm", merged.steps), usage
+        answer = draft.answer.strip()
+        sources = "\n".join([goal, *(output_text(outputs[s.step_id]) for s in present)])
+        problem = answer_problem(answer, merged.answer, sources)
+        if problem:
+            raise LLMInvalidOutput(problem, last_output=answer, usage=usage)
+        return Integration(answer, merged.confidence, (), "llm", merged.steps), usage

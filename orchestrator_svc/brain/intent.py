@@ -4,7 +4,9 @@
 technology sets, the complexity from length, sentences, action verbs, sequencing words and
 constraints; keywords are the most frequent content words; entities are found by regex. The
 `LLMIntentParser` asks a model for the same fields (schema-validated) and keeps the user's goal
-and constraints verbatim: they are the contract, a rewording could lose a detail.
+and constraints verbatim: they are the contract, a rewording could lose a detail. Of the model's
+constraints, keywords and entities only those found in the goal are kept (a model invents
+constraints and copies examples; neither may become part of the task's contract).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..llm import JSONCompleter, LLMUsage
+from ..llm import NO_LIMITS, CallLimits, JSONCompleter, LLMUsage
+from ..llm.copies import DATA_RULE, fenced
 from .lexicon import (
     ACTION_VERBS,
     DOMAIN_TERMS,
@@ -243,36 +246,57 @@ class IntentDraft(BaseModel):
     entities: _EntitiesDraft = _EntitiesDraft()
 
 
-INTENT_SYSTEM_PROMPT = """You are the intent parser of OctoLLM, a mesh of specialist AI arms.
-Extract structured information from the user's request.
-
-Return JSON with this structure:
-{"constraints": ["hard requirement stated in the request"],
- "domain": "code|security|data|infrastructure|general",
- "complexity": "simple|medium|complex",
- "keywords": ["term useful for retrieving context"],
- "entities": {"files": ["auth/login.py"], "functions": ["login"],
-              "technologies": ["Python"], "urls": []}}
-
-Guidelines:
-- constraints: only hard requirements found in the request (time, cost, safety, scope)
-- domain: the primary domain of the task
-- complexity: simple (1-2 steps), medium (3-5 steps), complex (6+ steps)
-- keywords: at most 8 important terms, no filler words
-- entities: only what the request actually mentions"""
+INTENT_SYSTEM_PROMPT = f"""You are the intent parser of OctoLLM, a mesh of specialist AI arms.
+{DATA_RULE}
+Describe the request between <<<REQUEST and >>>REQUEST as one JSON object with these fields:
+- constraints: hard requirements the request itself states (time, cost, safety, scope), each
+  quoted from the request; an empty list when it states none
+- domain: the primary domain of the request: code, security, data, infrastructure or general
+- complexity: simple (1 or 2 steps of work), medium (3 to 5) or complex (6 or more)
+- keywords: at most 8 important terms that appear in the request, no filler words
+- entities: the files, functions, technologies and urls the request names, one list per kind;
+  an empty list for a kind it does not name
+Take every constraint, keyword and entity from the request; never add one it does not contain."""
 
 
 def intent_user_prompt(
     goal: str, constraints: Sequence[str], context: Mapping[str, Any] | None
 ) -> str:
-    lines = [f"Request: {goal}"]
+    lines = [fenced("request", goal)]
     if constraints:
         lines.append("Constraints given with the request:")
-        lines.extend(f"- {c}" for c in constraints)
+        lines.append(fenced("constraints", "\n".join(f"- {c}" for c in constraints)))
     if context:
         keys = ", ".join(sorted(str(k) for k in context)[:20])
         lines.append(f"Context keys provided: {keys}")
     return "\n".join(lines)
+
+
+def _in_goal(value: str, goal: str) -> bool:
+    return bool(value) and " ".join(value.lower().split()) in " ".join(goal.lower().split())
+
+
+def grounded(draft: IntentDraft, goal: str, context: Mapping[str, Any] | None) -> IntentDraft:
+    """`draft` without what the request does not contain: constraints not quoted from the goal
+    (a model invents them, or copies letters), keywords and entities it does not mention
+    (entities listed in the context count as mentioned)."""
+    listed = " ".join(
+        str(v) for kind in ENTITY_KINDS for v in ((context or {}).get(kind) or ()) if v
+    )
+    source = f"{goal} {listed}"
+    entities = {
+        kind: [v.strip() for v in getattr(draft.entities, kind) if _in_goal(v.strip(), source)]
+        for kind in ENTITY_KINDS
+    }
+    return IntentDraft(
+        constraints=[
+            c.strip() for c in draft.constraints if len(c.split()) >= 2 and _in_goal(c, goal)
+        ],
+        domain=draft.domain,
+        complexity=draft.complexity,
+        keywords=[k.strip() for k in draft.keywords if _in_goal(k.strip(), goal)],
+        entities=_EntitiesDraft(**entities),
+    )
 
 
 class LLMIntentParser:
@@ -287,15 +311,19 @@ class LLMIntentParser:
         goal: str,
         constraints: Sequence[str] = (),
         context: Mapping[str, Any] | None = None,
+        *,
+        limits: CallLimits = NO_LIMITS,
     ) -> tuple[ParsedIntent, LLMUsage]:
         draft, usage = await self._client.complete_json(
             system=INTENT_SYSTEM_PROMPT,
             user=intent_user_prompt(goal, constraints, context),
             schema=IntentDraft,
             max_tokens=self._max_tokens,
+            limits=limits,
         )
+        draft = grounded(draft, goal, context)
         given = [c.strip() for c in constraints if c.strip()]
-        merged = list(dict.fromkeys([*given, *(c.strip() for c in draft.constraints if c.strip())]))
+        merged = list(dict.fromkeys([*given, *draft.constraints]))
         keywords = list(dict.fromkeys(k.strip().lower() for k in draft.keywords if k.strip()))
         intent = ParsedIntent(
             goal=goal.strip(),

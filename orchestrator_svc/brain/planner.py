@@ -20,7 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..llm import NO_USAGE, JSONCompleter, LLMError, LLMUsage
+from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMError, LLMUsage
+from ..llm.copies import DATA_RULE, fenced
 from .episode import Episode
 from .intent import ParsedIntent
 from .plan import (
@@ -63,24 +64,33 @@ class PlanDraft(BaseModel):
     steps: list[StepDraft] = Field(min_length=1, max_length=20)
 
 
-PLANNER_SYSTEM_PROMPT = """You are the task planner of OctoLLM, a mesh of specialist AI arms.
+PLANNER_SYSTEM_PROMPT = (
+    """You are the task planner of OctoLLM, a mesh of specialist AI arms.
 Decompose the goal into a small DAG of steps that the available arms can execute.
+"""
+    + DATA_RULE.replace("{", "{{").replace("}", "}}")
+    + """
 
 Available arms (use only these arm types):
 {arms}
 
-Return JSON with this structure:
-{{"rationale": "one sentence on why this plan",
- "steps": [{{"step_id": "gather_context", "description": "what to do", "arm_type": "{example}",
-            "depends_on": [], "acceptance_criteria": ["what the output must satisfy"],
-            "required_capabilities": []}}]}}
+Reply with one JSON object with these fields:
+- rationale: one sentence, in your own words, on why this plan fits this goal
+- steps: the steps, each an object with
+  - step_id: a short snake_case name saying what the step does, unique in the plan
+  - description: what this step must do for this goal, specific enough for its arm to act on
+  - arm_type: the available arm type that runs it
+  - depends_on: the step_ids that must finish before it (an empty list for none)
+  - acceptance_criteria: what its output must satisfy (an empty list for none)
+  - required_capabilities: capabilities its arm needs (an empty list for none)
 
 Rules:
 - {size}
-- step_id: short snake_case, unique; depends_on lists step_ids that must finish first
 - no cycles; steps that do not depend on each other run in parallel
 - the last step(s) produce the final answer
+- pick each step's arm by what the step needs, not by the order arms are listed in
 - respect every constraint and stay within the budget"""
+)
 
 _SIZES = {
     "simple": "use 1 to 3 steps",
@@ -114,6 +124,7 @@ def _past_block(past: Sequence[Episode]) -> list[str]:
     if not best:
         return []
     lines = ["Similar past tasks that succeeded (adapt what fits; use only the arms above):"]
+    shown = []
     for n, episode in enumerate(best, 1):
         shape = [
             {
@@ -124,12 +135,16 @@ def _past_block(past: Sequence[Episode]) -> list[str]:
             }
             for s in episode.steps[:_PAST_STEPS]
         ]
-        lines.append(
+        shown.append(
             f"{n}. Goal: {_cut(episode.goal, _PAST_GOAL_CHARS)} "
             f"(similarity {episode.score:.2f}, confidence {episode.confidence:.2f})"
         )
-        lines.append(f"   Plan: {json.dumps(shape, ensure_ascii=False)}")
-    return lines
+        shown.append(f"   Plan: {json.dumps(shape, ensure_ascii=False)}")
+    return [*lines, fenced("past_tasks", "\n".join(shown))]
+
+
+def _bullets(items: Sequence[str]) -> str:
+    return "\n".join(f"- {item}" for item in items)
 
 
 def plan_user_prompt(
@@ -140,11 +155,18 @@ def plan_user_prompt(
     previous: ExecutionPlan | None = None,
     past: Sequence[Episode] = (),
 ) -> str:
-    lines = [f"Goal: {intent.goal}", f"Domain: {intent.domain}; complexity: {intent.complexity}"]
+    lines = [
+        "Goal:",
+        fenced("goal", intent.goal),
+        f"Domain: {intent.domain}; complexity: {intent.complexity}",
+    ]
     if intent.constraints:
-        lines += ["Constraints:", *(f"- {c}" for c in intent.constraints)]
+        lines += ["Constraints:", fenced("constraints", _bullets(intent.constraints))]
     if acceptance_criteria:
-        lines += ["The final answer must satisfy:", *(f"- {c}" for c in acceptance_criteria)]
+        lines += [
+            "The final answer must satisfy:",
+            fenced("criteria", _bullets(acceptance_criteria)),
+        ]
     if intent.keywords:
         lines.append(f"Keywords: {', '.join(intent.keywords)}")
     entities = {k: v for k, v in intent.entities.items() if v}
@@ -191,13 +213,12 @@ class LLMPlanner:
         problems: Sequence[PlanProblem] = (),
         previous: ExecutionPlan | None = None,
         past: Sequence[Episode] = (),
+        limits: CallLimits = NO_LIMITS,
     ) -> tuple[ExecutionPlan, LLMUsage]:
         """A plan as the LLM wrote it (not validated), with the usage it cost."""
         types = sorted({a.arm_type for a in arms})
         system = PLANNER_SYSTEM_PROMPT.format(
-            arms=_arms_block(arms),
-            example=types[0] if types else "retriever",
-            size=_SIZES[intent.complexity],
+            arms=_arms_block(arms), size=_SIZES[intent.complexity]
         )
         draft, usage = await self._client.complete_json(
             system=system,
@@ -205,6 +226,7 @@ class LLMPlanner:
             schema=PlanDraft,
             max_tokens=self._max_tokens,
             json_schema=plan_json_schema(types),
+            limits=limits,
         )
         steps = tuple(
             PlannedStep(
@@ -263,9 +285,11 @@ class Planner:
         acceptance_criteria: Sequence[str] = (),
         past: Sequence[Episode] = (),
         given: GivenInputs | None = None,
+        limits: CallLimits = NO_LIMITS,
     ) -> PlanOutcome:
         """Raises `NoArmsAvailable` when no served arm can run any step, `MissingCapability`
-        (before any LLM call) when the goal needs a role no served arm has."""
+        (before any LLM call) when the goal needs a role no served arm has. `limits` bounds the
+        LLM's calls (the replan gets what the first call left)."""
         if not arms:
             raise NoArmsAvailable(t.arm_type for t in template_for(intent, given))
         check_roles(intent, arms, given)
@@ -277,7 +301,7 @@ class Planner:
                 notes.append(f"{shown} similar past task(s) given to the planner")
             try:
                 plan, usage, more = await self._plan_with_llm(
-                    self._llm, intent, arms, budget, acceptance_criteria, past, given
+                    self._llm, intent, arms, budget, acceptance_criteria, past, given, limits
                 )
             except LLMError as exc:
                 usage = usage + (exc.usage or NO_USAGE)
@@ -302,9 +326,12 @@ class Planner:
         criteria: Sequence[str],
         past: Sequence[Episode],
         given: GivenInputs | None = None,
+        limits: CallLimits = NO_LIMITS,
     ) -> tuple[ExecutionPlan | None, LLMUsage, list[str]]:
         served = {a.arm_type for a in arms}
-        plan, usage = await llm.plan(intent, arms, budget, acceptance_criteria=criteria, past=past)
+        plan, usage = await llm.plan(
+            intent, arms, budget, acceptance_criteria=criteria, past=past, limits=limits
+        )
         plan = with_given(plan, given)
         checked, problems = self._check(plan, arms, served, budget)
         if checked is not None:
@@ -321,6 +348,7 @@ class Planner:
                 problems=problems,
                 previous=plan,
                 past=past,
+                limits=limits.spent(usage),
             )
         except LLMError as exc:
             exc.usage = usage + (exc.usage or NO_USAGE)

@@ -36,7 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..llm import NO_USAGE, JSONCompleter, LLMInvalidOutput, LLMUsage
+from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMInvalidOutput, LLMUsage
+from ..llm.copies import DATA_RULE, fenced
 from ..llm.schema import json_text
 from .coverage import NOT_FOUND, content_terms, goal_parts, terms
 from .integrate import output_text, truncate
@@ -359,9 +360,11 @@ class _Verdicts(BaseModel):
     verdicts: list[_Verdict]
 
 
-JUDGE_SYSTEM_PROMPT = """You check whether an answer satisfies acceptance criteria.
-For each numbered criterion, in order, say whether the answer satisfies it and why, briefly.
-Return JSON: {"verdicts": [{"passed": true, "reason": "..."}]} with one verdict per criterion."""
+JUDGE_SYSTEM_PROMPT = f"""You check whether an answer satisfies acceptance criteria.
+{DATA_RULE}
+Reply with one JSON object with one field, verdicts: a list with one verdict per numbered
+criterion, in order. Each verdict has passed (true when the answer satisfies the criterion,
+else false) and reason (why, in one short sentence of your own about this answer)."""
 
 
 class LLMValidator:
@@ -384,7 +387,10 @@ class LLMValidator:
         sinks: Collection[str] | None = None,
         goal: str = "",
         restated: Sequence[str] = (),
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> tuple[ValidationReport, LLMUsage]:
+        """`fresh`: a repair round, so never a cached verdict."""
         checks = rule_checks(answer, acceptance_criteria, goal=goal, restated=restated)
         soft = [i for i, check in enumerate(checks) if check.rule == "overlap"]
         if not soft or not answer.strip():
@@ -392,9 +398,14 @@ class LLMValidator:
         numbered = "\n".join(f"{n}. {checks[i].criterion}" for n, i in enumerate(soft, 1))
         verdicts, usage = await self._client.complete_json(
             system=JUDGE_SYSTEM_PROMPT,
-            user=f"Answer:\n{truncate(answer, self._max_answer_chars)}\n\nCriteria:\n{numbered}",
+            user=(
+                f"Answer:\n{fenced('answer', truncate(answer, self._max_answer_chars))}\n\n"
+                f"Criteria:\n{fenced('criteria', numbered)}"
+            ),
             schema=_Verdicts,
             max_tokens=self._max_tokens,
+            limits=limits,
+            fresh=fresh,
         )
         if len(verdicts.verdicts) != len(soft):
             raise LLMInvalidOutput(

@@ -41,7 +41,7 @@ from ..brain import (
     answer_steps,
 )
 from ..config import Settings
-from ..llm import LLMUsage
+from ..llm import CallLimits, LLMUsage, StallGuard
 from ..mesh import Mesh, MeshEvent, Outcome, mesh_failure
 from ..store.cache import Cache
 from ..store.episodes import TaskMemory
@@ -60,6 +60,10 @@ from .result_cache import SubtaskResultCache
 log = structlog.get_logger(__name__)
 
 MAX_REPAIRS = 3
+# Of the time a task has left, what one brain step's LLM calls may not use: the fallback and
+# the steps after it need time too.
+LLM_FALLBACK_MARGIN = 0.5
+LLM_FALLBACK_MARGIN_MIN_S = 0.5
 JUDGE_CONTEXT_CHARS = 20_000
 # The most a client should trust an answer nothing verified against criteria.
 UNVERIFIED_CONFIDENCE = 0.5
@@ -273,6 +277,7 @@ class TaskRun:
                     self.models[sub.step_id] = sub.provenance.model
         self.deadline = 0.0
         self.side_calls = 0  # judge and safety calls made outside the plan, for their ids
+        self.llm_stalls = StallGuard()  # once an LLM call of this task timed out, no more
         self.waves = 0  # waves of ready steps dispatched so far
         # What planning and integration see: the safety arm's redaction when OCTOLLM_SAFETY=on.
         self.goal = task.goal
@@ -401,10 +406,32 @@ class TaskRun:
         return budget if budget > 0 else self.r.settings.task_timeout_s
 
     def _spend(self, usage: LLMUsage, step: str) -> None:
-        """Add what a brain call spent to the task's usage (and count LLM use in metrics)."""
+        """Add what a brain call spent to the task's usage (and count LLM use in metrics), then
+        stop the task BUDGET_EXCEEDED if that took it over its budget."""
         self.r.metrics.observe_llm(step, usage.total_tokens, usage.cost_usd)
         self.events.usage.tokens += usage.total_tokens
         self.events.usage.cost_usd += usage.cost_usd
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Stop the task BUDGET_EXCEEDED (with the results so far) when it is over budget."""
+        over = self._over_budget()
+        if over is not None:
+            raise TaskStopped(pb.TASK_STATE_BUDGET_EXCEEDED, over)
+
+    def _tokens_left(self) -> int | None:
+        """Tokens the task's budget has left (None: no token budget)."""
+        budget = self.task.budget.max_tokens
+        return max(0, budget - self.events.usage.tokens) if budget else None
+
+    def _llm_limits(self) -> CallLimits:
+        """What one brain step's LLM calls may use: half the task's time left (the fallback and
+        the steps after it need the rest), the tokens its budget has left, and nothing once an
+        LLM call of the task timed out. Checks the budget first."""
+        self._check_budget()
+        left = self.deadline - asyncio.get_running_loop().time()
+        margin = max(LLM_FALLBACK_MARGIN_MIN_S, LLM_FALLBACK_MARGIN * left)
+        return CallLimits.within(left - margin, self._tokens_left(), self.llm_stalls)
 
     # -- brain ----------------------------------------------------------------------------------
 
@@ -419,7 +446,9 @@ class TaskRun:
             convert.estimate_plan(plan)
             return plan, ()
         self.move(pb.TASK_STATE_PARSING, "reading the goal", guarded)
-        parsed = await brain.parse(self.goal, self.constraints, struct_to_dict(task.context))
+        parsed = await brain.parse(
+            self.goal, self.constraints, struct_to_dict(task.context), limits=self._llm_limits()
+        )
         self._spend(parsed.usage, "parse")
         intent = parsed.intent
         self.domain = intent.domain
@@ -448,6 +477,7 @@ class TaskRun:
                 acceptance_criteria=list(task.acceptance_criteria),
                 past=past,
                 given=GivenInputs.from_context(struct_to_dict(task.context)),
+                limits=self._llm_limits(),
             )
         except MissingCapability as exc:
             raise TaskStopped(pb.TASK_STATE_FAILED, self._missing_capability(exc)) from None
@@ -504,6 +534,8 @@ class TaskRun:
                 self.confidences,
                 acceptance_criteria=criteria,
                 models=self.models,
+                limits=self._llm_limits(),
+                fresh=repairs > 0,
             )
             self._spend(integrated.usage, "integrate")
             answer = integrated.integration.answer
@@ -515,7 +547,9 @@ class TaskRun:
                 f"checking the answer against {len(criteria)} acceptance criteria",
                 (*integrated.notes, *guarded),
             )
-            report, notes = await self._validate(answer, outputs, criteria, execution_plan)
+            report, notes = await self._validate(
+                answer, outputs, criteria, execution_plan, fresh=repairs > 0
+            )
             if report.passed or repairs == MAX_REPAIRS or not report.failing_steps:
                 break
             repairs += 1
@@ -643,10 +677,20 @@ class TaskRun:
         outputs: Mapping[str, dict[str, Any]],
         criteria: list[str],
         plan: ExecutionPlan,
+        *,
+        fresh: bool = False,
     ) -> tuple[ValidationReport, tuple[str, ...]]:
         """The brain's rule (or LLM) check, overruled by a judge arm when one is routable and
         the task has criteria; the brain still names the steps to re-run."""
-        checked = await self.r.brain.validate(answer, outputs, criteria, plan=plan, goal=self.goal)
+        checked = await self.r.brain.validate(
+            answer,
+            outputs,
+            criteria,
+            plan=plan,
+            goal=self.goal,
+            limits=self._llm_limits(),
+            fresh=fresh,
+        )
         self._spend(checked.usage, "validate")
         if not criteria or "judge" not in self.r.mesh.routable_types():
             return checked.report, checked.notes
@@ -705,6 +749,7 @@ class TaskRun:
         arm of the type is routable or it failed. Counted in the task's usage."""
         if arm_type not in self.r.mesh.routable_types():
             return None
+        self._check_budget()
         task = self.task
         self.side_calls += 1
         dispatch = arm_pb.Dispatch(
@@ -716,6 +761,7 @@ class TaskRun:
             attempt=1,
         )
         dispatch.input.update(inputs)
+        self._put_budget_left(dispatch)
         remaining = self.deadline - asyncio.get_running_loop().time()
         outcome = await self.r.mesh.execute(
             arm_type,
@@ -728,6 +774,7 @@ class TaskRun:
             self.log.warning("side_call_failed", arm_type=arm_type, reason=reason)
             return None
         self._spend_arm(outcome.result.provenance.usage)
+        self._check_budget()
         return struct_to_dict(outcome.result.output), outcome.arm_id
 
     def _spend_arm(self, usage: common_pb2.Usage) -> None:
@@ -865,10 +912,16 @@ class TaskRun:
             dispatch.input.update({"repair": {"issues": list(feedback.issues)}})
         dispatch.context.CopyFrom(task.context)
         dispatch.traceparent = traceparent
-        if task.HasField("budget"):
-            dispatch.budget.max_tokens = task.budget.max_tokens
-            dispatch.budget.max_cost_usd = task.budget.max_cost_usd
+        self._put_budget_left(dispatch)
         return dispatch
+
+    def _put_budget_left(self, dispatch: arm_pb.Dispatch) -> None:
+        """What the task's budget has left, for the arm to honour (0 stays "no limit")."""
+        budget, usage = self.task.budget, self.events.usage
+        if budget.max_tokens:
+            dispatch.budget.max_tokens = max(1, budget.max_tokens - usage.tokens)
+        if budget.max_cost_usd:
+            dispatch.budget.max_cost_usd = max(1e-9, budget.max_cost_usd - usage.cost_usd)
 
     async def _run_step(self, step: pb.PlanStep, feedback: ValidationReport | None) -> Outcome:
         """Run one step with its recoveries (inside an OpenTelemetry span when exporting)."""
@@ -950,16 +1003,31 @@ class TaskRun:
                         outcome = Outcome(outcome.arm_id, outcome.attempt, failure=invalid)
                     else:
                         await self.r.result_cache.store(descriptor, dispatch, result)
-                if outcome.failure is None:
+                failed = outcome.failure
+                if failed is None:
                     break
-                retry = recovery.next(outcome.failure, outcome.arm_id)
+                retry = recovery.next(
+                    failed,
+                    outcome.arm_id,
+                    remaining_s=self.deadline - asyncio.get_running_loop().time(),
+                    other_arm=any(
+                        c.routable and c.arm_type == step.arm_type and c.arm_id != outcome.arm_id
+                        for c in mesh.arms()
+                    ),
+                )
                 if retry is None:
+                    if recovery.gave_up_because:
+                        why = f"{failed.message} ({recovery.gave_up_because})"
+                        given, failed = failed, common_pb2.Failure()
+                        failed.CopyFrom(given)
+                        failed.message = why
+                        outcome = Outcome(outcome.arm_id, outcome.attempt, failure=failed)
                     break
                 step_log.info(
                     "subtask_retry",
                     kind=retry.kind,
                     attempt=dispatch.attempt,
-                    reason=outcome.failure.reason,
+                    reason=failed.reason,
                     arm_id=outcome.arm_id,
                 )
                 self.r.metrics.retries.labels(retry.kind).inc()

@@ -7,14 +7,20 @@ configured the brain uses its offline heuristics.
 
 from .cached import CachedCompleter
 from .client import RESPONSE_FORMAT_MODES, OpenAICompatibleClient, ResponseFormatMode
+from .endpoint import ENDPOINT_OK, EndpointStatus
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
+from .limits import NO_LIMITS, CallLimits, StallGuard
 from .port import JSONCompleter
 from .usage import NO_USAGE, LLMUsage
 
 __all__ = [
+    "ENDPOINT_OK",
+    "NO_LIMITS",
     "NO_USAGE",
     "RESPONSE_FORMAT_MODES",
     "CachedCompleter",
+    "CallLimits",
+    "EndpointStatus",
     "JSONCompleter",
     "LLMError",
     "LLMInvalidOutput",
@@ -24,4 +30,5 @@ __all__ = [
     "LLMUsage",
     "OpenAICompatibleClient",
     "ResponseFormatMode",
+    "StallGuard",
 ]

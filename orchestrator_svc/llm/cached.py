@@ -3,7 +3,8 @@
 The key is everything that shapes the reply: model, temperature, both messages, the schema sent
 (and which pydantic model validates it) and `max_tokens`. Only replies that passed their schema
 are stored, and a cached reply costs nothing (zero tokens, zero dollars). The cache never fails
-a call: when it is down the model is asked as if there were none.
+a call: when it is down the model is asked as if there were none. A `fresh` call skips the
+lookup (a repair round wants a new answer) and stores what it gets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from .client import OpenAICompatibleClient
+from .endpoint import ENDPOINT_OK, EndpointStatus
+from .limits import NO_LIMITS, CallLimits
 from .port import JSONCompleter
 from .usage import LLMUsage
 
@@ -42,6 +45,12 @@ class CachedCompleter:
     def model(self) -> str:
         return self._inner.model
 
+    async def check_endpoint(self, timeout_s: float = 5.0) -> EndpointStatus:
+        """The wrapped client's endpoint check (usable when it has none)."""
+        check = getattr(self._inner, "check_endpoint", None)
+        status: EndpointStatus = ENDPOINT_OK if check is None else await check(timeout_s)
+        return status
+
     async def complete_json(
         self,
         *,
@@ -50,6 +59,8 @@ class CachedCompleter:
         schema: type[M],
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> tuple[M, LLMUsage]:
         inputs = {
             "model": self._inner.model,
@@ -60,7 +71,7 @@ class CachedCompleter:
             "schema": dict(json_schema) if json_schema is not None else schema.model_json_schema(),
             "max_tokens": max_tokens,
         }
-        cached = await self._cache.get(NAMESPACE, inputs)
+        cached = None if fresh else await self._cache.get(NAMESPACE, inputs)
         if cached is not None:
             try:
                 return schema.model_validate_json(cached), LLMUsage(model=self._inner.model)
@@ -68,7 +79,13 @@ class CachedCompleter:
                 # NOTE: written by an older version of the model class; ask again, overwrite it.
                 log.info("llm_cache_entry_stale", model=self._inner.model, schema=schema.__name__)
         value, usage = await self._inner.complete_json(
-            system=system, user=user, schema=schema, max_tokens=max_tokens, json_schema=json_schema
+            system=system,
+            user=user,
+            schema=schema,
+            max_tokens=max_tokens,
+            json_schema=json_schema,
+            limits=limits,
+            fresh=fresh,
         )
         await self._cache.set(NAMESPACE, inputs, value.model_dump_json().encode())
         return value, usage

@@ -10,12 +10,19 @@ what the server took:
 4. no `response_format` at all (the schema goes into the system prompt)
 
 A server "rejects" a format when it answers HTTP 400/422/500 mentioning response_format,
-json_schema or json_object. Output that is not JSON or violates the model is retried with the
-validation error fed back, `output_retries` more times. Transport trouble (connect errors, HTTP
-5xx, 429) is retried `max_retries` more times with jittered exponential backoff (429 honours
-Retry-After); a timeout is not retried, because a slow server stays slow and the caller has
-heuristics to fall back on. After a failure that makes the server unusable, the client fails
-fast for `cooldown_s` (a small circuit breaker) so a dead endpoint costs each task nothing.
+json_schema or json_object. The schema sent carries no bounds (see `wire_schema`); the reply is
+validated by the full pydantic model. Output that is not JSON, violates the model, or copies
+placeholders, quoted examples of the system prompt or the schema's descriptions (see copies.py)
+is re-asked with what was wrong fed back, `output_retries` more times.
+
+Every call is bounded by `CallLimits` (the task's time and tokens left) as well as the client's
+own `timeout_s`, and streamed (`stream=True`), so that a call given up on closes its connection
+and the server stops generating; usage comes from the final chunk or is estimated (~4
+characters a token), and a call that timed out is charged its prompt plus what it streamed.
+Transport trouble (connect errors, HTTP 5xx, 429) is retried `max_retries` more times with
+jittered exponential backoff by tenacity (429 honours Retry-After); a timeout is not retried.
+All clients of one endpoint share a cap on concurrent calls and a circuit breaker (see
+breaker.py).
 """
 
 from __future__ import annotations
@@ -23,18 +30,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import json
-import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import openai
 import structlog
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
+from .breaker import Endpoint, endpoint_for
+from .copies import copied_values
+from .endpoint import EndpointStatus
 from .errors import LLMError, LLMInvalidOutput, LLMRateLimited, LLMRejected, LLMUnavailable
+from .limits import NO_LIMITS, CallLimits
 from .schema import json_text, schema_name, wire_schema
 from .usage import NO_USAGE, LLMUsage
 
@@ -53,6 +73,20 @@ _FORMAT_WORDS = ("response_format", "response format", "json_schema", "json_obje
 _FORMAT_REJECT_STATUSES = frozenset({400, 422, 500})
 _FEEDBACK_ERRORS = 8
 _ECHO_CHARS = 4000
+CHARS_PER_TOKEN = 4
+# A streamed answer this many times longer than max_tokens allows is cut off (a runaway server).
+RUNAWAY_FACTOR = 2
+
+
+def default_max_concurrency(base_url: str) -> int:
+    """1 for a server on this machine (llama.cpp and Ollama serve one request at a time by
+    default), 4 for a remote one."""
+    host = urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return 1
+    with contextlib.suppress(ValueError):
+        return 1 if ipaddress.ip_address(host).is_loopback else 4
+    return 4
 
 
 class _FormatRejected(Exception):
@@ -63,8 +97,31 @@ class _FormatRejected(Exception):
         self.status = status
 
 
+class _Transient(Exception):
+    """A failure worth retrying (connect error, HTTP 5xx, 429); `error` is raised if none is
+    left, `wait` is the server's Retry-After when it gave one, and `final` stops the retries
+    (a Retry-After longer than the client waits)."""
+
+    def __init__(self, error: LLMError, wait: float | None = None, *, final: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
+        self.final = final
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    content: str
+    finish_reason: str
+    usage: LLMUsage
+
+
 class OpenAICompatibleClient:
-    """See the module docstring. Close it with `await client.aclose()` (or `async with`)."""
+    """See the module docstring. Close it with `await client.aclose()` (or `async with`).
+
+    `max_concurrency` None: `default_max_concurrency(base_url)`; `breaker_failures`: consecutive
+    failed calls that open the breaker for `cooldown_s`; `stream` False for a server that cannot
+    stream (a call given up on may then keep the server busy)."""
 
     def __init__(
         self,
@@ -80,11 +137,19 @@ class OpenAICompatibleClient:
         output_retries: int = 2,
         max_backoff_s: float = 8.0,
         cooldown_s: float = 15.0,
+        max_concurrency: int | None = None,
+        breaker_failures: int = 3,
+        stream: bool = True,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
+        if not 0 < timeout_s < float("inf"):
+            raise ValueError("timeout_s must be > 0 and finite")
         if max_retries < 0 or output_retries < 0:
             raise ValueError("retries must be >= 0")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if breaker_failures < 1:
+            raise ValueError("breaker_failures must be >= 1")
+        self._base_url = base_url
         self._model = model
         self._timeout_s = timeout_s
         self._max_retries = max_retries
@@ -94,9 +159,10 @@ class OpenAICompatibleClient:
         self._output_retries = output_retries
         self._max_backoff_s = max_backoff_s
         self._cooldown_s = cooldown_s
+        self._max_concurrency = max_concurrency or default_max_concurrency(base_url)
+        self._breaker_failures = breaker_failures
+        self._stream = stream
         self._mode_index: int | None = None
-        self._cool_until = 0.0
-        self._cool_error: LLMError | None = None
         # NOTE: local servers take any key, but the SDK insists on a non-empty one.
         self._openai = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout_s
@@ -112,9 +178,23 @@ class OpenAICompatibleClient:
         return self._temperature
 
     @property
+    def max_concurrency(self) -> int:
+        """Calls this endpoint may have in flight at once (shared by its clients)."""
+        return self._max_concurrency
+
+    @property
     def response_format_mode(self) -> ResponseFormatMode | None:
         """The response_format the server accepted last, or None before the first answer."""
         return None if self._mode_index is None else RESPONSE_FORMAT_MODES[self._mode_index]
+
+    def endpoint(self) -> Endpoint:
+        """The shared state of this client's endpoint (concurrency cap, breaker)."""
+        return endpoint_for(
+            self._base_url,
+            max_concurrency=self._max_concurrency,
+            failures_to_open=self._breaker_failures,
+            open_s=self._cooldown_s,
+        )
 
     async def aclose(self) -> None:
         await self._openai.close()
@@ -125,6 +205,46 @@ class OpenAICompatibleClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    async def check_endpoint(self, timeout_s: float = 5.0) -> EndpointStatus:
+        """`GET /v1/models`: is the endpoint reachable, and does it list the configured model?
+
+        A server without `/models` (HTTP 404/405) cannot be verified and counts as usable; an
+        empty list too. A usable answer closes the breaker (the endpoint is back)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                page = await self._openai.models.list(timeout=timeout_s)
+        except (TimeoutError, openai.APITimeoutError):
+            return EndpointStatus(False, f"LLM endpoint did not answer within {timeout_s:g}s")
+        except openai.APIConnectionError as exc:
+            return EndpointStatus(False, f"LLM endpoint unreachable ({exc.message})")
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in (404, 405):
+                return self._endpoint_back(EndpointStatus(True))
+            if status in (401, 403):
+                return EndpointStatus(
+                    False, f"LLM endpoint refused the API key (HTTP {status})", permanent=True
+                )
+            return EndpointStatus(False, f"LLM endpoint failing (HTTP {status})")
+        except (openai.APIError, ValueError) as exc:
+            return EndpointStatus(False, f"LLM endpoint answered nonsense ({type(exc).__name__})")
+        listed = tuple(
+            str(getattr(m, "id", "")) for m in (getattr(page, "data", None) or ()) if m is not None
+        )
+        if listed and self._model not in listed:
+            shown = ", ".join(listed[:10])
+            return EndpointStatus(
+                False,
+                f"model {self._model!r} is not served by the LLM endpoint (it lists: {shown})",
+                permanent=True,
+                models=listed,
+            )
+        return self._endpoint_back(EndpointStatus(True, models=listed))
+
+    def _endpoint_back(self, status: EndpointStatus) -> EndpointStatus:
+        self.endpoint().breaker.succeeded()
+        return status
+
     async def complete_json(
         self,
         *,
@@ -133,13 +253,18 @@ class OpenAICompatibleClient:
         schema: type[M],
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> tuple[M, LLMUsage]:
         """Ask for JSON shaped like `schema` and return it validated, with the usage spent.
 
         `json_schema` overrides the schema sent to the server (e.g. to add enums only known at
-        run time); the reply is always validated by `schema`.
+        run time); the reply is always validated by `schema`. `limits` bounds the whole call,
+        re-asks included: `max_tokens` is cut to the tokens left after the prompt, and a call
+        with no time or tokens left raises `LLMUnavailable` without asking. `fresh` is for
+        caches (this client never caches).
         """
-        self._check_cooldown()
+        del fresh
         sent_schema = wire_schema(
             json_schema if json_schema is not None else schema.model_json_schema()
         )
@@ -148,29 +273,41 @@ class OpenAICompatibleClient:
             {"role": "system", "content": system},
             {"role": "user", "content": user},
         ]
-        spent = LLMUsage(model=self._model)
+        spent = NO_USAGE
         content = ""
         attempts = self._output_retries + 1
         for attempt in range(1, attempts + 1):
+            left = limits.spent(spent)
+            prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+            why = left.why_not(prompt_chars, max_tokens)
+            if why:
+                raise LLMUnavailable(f"LLM not asked: {why}", usage=spent)
+            cap = left.completion_tokens(prompt_chars, max_tokens)
             try:
-                content, finish_reason, usage = await self._chat(
-                    messages, name, sent_schema, max_tokens
-                )
+                answer = await self._chat(messages, name, sent_schema, cap, left)
             except LLMError as exc:
                 exc.usage = spent + (exc.usage or NO_USAGE)
                 raise
-            spent += usage
+            spent += answer.usage
+            content = answer.content
             try:
-                return schema.model_validate_json(json_text(content)), spent
+                value = schema.model_validate_json(json_text(content))
             except ValidationError as exc:
-                feedback, error_count = _feedback(exc, finish_reason), exc.error_count()
+                feedback, error_count = _feedback(exc, answer.finish_reason), exc.error_count()
+            else:
+                copies = copied_values(
+                    value.model_dump(mode="json"), system=system, schema=sent_schema
+                )
+                if not copies:
+                    return value, spent
+                feedback, error_count = _copy_feedback(copies), len(copies)
             log.info(
                 "llm_output_invalid",
                 model=self._model,
                 schema=name,
                 attempt=attempt,
                 errors=error_count,
-                finish_reason=finish_reason,
+                finish_reason=answer.finish_reason,
             )
             messages.append({"role": "assistant", "content": content[:_ECHO_CHARS]})
             messages.append({"role": "user", "content": feedback})
@@ -188,13 +325,14 @@ class OpenAICompatibleClient:
         name: str,
         sent_schema: dict[str, Any],
         max_tokens: int | None,
-    ) -> tuple[str, str, LLMUsage]:
+        limits: CallLimits,
+    ) -> _Answer:
         first = self._mode_index or 0
         last_status = 0
         for index in range(first, len(RESPONSE_FORMAT_MODES)):
             mode = RESPONSE_FORMAT_MODES[index]
             try:
-                completion = await self._send(mode, messages, name, sent_schema, max_tokens)
+                answer = await self._send(mode, messages, name, sent_schema, max_tokens, limits)
             except _FormatRejected as rejected:
                 last_status = rejected.status
                 log.info("llm_response_format_rejected", model=self._model, mode=mode)
@@ -202,10 +340,7 @@ class OpenAICompatibleClient:
             if self._mode_index != index:
                 self._mode_index = index
                 log.info("llm_response_format_chosen", model=self._model, mode=mode)
-            choice = completion.choices[0] if completion.choices else None
-            content = (choice.message.content or "") if choice is not None else ""
-            finish_reason = str(choice.finish_reason) if choice is not None else ""
-            return content, finish_reason, self._usage(completion, messages, content)
+            return answer
         raise LLMRejected(
             "LLM rejected every response_format", status=last_status
         )  # pragma: no cover - "none" sends no response_format, so it is never rejected for one
@@ -232,134 +367,268 @@ class OpenAICompatibleClient:
         name: str,
         sent_schema: dict[str, Any],
         max_tokens: int | None,
-    ) -> ChatCompletion:
+        limits: CallLimits,
+    ) -> _Answer:
+        """One answer, with transport retries (tenacity); a breaker failure when none is left."""
+        breaker = self.endpoint().breaker
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient) and not e.final),
+            reraise=True,
+            before_sleep=lambda state: log.info(
+                "llm_retry",
+                model=self._model,
+                attempt=state.attempt_number,
+                delay_s=round(state.upcoming_sleep, 3),
+            ),
+        )
+        probe = breaker.check()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    answer = await self._send_once(
+                        mode, messages, name, sent_schema, max_tokens, limits, attempt.retry_state
+                    )
+        except _Transient as exhausted:
+            error = exhausted.error
+            if isinstance(error, LLMRateLimited) and error.retry_after:
+                breaker.pause(error.retry_after, error)
+            else:
+                breaker.failed(error)
+            raise error from None
+        except _Charged as charged:
+            if charged.counts:
+                breaker.failed(charged.error)
+            elif probe:
+                breaker.released()
+            raise charged.error from None
+        except BaseException:
+            if probe:
+                breaker.released()
+            raise
+        breaker.succeeded()
+        return answer
+
+    def _wait(self, state: RetryCallState) -> float:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, _Transient) and error.wait is not None:
+            return error.wait
+        backoff = wait_random_exponential(multiplier=0.25, max=self._max_backoff_s)
+        return float(backoff(state))
+
+    async def _send_once(
+        self,
+        mode: ResponseFormatMode,
+        messages: list[ChatCompletionMessageParam],
+        name: str,
+        sent_schema: dict[str, Any],
+        max_tokens: int | None,
+        limits: CallLimits,
+        state: RetryCallState,
+    ) -> _Answer:
         response_format = _response_format(mode, name, sent_schema)
         request_messages = self._request_messages(mode, messages, sent_schema)
-        loop = asyncio.get_running_loop()
-        for attempt in range(1, self._max_retries + 2):
-            last = attempt > self._max_retries
-            started = loop.time()
-            delay: float
-            try:
-                # NOTE: the SDK's timeout is per read; asyncio bounds the whole exchange.
-                async with asyncio.timeout(self._timeout_s):
-                    completion = await self._openai.chat.completions.create(
-                        model=self._model,
-                        messages=request_messages,
-                        max_tokens=max_tokens if max_tokens is not None else openai.omit,
-                        temperature=(
-                            self._temperature if self._temperature is not None else openai.omit
-                        ),
-                        extra_body=(
-                            {"response_format": response_format} if response_format else None
-                        ),
-                        timeout=self._timeout_s,
-                    )
-            except (TimeoutError, openai.APITimeoutError):
-                self._log_call(mode, attempt, started, "timeout")
-                raise self._cool_down(
-                    LLMUnavailable(f"LLM unavailable (timeout after {self._timeout_s:g}s)")
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in request_messages)
+        timeout_s, by_task = self._timeout_s, False
+        task_left = limits.seconds_left()
+        if task_left is not None and task_left < timeout_s:
+            timeout_s, by_task = task_left, True
+        if timeout_s <= 0:
+            raise _Charged(LLMUnavailable("LLM not asked: no time left"), counts=False)
+        endpoint = self.endpoint()
+        streamed: list[str] = []
+        started = time.monotonic()
+        attempt = state.attempt_number
+        sent = False
+        try:
+            # NOTE: the SDK's timeout is per read; asyncio bounds the whole exchange, the wait
+            # for a free slot of the endpoint included.
+            async with asyncio.timeout(timeout_s):
+                async with endpoint.slots:
+                    sent = True
+                    endpoint.in_flight += 1
+                    try:
+                        answer = await self._exchange(
+                            request_messages, response_format, max_tokens, timeout_s, streamed
+                        )
+                    finally:
+                        endpoint.in_flight -= 1
+        except TimeoutError:
+            self._log_call(mode, attempt, started, "timeout")
+            used = "the task's time left" if by_task else "the client's timeout"
+            if limits.stalls is not None:
+                limits.stalls.timed_out(f"after {timeout_s:.3g}s")
+            if not sent:
+                raise _Charged(
+                    LLMUnavailable(
+                        f"LLM unavailable (no free slot of the endpoint within {timeout_s:.3g}s,"
+                        f" {used}; {endpoint.in_flight} call(s) in flight)"
+                    ),
+                    counts=False,
                 ) from None
-            except openai.RateLimitError as exc:
-                self._log_call(mode, attempt, started, "rate_limited")
-                wait = _retry_after(exc.response.headers)
-                if last or (wait is not None and wait > self._max_backoff_s):
-                    hint = f", retry after {wait:g}s" if wait is not None else ""
-                    raise self._cool_down(
-                        LLMRateLimited(f"LLM rate limited (HTTP 429{hint})", retry_after=wait),
-                        wait,
-                    ) from None
-                delay = wait if wait is not None else self._backoff(attempt)
-            except openai.APIConnectionError as exc:
-                self._log_call(mode, attempt, started, "connection_error")
-                if last:
-                    raise self._cool_down(
-                        LLMUnavailable(f"LLM unavailable (connection failed: {exc.message})")
-                    ) from None
-                delay = self._backoff(attempt)
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                if mode != "none" and _rejects_format(exc):
-                    self._log_call(mode, attempt, started, "format_rejected")
-                    raise _FormatRejected(status) from None
-                self._log_call(mode, attempt, started, f"http_{status}")
-                if status < 500:
-                    raise LLMRejected(
+            # NOTE: the server bills what it generated: what was streamed, or when not
+            # streaming, as much as it was allowed to.
+            generated = (
+                len("".join(streamed)) // CHARS_PER_TOKEN if self._stream else (max_tokens or 0)
+            )
+            charged = self._price(prompt_chars // CHARS_PER_TOKEN, generated, self._model)
+            raise _Charged(
+                LLMUnavailable(
+                    f"LLM unavailable (timeout after {timeout_s:.3g}s, {used})", usage=charged
+                ),
+                counts=not by_task,
+            ) from None
+        except openai.APITimeoutError:
+            self._log_call(mode, attempt, started, "timeout")
+            raise _Charged(
+                LLMUnavailable(f"LLM unavailable (timeout after {timeout_s:.3g}s)"), counts=True
+            ) from None
+        except openai.RateLimitError as exc:
+            self._log_call(mode, attempt, started, "rate_limited")
+            wait = _retry_after(exc.response.headers)
+            hint = f", retry after {wait:g}s" if wait is not None else ""
+            error = LLMRateLimited(f"LLM rate limited (HTTP 429{hint})", retry_after=wait)
+            final = wait is not None and wait > self._max_backoff_s
+            raise _Transient(error, wait, final=final) from None
+        except openai.APIConnectionError as exc:
+            self._log_call(mode, attempt, started, "connection_error")
+            raise _Transient(
+                LLMUnavailable(f"LLM unavailable (connection failed: {exc.message})")
+            ) from None
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if mode != "none" and _rejects_format(exc):
+                self._log_call(mode, attempt, started, "format_rejected")
+                raise _FormatRejected(status) from None
+            self._log_call(mode, attempt, started, f"http_{status}")
+            if status < 500:
+                raise _Charged(
+                    LLMRejected(
                         f"LLM rejected the request (HTTP {status}: {exc.message[:200]})",
                         status=status,
-                    ) from None
-                if last:
-                    raise self._cool_down(
-                        LLMUnavailable(f"LLM unavailable (HTTP {status})")
-                    ) from None
-                delay = self._backoff(attempt)
-            except openai.APIError as exc:
-                self._log_call(mode, attempt, started, "bad_response")
-                raise self._cool_down(
-                    LLMUnavailable(f"LLM unavailable (bad response: {exc.message[:200]})")
+                    ),
+                    counts=False,
                 ) from None
-            except ValueError as exc:
-                # NOTE: the SDK parses a 200 body as JSON without wrapping the error.
-                self._log_call(mode, attempt, started, "bad_response")
-                raise self._cool_down(
-                    LLMUnavailable(f"LLM unavailable (bad response: {type(exc).__name__})")
-                ) from None
-            else:
-                if not _is_chat_completion(completion):
-                    # NOTE: the SDK builds responses without validating them.
-                    self._log_call(mode, attempt, started, "bad_response")
-                    raise self._cool_down(
-                        LLMUnavailable("LLM unavailable (bad response: not a chat completion)")
-                    )
-                usage = completion.usage
-                self._log_call(
-                    mode,
-                    attempt,
-                    started,
-                    "ok",
-                    prompt_tokens=usage.prompt_tokens if usage else None,
-                    completion_tokens=usage.completion_tokens if usage else None,
-                )
-                self._cool_error = None
-                return completion
-            log.info("llm_retry", model=self._model, attempt=attempt, delay_s=round(delay, 3))
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+            raise _Transient(LLMUnavailable(f"LLM unavailable (HTTP {status})")) from None
+        except (openai.APIError, ValueError) as exc:
+            # NOTE: the SDK parses a 200 body as JSON without wrapping a ValueError.
+            self._log_call(mode, attempt, started, "bad_response")
+            what = exc.message[:200] if isinstance(exc, openai.APIError) else type(exc).__name__
+            raise _Charged(
+                LLMUnavailable(f"LLM unavailable (bad response: {what})"), counts=True
+            ) from None
+        self._log_call(
+            mode,
+            attempt,
+            started,
+            "ok",
+            prompt_tokens=answer.usage.prompt_tokens,
+            completion_tokens=answer.usage.completion_tokens,
+        )
+        return answer
+
+    async def _exchange(
+        self,
+        request_messages: list[ChatCompletionMessageParam],
+        response_format: dict[str, Any] | None,
+        max_tokens: int | None,
+        timeout_s: float,
+        streamed: list[str],
+    ) -> _Answer:
+        """One request and its whole answer; `streamed` collects text as it arrives."""
+        common: dict[str, Any] = {
+            "model": self._model,
+            "messages": request_messages,
+            "max_tokens": max_tokens if max_tokens is not None else openai.omit,
+            "temperature": self._temperature if self._temperature is not None else openai.omit,
+            "extra_body": {"response_format": response_format} if response_format else None,
+            "timeout": timeout_s,
+        }
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in request_messages)
+        if not self._stream:
+            completion = await self._openai.chat.completions.create(**common)
+            if not _is_chat_completion(completion):
+                # NOTE: the SDK builds responses without validating them.
+                raise ValueError("not a chat completion")
+            choice = completion.choices[0] if completion.choices else None
+            content = (choice.message.content or "") if choice is not None else ""
+            finish = str(choice.finish_reason) if choice is not None else ""
+            usage = completion.usage
+            return _Answer(
+                content,
+                finish,
+                self._measured(
+                    usage.prompt_tokens if usage else None,
+                    usage.completion_tokens if usage else None,
+                    prompt_chars,
+                    content,
+                    getattr(completion, "model", None),
+                ),
+            )
+        stream = await self._openai.chat.completions.create(
+            **common, stream=True, stream_options={"include_usage": True}
+        )
+        finish, model, length = "", None, 0
+        cap = RUNAWAY_FACTOR * max_tokens * CHARS_PER_TOKEN if max_tokens else None
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        # NOTE: leaving this block, by timeout or cancellation too, closes the connection:
+        # llama.cpp's server (and others) stop generating for a client that went away.
+        async with stream:
+            async for chunk in stream:
+                if not isinstance(getattr(chunk, "choices", None), list):
+                    # NOTE: the SDK builds chunks without validating them.
+                    raise ValueError("not a chat completion chunk")
+                model = getattr(chunk, "model", None) or model
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    prompt_tokens = _int_or_none(getattr(usage, "prompt_tokens", None))
+                    completion_tokens = _int_or_none(getattr(usage, "completion_tokens", None))
+                for choice in chunk.choices:
+                    delta = getattr(getattr(choice, "delta", None), "content", None)
+                    if delta is not None and not isinstance(delta, str):
+                        raise ValueError("stream chunk content is not text")
+                    if delta:
+                        streamed.append(delta)
+                        length += len(delta)
+                    if getattr(choice, "finish_reason", None):
+                        finish = str(choice.finish_reason)
+                if cap is not None and length > cap:
+                    # NOTE: a server that ignores max_tokens; stop reading, as it should have.
+                    log.warning("llm_stream_over_max_tokens", model=self._model, chars=length)
+                    finish = "length"
+                    break
+        content = "".join(streamed)
+        return _Answer(
+            content,
+            finish,
+            self._measured(prompt_tokens, completion_tokens, prompt_chars, content, model),
+        )
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
-    def _usage(
-        self, completion: ChatCompletion, messages: list[ChatCompletionMessageParam], content: str
+    def _measured(
+        self,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        prompt_chars: int,
+        content: str,
+        model: object,
     ) -> LLMUsage:
-        if completion.usage is not None:
-            prompt, answer = completion.usage.prompt_tokens, completion.usage.completion_tokens
-        else:
-            # NOTE: some servers omit usage; ~4 characters per token keeps budgets honest.
-            prompt = sum(len(str(m.get("content", ""))) for m in messages) // 4
-            answer = len(content) // 4
+        """Usage as the server reported it, else estimated; under the model the server named."""
+        # NOTE: some servers omit usage; ~4 characters per token keeps budgets honest.
+        prompt = prompt_tokens if prompt_tokens is not None else prompt_chars // CHARS_PER_TOKEN
+        answer = (
+            completion_tokens if completion_tokens is not None else len(content) // CHARS_PER_TOKEN
+        )
+        named = model if isinstance(model, str) and model.strip() else self._model
+        return self._price(prompt, answer, named)
+
+    def _price(self, prompt: int, answer: int, model: str) -> LLMUsage:
         cost = prompt / 1000 * self._price_prompt + answer / 1000 * self._price_completion
-        return LLMUsage(self._model, prompt, answer, cost)
-
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self._max_backoff_s, 0.25 * 2 ** (attempt - 1))
-        return random.uniform(cap / 2, cap)
-
-    def _cool_down(self, error: LLMError, seconds: float | None = None) -> LLMError:
-        pause = seconds if seconds is not None else self._cooldown_s
-        if self._cooldown_s > 0 and pause > 0:
-            self._cool_until = time.monotonic() + pause
-            self._cool_error = error
-        return error
-
-    def _check_cooldown(self) -> None:
-        error = self._cool_error
-        left = self._cool_until - time.monotonic()
-        if error is None or left <= 0:
-            return
-        message = f"{error} (cooling down, {left:.1f}s left)"
-        if isinstance(error, LLMRateLimited):
-            raise LLMRateLimited(message, retry_after=left)
-        raise LLMUnavailable(message)
+        return LLMUsage(model, prompt, answer, cost)
 
     def _log_call(
         self,
@@ -376,11 +645,24 @@ class OpenAICompatibleClient:
             model=self._model,
             response_format=mode,
             attempt=attempt,
-            latency_s=round(asyncio.get_running_loop().time() - started, 4),
+            latency_s=round(time.monotonic() - started, 4),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             outcome=outcome,
         )
+
+
+class _Charged(Exception):
+    """A failure not worth retrying; `counts`: it says the endpoint is in trouble (breaker)."""
+
+    def __init__(self, error: LLMError, *, counts: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.counts = counts
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _response_format(
@@ -419,6 +701,15 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
             return max(0.0, when.timestamp() - time.time())
     return None
+
+
+def _copy_feedback(copies: list[str]) -> str:
+    return (
+        "Your previous reply copied placeholders or text from the instructions instead of "
+        "answering:\n"
+        + "\n".join(f"- {c}" for c in copies[:_FEEDBACK_ERRORS])
+        + "\nReply again with one JSON object whose values are your own answer for this request."
+    )
 
 
 def _feedback(exc: ValidationError, finish_reason: str) -> str:

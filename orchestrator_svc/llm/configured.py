@@ -22,4 +22,7 @@ def client_from_settings(settings: Settings) -> OpenAICompatibleClient | None:
         temperature=settings.llm_temperature,
         output_retries=settings.llm_output_retries,
         cooldown_s=settings.llm_cooldown_s,
+        max_concurrency=settings.llm_max_concurrency,
+        breaker_failures=settings.llm_breaker_failures,
+        stream=settings.llm_stream,
     )

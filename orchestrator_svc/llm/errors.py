@@ -28,7 +28,14 @@ class LLMError(Exception):
 
 
 class LLMUnavailable(LLMError):
-    """No answer now: connect error, timeout, HTTP 5xx, or cooling down after one."""
+    """No answer now: connect error, timeout, HTTP 5xx, or cooling down after one;
+    `retry_after` is the cool-down left, in seconds, when the client knows it."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, usage: LLMUsage | None = None
+    ) -> None:
+        super().__init__(message, usage=usage)
+        self.retry_after = retry_after
 
 
 class LLMRateLimited(LLMError):

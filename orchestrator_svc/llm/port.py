@@ -7,13 +7,17 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from .limits import NO_LIMITS, CallLimits
 from .usage import LLMUsage
 
 M = TypeVar("M", bound=BaseModel)
 
 
 class JSONCompleter(Protocol):
-    """Asks a model for JSON shaped like `schema`; raises `LLMError` subclasses on failure."""
+    """Asks a model for JSON shaped like `schema`; raises `LLMError` subclasses on failure.
+
+    `limits` bounds the call (time and tokens left); `fresh` asks for a new answer, never a
+    cached one (a repair must be able to change something)."""
 
     @property
     def model(self) -> str: ...
@@ -26,4 +30,6 @@ class JSONCompleter(Protocol):
         schema: type[M],
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        limits: CallLimits = NO_LIMITS,
+        fresh: bool = False,
     ) -> tuple[M, LLMUsage]: ...

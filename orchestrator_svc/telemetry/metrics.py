@@ -98,7 +98,7 @@ class Metrics:
         )
         self.retries = Counter(
             "octollm_subtask_retries_total",
-            "Subtask retries by kind: timeout, reroute, transient.",
+            "Subtask retries by kind: timeout, reroute, transient, cooldown.",
             ["kind"],
             registry=r,
         )

@@ -104,6 +104,7 @@ async def test_killing_redis_mid_run_fails_no_task_and_the_cache_returns(
         [echo.address, roles.address],
         wait_for=("echo", "scribe"),
         llm_base_url=fake.base_url,
+        llm_model="fake-model",
         llm_max_retries=0,
         redis_url=own_redis.url,
     )

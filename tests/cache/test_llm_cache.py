@@ -97,3 +97,21 @@ def _key_of(completer: CachedCompleter, user: str) -> dict[str, Any]:
         "schema": Answer.model_json_schema(),
         "max_tokens": None,
     }
+
+
+async def test_a_fresh_call_bypasses_the_cache_and_refreshes_it(
+    make_cache: MakeCache, start_fake: StartFake, make_client: MakeClient
+) -> None:
+    """A repair round asks `fresh`: the endpoint is asked although the prompt is cached, and
+    the new reply replaces the cached one."""
+    fake = await start_fake([completion({"answer": "first"}), completion({"answer": "second"})])
+    completer = CachedCompleter(make_client(fake.base_url), make_cache(), temperature=0.2)
+    first, _ = await ask(completer)
+    fresh, spent = await completer.complete_json(
+        system="Answer briefly.", user="What is a credit?", schema=Answer, fresh=True
+    )
+    assert (first.answer, fresh.answer) == ("first", "second")
+    assert spent.total_tokens > 0
+    again, _ = await ask(completer)
+    assert again.answer == "second"
+    assert len(fake.requests) == 2

@@ -321,9 +321,10 @@ async def test_schema_override_is_sent_and_refs_are_inlined(
 async def test_unavailable_server_opens_a_cooldown(
     start_fake: StartFake, make_client: MakeClient
 ) -> None:
-    """After the server proved unavailable, calls fail fast without touching it until cooldown."""
+    """With breaker_failures=1, once the server proved unavailable calls fail fast, without
+    touching it, until the cool-down is over."""
     fake = await start_fake([error(503, "down"), completion(GOOD)])
-    client = make_client(fake.base_url, max_retries=0, cooldown_s=60)
+    client = make_client(fake.base_url, max_retries=0, cooldown_s=60, breaker_failures=1)
     with pytest.raises(LLMUnavailable):
         await ask(client)
     with pytest.raises(LLMUnavailable, match="cooling down"):

