@@ -1,5 +1,7 @@
 """Text embedders: an OpenAI-compatible endpoint when configured, else a local hashing one.
 
+Shared by the retriever arm (its document store) and the orchestrator's task memory.
+
 Anything with ``name`` and ``async embed(texts) -> vectors`` (and ``aclose()``) is an
 ``Embedder``; vectors of one embedder all have the same length. ``embedder_from_env()`` picks:
 
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from arm_sdk.arms.retriever.terms import STOP_WORDS, stem, words
+from .terms import STOP_WORDS, stem, words
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -37,6 +39,10 @@ NGRAM_WEIGHT = 0.35
 NGRAM_SIZES = (3, 4)
 # NOTE: below this many texts hashing runs on the event loop; above, in a worker thread.
 _INLINE_TEXTS = 4
+
+
+class DimensionMismatch(ValueError):
+    """A vector collection holds vectors of another length than the embedder makes."""
 
 
 @runtime_checkable
