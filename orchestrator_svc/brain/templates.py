@@ -7,8 +7,11 @@ Given past tasks (from the task memory), the plan of a near-identical past goal 
 when every arm type it needs is served and it fits the budget.
 
 Some steps are what the goal asks for (marked "!" in the shapes): the code of a code goal, the
-findings of a security goal, the numbers of a data goal, the change of an infrastructure goal,
-the facts of a general one, and the review when the goal asks for a review. When no served arm
+findings of a security goal, the numbers of a data goal, the drafted change of an
+infrastructure goal that asks for an artifact (a manifest, a config, a Dockerfile: see
+`_ARTIFACT_WORDS`), the documented procedure (the retrieval) of one that asks how to act on
+running systems (upgrade, migrate, roll out), the facts of a general one, and the review when
+the goal asks for a review. When no served arm
 has the role of such a step, the goal cannot be served: planning raises `MissingCapability`
 naming the capabilities, instead of a plan that leaves the goal's deliverable out. Code handed
 over in the task's context (see `GivenInputs`) is run by the executor, with no coder, unless the
@@ -191,6 +194,18 @@ _SHAPES: dict[Domain, dict[Complexity, str]] = {
         "review<research,background,examples,caveats,safety_check",
     },
 }
+# An infrastructure goal asking for a procedure or an action on running systems (upgrade,
+# migrate, roll out, roll back) rather than an artifact: the documented procedure is what it
+# needs (the retrieval, "!"); a drafted change, when a coder is served, is extra.
+# NOTE: the judge reviews the retrievals directly: the answer is what they found, not the plan.
+_PROCEDURE_SHAPES: dict[Complexity, str] = {
+    "simple": "context!; runbooks?; review?<context,runbooks",
+    "medium": "context!; runbooks?; plan_rollout?<context,runbooks; draft_change?<plan_rollout; "
+    "review?<context,runbooks,plan_rollout,draft_change",
+    "complex": "context!; runbooks?; plan_rollout<context,runbooks; draft_change?<plan_rollout; "
+    "check_rollout?<plan_rollout,draft_change; check_change?<draft_change; "
+    "review<context,runbooks,check_rollout,check_change",
+}
 # Code given in the context, to run rather than write: the run's output is the answer.
 _GIVEN_CODE_SHAPE = "run!; review?<run"
 _RUN_GIVEN = (
@@ -203,6 +218,15 @@ _WRITE_WORDS = frozenset(
     {
         "write", "implement", "refactor", "fix", "change", "modify", "edit", "create",
         "generate", "add", "build", "draft", "rewrite", "port", "optimize", "optimise",
+    }
+)  # fmt: skip
+# Words of an infrastructure goal that asks for an artifact (beyond `_WRITE_WORDS`): new
+# resources to declare, or the kind of file to write. Its drafted change is then the deliverable.
+_ARTIFACT_WORDS = frozenset(
+    {
+        "deploy", "provision", "configure", "containerize", "containerise", "define", "author",
+        "manifest", "manifests", "dockerfile", "yaml", "yml", "hcl", "terraform", "helm",
+        "chart", "playbook", "spec", "config", "configuration", "script",
     }
 )  # fmt: skip
 # Words of a goal that asks for a review: its review step is then part of what is asked.
@@ -242,6 +266,10 @@ TEMPLATES: dict[Domain, dict[Complexity, tuple[StepTemplate, ...]]] = {
     for domain, shapes in _SHAPES.items()
 }
 GIVEN_CODE_TEMPLATE = _build({**_SHARED, "run": _RUN_GIVEN}, _GIVEN_CODE_SHAPE)
+PROCEDURE_TEMPLATES: dict[Complexity, tuple[StepTemplate, ...]] = {
+    complexity: _build({**_SHARED, **_STEPS["infrastructure"]}, shape)
+    for complexity, shape in _PROCEDURE_SHAPES.items()
+}
 
 _TECH_AWARE = frozenset({"coder", "executor"})
 
@@ -255,14 +283,23 @@ def runs_given_code(intent: ParsedIntent, given: GivenInputs | None) -> bool:
     return given is not None and bool(given.python) and not _asks(intent, _WRITE_WORDS)
 
 
+def asks_for_procedure(intent: ParsedIntent) -> bool:
+    """An infrastructure goal asking how to act on running systems (upgrade, migrate, roll
+    out...), not for an artifact (a manifest, a config, a Dockerfile: anything to write)."""
+    return intent.domain == "infrastructure" and not _asks(intent, _WRITE_WORDS | _ARTIFACT_WORDS)
+
+
 def template_for(
     intent: ParsedIntent, given: GivenInputs | None = None
 ) -> tuple[StepTemplate, ...]:
-    """The template of the goal's domain and complexity; the run of the given code when the
-    context hands over code and the goal does not ask for code to be written; in either, the
+    """The template of the goal's domain and complexity (for an infrastructure goal asking for
+    a procedure, the one whose deliverable is the retrieval); the run of the given code when
+    the context hands over code and the goal does not ask for code to be written; in each, the
     review is essential when the goal asks for a review."""
     if runs_given_code(intent, given):
         template = GIVEN_CODE_TEMPLATE
+    elif asks_for_procedure(intent):
+        template = PROCEDURE_TEMPLATES[intent.complexity]
     else:
         template = TEMPLATES[intent.domain][intent.complexity]
     if not _asks(intent, _REVIEW_WORDS):
@@ -432,6 +469,8 @@ class HeuristicPlanner:
         duration, tokens = estimate(kept)
         final = with_task_criteria(kept, acceptance_criteria)
         shape = "given-code" if runs_given else f"{intent.complexity} {intent.domain}"
+        if asks_for_procedure(intent) and not runs_given:
+            shape += " procedure"
         rationale = (
             f"heuristic {shape} template: "
             f"{len(final)} step(s) over {', '.join(dict.fromkeys(s.arm_type for s in final))}"

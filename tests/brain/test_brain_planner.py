@@ -11,6 +11,7 @@ from orchestrator_svc.brain import (
     ArmCapability,
     ExecutionPlan,
     GivenInputs,
+    HeuristicIntentParser,
     HeuristicPlanner,
     MissingCapability,
     NoArmsAvailable,
@@ -279,3 +280,62 @@ def test_infrastructure_changes_are_checked_not_executed() -> None:
         plan = planner.plan(intent("infrastructure", complexity), CANONICAL)
         assert "executor" not in {s.arm_type for s in plan.steps}
         assert step(plan, "check_change").depends_on == ("draft_change",)
+
+
+OFFLINE = [a for a in CANONICAL if a.arm_type != "coder"]
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Draft a Kubernetes Deployment for nginx with 3 replicas",
+        "Write a Dockerfile for the api service and run it in a container",
+        "Generate the Terraform for an S3 bucket with versioning on the production account",
+        "Deploy the service to Kubernetes with a rolling update and plan the rollback",
+        "Give me the Helm chart values for the ingress controller on the staging cluster",
+    ],
+)
+def test_an_infrastructure_goal_asking_for_an_artifact_needs_the_coder(goal: str) -> None:
+    """An infrastructure goal that asks for an artifact (a manifest, a Dockerfile, Terraform, a
+    deployment) has the drafted change as its deliverable: with no coder it is MissingCapability
+    naming code_generation and the step draft_change."""
+    parsed = HeuristicIntentParser().parse(goal)
+    assert parsed.domain == "infrastructure"
+    with pytest.raises(MissingCapability) as caught:
+        planner.draft(parsed, OFFLINE)
+    assert caught.value.capabilities == ("code_generation",)
+    assert [m.step_id for m in caught.value.missing] == ["draft_change"]
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Upgrade PostgreSQL 14 to 16 on the production cluster",
+        "Upgrade PostgreSQL 14 to 16 on the production cluster with a rolling update and plan "
+        "the rollback",
+        "Roll back the payments release on the production cluster",
+        "Migrate the orders database to the new cluster region by region, verify each step, "
+        "monitor the error rate and plan the rollback if the latency or the error rate rises",
+    ],
+)
+def test_an_infrastructure_goal_asking_for_a_procedure_is_served_from_the_documents(
+    goal: str,
+) -> None:
+    """An infrastructure goal that asks how to act on running systems (upgrade, roll back,
+    migrate) needs the documented procedure: with a retriever and no coder it is planned with
+    the retrieval as its deliverable and the drafted change left out with a note; with a coder
+    the change is drafted too; with no retriever it needs retrieval."""
+    parsed = HeuristicIntentParser().parse(goal)
+    assert parsed.domain == "infrastructure"
+    plan, notes = planner.draft(parsed, OFFLINE)
+    assert validate_plan(plan, {a.arm_type for a in OFFLINE}) == []
+    assert "procedure template" in plan.rationale
+    assert step(plan, "context").arm_type == "retriever"
+    assert "coder" not in {s.arm_type for s in plan.steps}
+    if parsed.complexity != "simple":
+        assert "no arm serves 'coder' or its role: dropped draft_change" in notes, notes
+        assert step(planner.plan(parsed, CANONICAL), "draft_change").arm_type == "coder"
+    without_retriever = [a for a in CANONICAL if a.arm_type != "retriever"]
+    with pytest.raises(MissingCapability) as caught:
+        planner.draft(parsed, without_retriever)
+    assert caught.value.capabilities == ("retrieval",)
