@@ -295,3 +295,10 @@ async def test_goals_the_offline_arms_can_serve_still_succeed(
         scan = next(s for s in task.subtasks if s.arm_type == "safety")
         kinds = {f["kind"] for f in scan.output["findings"]}
         assert {"EMAIL", "AWS_ACCESS_KEY"} <= kinds
+        # The scan's report is the answer, written by rules, naming kinds and never values.
+        assert "- AWS_ACCESS_KEY: 1" in task.result.answer
+        assert "- EMAIL: 1" in task.result.answer
+        assert "AKIAIOSFODNN7EXAMPLE" not in task.result.answer
+        assert "alice@" not in task.result.answer
+        assert task.result.answer_source == pb.ANSWER_SOURCE_RULES
+        assert task.result.confidence <= 0.5
