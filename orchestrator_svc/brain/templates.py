@@ -15,12 +15,15 @@ the goal asks for a review. When no served arm
 has the role of such a step, the goal cannot be served: planning raises `MissingCapability`
 naming the capabilities, instead of a plan that leaves the goal's deliverable out. Code handed
 over in the task's context (see `GivenInputs`) is run by the executor, with no coder, unless the
-goal asks for code to be written or changed; text handed over is what the safety arm scans.
+goal asks for code to be written or changed. Text handed over (in the context, or quoted in a
+goal asking for a scan for secrets or personal data) is what the safety arm scans; when the goal
+asks for that scan, the plan is the scan (its report is the answer) and the review.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -213,6 +216,30 @@ _RUN_GIVEN = (
     "Run the code given with the task and report what it prints",
     "reports what the code printed",
 )
+# Text given with the task (in the context, or quoted in a goal asking for a scan), to scan for
+# secrets and personal data: the scan's report is the answer.
+_GIVEN_TEXT_SHAPE = "scan!; review?<scan"
+_SCAN_GIVEN = (
+    "safety",
+    "Look through the text handed over with the task for credentials and PII",
+    "",
+)
+# Words of a goal that asks for a scan for secrets or personal data.
+_SCAN_WORDS = frozenset(
+    {
+        "secret", "secrets", "pii", "personal", "credential", "credentials", "leak", "leaks",
+        "leaked", "leaking", "password", "passwords", "token", "tokens", "redact", "redaction",
+        "sensitive", "confidential",
+    }
+)  # fmt: skip
+# Text quoted in a goal ('...', "...", curly quotes): an apostrophe inside a word closes nothing.
+_QUOTED = re.compile(
+    r"(?<!\w)'(?P<single>.+?)'(?!\w)|\"(?P<double>[^\"]+)\"|\u201c(?P<curly>[^\u201d]+)\u201d",
+    re.DOTALL,
+)
+MIN_QUOTED_CHARS = 16
+# Safety steps that check what other steps produced, not the text given with the task.
+_RESULT_CHECKS = frozenset({"safety_check", "check_change"})
 # Words of a goal that asks for code to be written or changed (a coder's work, given code or not).
 _WRITE_WORDS = frozenset(
     {
@@ -266,6 +293,7 @@ TEMPLATES: dict[Domain, dict[Complexity, tuple[StepTemplate, ...]]] = {
     for domain, shapes in _SHAPES.items()
 }
 GIVEN_CODE_TEMPLATE = _build({**_SHARED, "run": _RUN_GIVEN}, _GIVEN_CODE_SHAPE)
+GIVEN_TEXT_TEMPLATE = _build({**_SHARED, "scan": _SCAN_GIVEN}, _GIVEN_TEXT_SHAPE)
 PROCEDURE_TEMPLATES: dict[Complexity, tuple[StepTemplate, ...]] = {
     complexity: _build({**_SHARED, **_STEPS["infrastructure"]}, shape)
     for complexity, shape in _PROCEDURE_SHAPES.items()
@@ -289,15 +317,46 @@ def asks_for_procedure(intent: ParsedIntent) -> bool:
     return intent.domain == "infrastructure" and not _asks(intent, _WRITE_WORDS | _ARTIFACT_WORDS)
 
 
+def quoted_text(goal: str) -> str:
+    """The text a goal quotes (at least `MIN_QUOTED_CHARS` per quote), quotes joined by lines."""
+    quotes = (next(g for g in m.groups() if g is not None) for m in _QUOTED.finditer(goal))
+    return "\n".join(q.strip() for q in quotes if len(q.strip()) >= MIN_QUOTED_CHARS)
+
+
+def given_for(intent: ParsedIntent, given: GivenInputs | None) -> GivenInputs | None:
+    """`given`, with the text the goal quotes as the text to scan when the goal asks for a scan
+    for secrets or personal data and the context gives no text."""
+    if (given is not None and given.text) or not _asks(intent, _SCAN_WORDS):
+        return given
+    text = quoted_text(intent.goal)
+    if not text:
+        return given
+    return GivenInputs(python=given.python if given is not None else "", text=text)
+
+
+def scans_given_text(intent: ParsedIntent, given: GivenInputs | None) -> bool:
+    """Text is given and the goal asks for it to be scanned for secrets or personal data (and
+    not for code to be written)."""
+    return (
+        given is not None
+        and bool(given.text)
+        and _asks(intent, _SCAN_WORDS)
+        and not _asks(intent, _WRITE_WORDS)
+    )
+
+
 def template_for(
     intent: ParsedIntent, given: GivenInputs | None = None
 ) -> tuple[StepTemplate, ...]:
     """The template of the goal's domain and complexity (for an infrastructure goal asking for
     a procedure, the one whose deliverable is the retrieval); the run of the given code when
-    the context hands over code and the goal does not ask for code to be written; in each, the
-    review is essential when the goal asks for a review."""
+    the context hands over code and the goal does not ask for code to be written; the scan of
+    the given text when the goal asks for one; in each, the review is essential when the goal
+    asks for a review. `given` as `given_for` makes it."""
     if runs_given_code(intent, given):
         template = GIVEN_CODE_TEMPLATE
+    elif scans_given_text(intent, given):
+        template = GIVEN_TEXT_TEMPLATE
     elif asks_for_procedure(intent):
         template = PROCEDURE_TEMPLATES[intent.complexity]
     else:
@@ -311,10 +370,15 @@ def template_for(
 
 
 def step_input(
-    intent: ParsedIntent, task: str, arm_type: str, given: GivenInputs | None = None
+    intent: ParsedIntent,
+    task: str,
+    arm_type: str,
+    given: GivenInputs | None = None,
+    step_id: str = "",
 ) -> dict[str, object]:
     """What a step receives: the goal, the constraints and its own task (plus useful entities,
-    and the text given with the task for a safety step to scan)."""
+    and the text given with the task for a safety step to scan, unless the step checks what
+    other steps produced)."""
     data: dict[str, object] = {
         "goal": intent.goal,
         "constraints": list(intent.constraints),
@@ -325,7 +389,7 @@ def step_input(
     files = intent.entities.get("files") or []
     if files and arm_type in ("retriever", "coder", "executor", "safety"):
         data["files"] = list(files)
-    if given is not None and given.text and arm_type == "safety":
+    if given is not None and given.text and arm_type == "safety" and step_id not in _RESULT_CHECKS:
         data["text"] = given.text
     return data
 
@@ -370,6 +434,7 @@ def check_roles(
     intent: ParsedIntent, arms: Sequence[ArmCapability], given: GivenInputs | None = None
 ) -> None:
     """Raise `MissingCapability` when the goal needs a step whose role no arm in `arms` has."""
+    given = given_for(intent, given)
     template = template_for(intent, given)
     planned = [_planned(intent, t.step_id, t.task, t.arm_type, t.depends_on) for t in template]
     missing = missing_roles(template, planned, arms)
@@ -431,6 +496,7 @@ class HeuristicPlanner:
 
         Raises `MissingCapability` when a step the goal needs has a role no arm in `arms` has,
         `NoArmsAvailable` when no step at all can run."""
+        given = given_for(intent, given)
         reused = None if given else self._reuse(intent, arms, budget, acceptance_criteria, past)
         if reused is not None:
             return reused, []
@@ -468,9 +534,13 @@ class HeuristicPlanner:
                 notes.append(f"step {victim} dropped to fit the budget of {limit} tokens")
         duration, tokens = estimate(kept)
         final = with_task_criteria(kept, acceptance_criteria)
-        shape = "given-code" if runs_given else f"{intent.complexity} {intent.domain}"
-        if asks_for_procedure(intent) and not runs_given:
-            shape += " procedure"
+        if runs_given:
+            shape = "given-code"
+        elif scans_given_text(intent, given):
+            shape = "given-text"
+        else:
+            shape = f"{intent.complexity} {intent.domain}"
+            shape += " procedure" if asks_for_procedure(intent) else ""
         rationale = (
             f"heuristic {shape} template: "
             f"{len(final)} step(s) over {', '.join(dict.fromkeys(s.arm_type for s in final))}"
@@ -529,7 +599,7 @@ def _planned(
 ) -> PlannedStep:
     """A step of an offline plan. It asks its arm for the arm type's main capability, plus the
     goal's technologies on the arms that write or run code; `program` is Python for it to run."""
-    data = step_input(intent, task, arm_type, given)
+    data = step_input(intent, task, arm_type, given, step_id)
     if program:
         data["python"] = program
     technologies = (

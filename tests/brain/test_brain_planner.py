@@ -23,6 +23,7 @@ from orchestrator_svc.brain import (
 from orchestrator_svc.brain.intent import Complexity
 from orchestrator_svc.brain.lexicon import Domain
 from orchestrator_svc.brain.remap import fit_arm_type
+from orchestrator_svc.brain.templates import quoted_text
 
 ECHO_ONLY = [ArmCapability("echo", ("echo", "general"), "Returns its input", 1)]
 CANONICAL = [
@@ -339,3 +340,66 @@ def test_an_infrastructure_goal_asking_for_a_procedure_is_served_from_the_docume
     with pytest.raises(MissingCapability) as caught:
         planner.draft(parsed, without_retriever)
     assert caught.value.capabilities == ("retrieval",)
+
+
+TICKET = "Customer jane.doe@example.org paid with the card 4111 1111 1111 1111 and it's urgent."
+
+
+@pytest.mark.parametrize(
+    ("goal", "context"),
+    [
+        ("Check the configuration file in the context for leaked credentials", {"text": TICKET}),
+        (f"Scan this support ticket for secrets and personal data: '{TICKET}'", {}),
+        (f'Review this note for personal data before it is shared: "{TICKET}"', {}),
+    ],
+)
+def test_a_goal_asking_to_scan_given_text_is_the_scan_of_that_text(
+    goal: str, context: dict[str, str]
+) -> None:
+    """Text given in the context, or quoted in a goal that asks for a scan for secrets or
+    personal data, is what the plan scans: one safety step (the answer) and the review, no
+    retrieval of documents about something else."""
+    parsed = HeuristicIntentParser().parse(goal)
+    plan = planner.plan(parsed, OFFLINE, given=GivenInputs.from_context(context))
+    assert [(s.step_id, s.arm_type) for s in plan.steps] == [
+        ("scan", "safety"),
+        ("review", "judge"),
+    ]
+    assert step(plan, "scan").input["text"] == TICKET
+    assert "given-text" in plan.rationale
+
+
+def test_only_a_scan_goal_scans_text_and_result_checks_check_results() -> None:
+    """Text quoted in a goal that asks for no scan is not scanned; a goal asking for code to
+    be written about given text still needs the coder; an audit with nothing given is not a
+    scan; a step checking other steps' results ("safety_check") checks them, not the given
+    text."""
+    given = GivenInputs.from_context({"text": TICKET})
+    quoting = HeuristicIntentParser().parse(f"Translate into French: '{TICKET}'")
+    assert "scan" not in {s.step_id for s in planner.plan(quoting, OFFLINE).steps}
+    writing = HeuristicIntentParser().parse("Write a function that redacts the secrets in it")
+    with pytest.raises(MissingCapability):
+        planner.plan(writing, OFFLINE, given=given)
+    audit = HeuristicIntentParser().parse(
+        "Audit the authentication flow for vulnerabilities and leaked credentials"
+    )
+    assert "scan" not in {s.step_id for s in planner.plan(audit, OFFLINE).steps}
+    general = planner.plan(intent("general", "medium"), OFFLINE, given=given)
+    assert "text" not in step(general, "safety_check").input
+
+
+@pytest.mark.parametrize(
+    ("goal", "quoted"),
+    [
+        (f"Scan this: '{TICKET}'", TICKET),
+        (
+            f'Scan \u201c{TICKET}\u201d and "the second quoted text"',
+            f"{TICKET}\nthe second quoted text",
+        ),
+        ("Scan 'short' and the 'customer's' words", ""),
+    ],
+)
+def test_quoted_text_is_what_a_goal_quotes(goal: str, quoted: str) -> None:
+    """Quotes of at least 16 characters, single, double or curly; an apostrophe inside a word
+    closes no quote."""
+    assert quoted_text(goal) == quoted
