@@ -96,6 +96,7 @@ def spans(text: str, report: SafetyReport) -> list[tuple[str, str]]:
         (f"key:\n{PEM}\nthanks", "PRIVATE_KEY", PEM),
         ("Employee Marco Diaz, SSN 536-22-8401, on leave", "SSN", "536-22-8401"),
         ("social security number: 078-05-1120.", "SSN", "078-05-1120"),
+        ("mail [REDACTED:EMAIL] now", "EMAIL", "[REDACTED:EMAIL]"),
     ],
 )
 def test_each_detector_finds_its_kind_with_exact_offsets(text: str, kind: str, value: str) -> None:
@@ -127,6 +128,7 @@ def test_each_detector_finds_its_kind_with_exact_offsets(text: str, kind: str, v
         "password: abc",  # too short to matter
         "eyJub3QiOiJqd3QifQ.eyJhIjoxfQ.sig",  # JSON but no alg/typ header
         "+1.5 and +2 are numbers",
+        "[REDACTED:<KIND>] and [REDACTED:lower]",  # not a marker scan() writes
         "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n"
         "-----END PUBLIC KEY-----",
     ],

@@ -23,7 +23,9 @@ OPENAI_KEY (``sk-``, ``sk-proj-``...), STRIPE_KEY, GOOGLE_API_KEY, JWT (checked 
 header), BEARER_TOKEN (``Bearer ...``, e.g. in ``Authorization:``), BASIC_AUTH, URL_PASSWORD
 (``scheme://user:password@``), API_KEY and PASSWORD (values assigned to names such as
 ``api_key=``, ``"client_secret": ...``, ``password: ...``; obvious placeholders are skipped),
-PRIVATE_KEY (PEM blocks). Each is replaced by ``[REDACTED:<KIND>]``; offsets are Python string
+PRIVATE_KEY (PEM blocks); and a ``[REDACTED:<KIND>]`` marker an earlier redaction left (the
+secret was there: with OCTOLLM_SAFETY on, the goal is redacted before a plan scans it). Each is
+replaced by ``[REDACTED:<KIND>]``; offsets are Python string
 indices into the original text; overlapping matches go to the more specific detector.
 
 Injection patterns (``pattern``): ignore_previous_instructions, you_are_now,
