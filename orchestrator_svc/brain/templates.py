@@ -303,7 +303,8 @@ _TECH_AWARE = frozenset({"coder", "executor"})
 
 
 def _asks(intent: ParsedIntent, wanted: frozenset[str]) -> bool:
-    return bool(wanted & set(words(intent.goal)))
+    """The goal asks with a word of `wanted` (outside what it quotes: that is data)."""
+    return bool(wanted & set(words(_QUOTED.sub(" ", intent.goal))))
 
 
 def runs_given_code(intent: ParsedIntent, given: GivenInputs | None) -> bool:

@@ -351,6 +351,7 @@ TICKET = "Customer jane.doe@example.org paid with the card 4111 1111 1111 1111 a
         ("Check the configuration file in the context for leaked credentials", {"text": TICKET}),
         (f"Scan this support ticket for secrets and personal data: '{TICKET}'", {}),
         (f'Review this note for personal data before it is shared: "{TICKET}"', {}),
+        (f"Find the secrets in this note: 'Please write back, {TICKET}'", {}),
     ],
 )
 def test_a_goal_asking_to_scan_given_text_is_the_scan_of_that_text(
@@ -365,7 +366,7 @@ def test_a_goal_asking_to_scan_given_text_is_the_scan_of_that_text(
         ("scan", "safety"),
         ("review", "judge"),
     ]
-    assert step(plan, "scan").input["text"] == TICKET
+    assert step(plan, "scan").input["text"].endswith(TICKET)
     assert "given-text" in plan.rationale
 
 
