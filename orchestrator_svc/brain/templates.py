@@ -14,10 +14,11 @@ running systems (upgrade, migrate, roll out), the facts of a general one, and th
 the goal asks for a review. When no served arm
 has the role of such a step, the goal cannot be served: planning raises `MissingCapability`
 naming the capabilities, instead of a plan that leaves the goal's deliverable out. Code handed
-over in the task's context (see `GivenInputs`) is run by the executor, with no coder, unless the
-goal asks for code to be written or changed. Text handed over (in the context, or quoted in a
-goal asking for a scan for secrets or personal data) is what the safety arm scans; when the goal
-asks for that scan, the plan is the scan (its report is the answer) and the review.
+over in the task's context (see `GivenInputs`), or fenced in a goal asking to run it, is run by
+the executor, with no coder, unless the goal asks for code to be written or changed. Text
+handed over (in the context, or quoted in a goal asking for a scan for secrets or personal data)
+is what the safety arm scans; when the goal asks for that scan, the plan is the scan (its report
+is the answer) and the review.
 """
 
 from __future__ import annotations
@@ -238,6 +239,12 @@ _QUOTED = re.compile(
     re.DOTALL,
 )
 MIN_QUOTED_CHARS = 16
+# Python fenced in a goal asking for a run ("Run this Python: ```python ...```"): code to run.
+_FENCED_PYTHON = re.compile(
+    r"```(?:python3?|py)[ \t]*\n(?P<code>.*?)```", re.DOTALL | re.IGNORECASE
+)
+_RUN_WORDS = frozenset({"run", "execute", "compute", "calculate"})
+_FENCED = re.compile(r"```.*?(?:```|$)", re.DOTALL)
 # Safety steps that check what other steps produced, not the text given with the task.
 _RESULT_CHECKS = frozenset({"safety_check", "check_change"})
 # Words of a goal that asks for code to be written or changed (a coder's work, given code or not).
@@ -304,7 +311,7 @@ _TECH_AWARE = frozenset({"coder", "executor"})
 
 def _asks(intent: ParsedIntent, wanted: frozenset[str]) -> bool:
     """The goal asks with a word of `wanted` (outside what it quotes: that is data)."""
-    return bool(wanted & set(words(_QUOTED.sub(" ", intent.goal))))
+    return bool(wanted & set(words(_QUOTED.sub(" ", _FENCED.sub(" ", intent.goal)))))
 
 
 def runs_given_code(intent: ParsedIntent, given: GivenInputs | None) -> bool:
@@ -325,14 +332,17 @@ def quoted_text(goal: str) -> str:
 
 
 def given_for(intent: ParsedIntent, given: GivenInputs | None) -> GivenInputs | None:
-    """`given`, with the text the goal quotes as the text to scan when the goal asks for a scan
-    for secrets or personal data and the context gives no text."""
-    if (given is not None and given.text) or not _asks(intent, _SCAN_WORDS):
-        return given
-    text = quoted_text(intent.goal)
-    if not text:
-        return given
-    return GivenInputs(python=given.python if given is not None else "", text=text)
+    """`given`, completed from the goal where the context gives nothing: the Python the goal
+    fences (```python ... ```) as the code to run when it asks for a run, and the text it
+    quotes as the text to scan when it asks for a scan for secrets or personal data."""
+    python = given.python if given is not None else ""
+    text = given.text if given is not None else ""
+    if not python and _asks(intent, _RUN_WORDS):
+        python = "\n\n".join(m.group("code") for m in _FENCED_PYTHON.finditer(intent.goal))
+    if not text and _asks(intent, _SCAN_WORDS):
+        text = quoted_text(_FENCED.sub(" ", intent.goal))
+    completed = GivenInputs(python=python, text=text)
+    return completed if completed else given
 
 
 def scans_given_text(intent: ParsedIntent, given: GivenInputs | None) -> bool:

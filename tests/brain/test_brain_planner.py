@@ -404,3 +404,20 @@ def test_quoted_text_is_what_a_goal_quotes(goal: str, quoted: str) -> None:
     """Quotes of at least 16 characters, single, double or curly; an apostrophe inside a word
     closes no quote."""
     assert quoted_text(goal) == quoted
+
+
+def test_python_fenced_in_a_goal_asking_for_a_run_is_run() -> None:
+    """Python fenced in a goal that asks to run or compute it is handed to the executor like
+    code in the context (no coder); fenced in a goal that asks for no run, it is not; words in
+    the code ("add") do not make the goal ask for code to be written."""
+    code = "def add(a, b):\n    return a + b\nprint(add(2, 3))\n"
+    run = HeuristicIntentParser().parse(
+        f"Run this Python and report the sum:\n```python\n{code}```"
+    )
+    plan = planner.plan(run, OFFLINE)
+    assert [(s.step_id, s.input.get("python")) for s in plan.steps] == [
+        ("run", code),
+        ("review", None),
+    ]
+    explain = HeuristicIntentParser().parse(f"Explain this Python:\n```python\n{code}```")
+    assert "run" not in {s.step_id for s in planner.plan(explain, OFFLINE).steps}
