@@ -77,7 +77,7 @@ _NUMBER = re.compile(r"(?<![\w.-])-?\d+(?:\.\d+)?(?!\.?\w)")
 
 def normalize(text: str) -> str:
     """Lower case, markdown emphasis and code ticks removed, whitespace collapsed."""
-    text = re.sub(r"[*_`]+", " ", text.lower())
+    text = re.sub(r"[*_`]+", " ", text.lower().replace("\u2019", "'"))
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -123,7 +123,8 @@ def number(value: float) -> Fact:
 # Phrases by which an answer says the documents do not cover the question.
 NOT_FOUND = re.compile(
     r"not found in the (indexed )?documents|not (covered|mentioned|found|answered) (in|by)"
-    r"|(could|can)( ?no|')t find|unable to find|no (relevant )?(information|documents?|answer)"
+    r"|(could|can)(not| not|n't|'t) find|unable to find"
+    r"|no (relevant )?(information|documents?|answer)"
     r"|(do|does)( ?no|n')t (contain|cover|mention|say)|(don't|do not) know|no mention"
     r"|nothing (in|about)",
 )

@@ -380,8 +380,11 @@ def format_table(table: Sequence[Row]) -> list[str]:
     return lines
 
 
-def report(command: str, mesh: QualityMesh, results: Sequence[GoalResult]) -> list[str]:
-    """The benchmark's output: command, mesh, the table, then the goals that went wrong."""
+def report(
+    command: str, mesh: QualityMesh, results: Sequence[GoalResult], notes: Sequence[str] = ()
+) -> list[str]:
+    """The benchmark's output: command, mesh, the table, notes, then the goals that went
+    wrong."""
     table = rows(results)
     total = table[-1].counts if table else dict.fromkeys(OUTCOMES, 0)
     servable = [r for r in results if r.goal.servable_offline]
@@ -398,6 +401,7 @@ def report(command: str, mesh: QualityMesh, results: Sequence[GoalResult]) -> li
         + ")",
         f"goals the offline arms can serve, served correctly: "
         f"{sum(r.verdict == 'correct' for r in servable)} of {len(servable)}",
+        *notes,
     ]
     wrong = [r for r in results if r.verdict in ("false success", "wrong failure")]
     if wrong:
@@ -423,10 +427,13 @@ def detail(result: GoalResult) -> str:
     )
 
 
-def as_json(command: str, mesh: QualityMesh, results: Sequence[GoalResult]) -> dict[str, Any]:
+def as_json(
+    command: str, mesh: QualityMesh, results: Sequence[GoalResult], notes: Sequence[str] = ()
+) -> dict[str, Any]:
     return {
         "command": command,
         "mesh": {"config": mesh.config.describe(), "arms": dict(mesh.arms), "corpus": mesh.corpus},
+        "notes": list(notes),
         "table": [asdict(row) for row in rows(results)],
         "goals": [r.record() for r in results],
     }
@@ -469,7 +476,7 @@ async def first_model(llm_url: str) -> str:
     return str(data[0].get("id", "")) if data else ""
 
 
-def _parser() -> argparse.ArgumentParser:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality", description=__doc__.splitlines()[0]
     )
@@ -488,7 +495,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", nargs="?", const="-", default="", metavar="PATH", help="JSON to PATH (or stdout)"
     )
-    parser.add_argument("--fail-on-false-success", action="store_true")
+    parser.add_argument(
+        "--fail-on-false-success",
+        action="store_true",
+        help="exit 1 when any answer was a false success (default: always exit 0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="a line per goal as it ends")
     parser.add_argument(
         "--log-level", default="error", choices=("debug", "info", "warning", "error")
@@ -496,8 +507,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def measure(args: argparse.Namespace) -> tuple[QualityMesh, list[GoalResult]]:
-    """Start the mesh the arguments describe and run the goals they select."""
+async def measure(args: argparse.Namespace) -> tuple[QualityMesh, list[GoalResult], list[str]]:
+    """Start the mesh the arguments describe and run the goals they select; notes on the run
+    (whether the LLM endpoint still answers at the end: a crashed server explains failures)."""
     categories = [c for c in args.category.split(",") if c]
     unknown = set(categories) - set(CATEGORIES)
     if unknown:
@@ -505,7 +517,11 @@ async def measure(args: argparse.Namespace) -> tuple[QualityMesh, list[GoalResul
     goals = select(GOALS, categories, [g for g in args.only.split(",") if g], args.goals)
     if not goals:
         raise SystemExit("no goal selected")
-    model = args.model or (await first_model(args.llm_url) if args.llm_url else "")
+    model = args.model
+    if args.llm_url and not model:
+        from orchestrator_svc.config import Settings
+
+        model = await first_model(args.llm_url) or Settings().llm_model
     config = MeshConfig(llm_url=args.llm_url, model=model, with_echo=args.with_echo)
     max_time = args.max_time or (600.0 if args.llm_url else 60.0)
 
@@ -514,25 +530,32 @@ async def measure(args: argparse.Namespace) -> tuple[QualityMesh, list[GoalResul
             print(detail(result), file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
 
     async with quality_mesh(config) as mesh:
-        return mesh, await run_goals(mesh, goals, max_time, progress)
+        results = await run_goals(mesh, goals, max_time, progress)
+    notes = []
+    if args.llm_url:
+        listed = await first_model(args.llm_url)
+        notes.append(
+            f"LLM endpoint after the run: {'lists ' + listed if listed else 'unreachable'}"
+        )
+    return mesh, results, notes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = argument_parser().parse_args(argv)
     from orchestrator_svc.telemetry import configure_logging
 
     configure_logging("json", args.log_level)
     command = shlex.join(["python", "-m", "benchmarks.quality", *argv])
-    mesh, results = asyncio.run(measure(args))
+    mesh, results, notes = asyncio.run(measure(args))
     if args.json:
-        document = json.dumps(as_json(command, mesh, results), indent=2)
+        document = json.dumps(as_json(command, mesh, results, notes), indent=2)
         if args.json == "-":
             print(document)
         else:
             Path(args.json).write_text(document + "\n")
     if args.json != "-":
-        print("\n".join(report(command, mesh, results)))
+        print("\n".join(report(command, mesh, results, notes)))
     false_successes = sum(r.verdict == "false success" for r in results)
     return 1 if args.fail_on_false_success and false_successes else 0
 

@@ -28,8 +28,18 @@ from benchmarks._quality_checks import (
     says_not_found,
 )
 from benchmarks._quality_goals import CATEGORIES, GOALS, Goal
-from benchmarks.quality import CORPUS, MeshCodeRunner, MeshConfig, quality_mesh, select
+from benchmarks.quality import (
+    CORPUS,
+    MeshCodeRunner,
+    MeshConfig,
+    argument_parser,
+    measure,
+    quality_mesh,
+    report,
+    select,
+)
 from orchestrator_svc.dev import SAMPLE_DOCS
+from tests.llm.fake_openai import FakeOpenAI, completion, refused_base_url
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BY_ID = {g.goal_id: g for g in GOALS}
@@ -423,6 +433,7 @@ def test_number_and_not_found_readers() -> None:
     assert not has_number("HF-1140", 1140)
     assert says_not_found("This is not found in the indexed documents.")
     assert says_not_found("The documents don't mention it.")
+    assert says_not_found("I couldn\u2019t find that in the indexed documents.")
     assert not says_not_found("The reconciliation job starts at 02:40 UTC.")
 
 
@@ -481,3 +492,36 @@ def test_a_short_offline_run_prints_one_table(tmp_path: Path) -> None:
     false_successes = sum(g["verdict"] == "false success" for g in document["goals"])
     assert document["table"][-1]["counts"]["false success"] == false_successes == total[2]
     assert proc.returncode == (1 if false_successes else 0), proc.stderr[-2000:]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_llm_url_wires_the_brain_and_arms_to_the_endpoint_and_its_model() -> None:
+    """With --llm-url and no --model, the mesh uses the endpoint's first listed model, its calls
+    go to that endpoint, and the report names the model and says the endpoint still answers."""
+    fake = await FakeOpenAI([completion({})]).start()
+    try:
+        args = argument_parser().parse_args(["--llm-url", fake.base_url, "--only", "explain-quill"])
+        mesh, results, notes = await measure(args)
+    finally:
+        await fake.close()
+    assert fake.requests
+    assert {r.get("model") for r in fake.requests} == {"fake-model"}
+    assert [r.goal.goal_id for r in results] == ["explain-quill"]
+    lines = report("python -m benchmarks.quality", mesh, results, notes)
+    assert lines[1].startswith(f"mesh: LLM {fake.base_url} model fake-model; arms ")
+    assert "LLM endpoint after the run: lists fake-model" in lines
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_dead_llm_endpoint_is_reported_after_the_run() -> None:
+    """Against an endpoint that refuses connections the goals still end, the table is printed,
+    and the report says the endpoint was unreachable at the end."""
+    url = refused_base_url()
+    args = argument_parser().parse_args(
+        ["--llm-url", url, "--model", "m1", "--only", "explain-quill"]
+    )
+    mesh, results, notes = await measure(args)
+    lines = report("python -m benchmarks.quality", mesh, results, notes)
+    assert lines[1].startswith(f"mesh: LLM {url} model m1; arms ")
+    assert any(line.startswith("total ") for line in lines)
+    assert "LLM endpoint after the run: unreachable" in lines
