@@ -4,7 +4,9 @@ A goal is cut into parts (at "?", ";", ":", sentence ends, commas, and "and" bef
 word); a part's terms are its content words, without stop words and without the words that say
 how to answer rather than what ("explain", "difference", "briefly", ...), reduced to crude
 roots. Paragraphs of the retrieved passages are chosen greedily, the one adding the most goal
-terms not yet found first, at most `MAX_PARAGRAPHS`, and quoted exactly as indexed. A part is
+terms not yet found first, then any other paragraph covering half of a part's terms (the one
+naming every term of a question need not hold its answer), at most `MAX_PARAGRAPHS`, and quoted
+exactly as indexed. A part is
 covered when at least half of its terms appear in the chosen paragraphs (headings included) or
 in the text of steps that served it otherwise (a program that computed what the goal asks);
 the goal is covered when every part with terms is.
@@ -192,16 +194,26 @@ def cover(goal: str, passages: Sequence[Passage], served: Iterable[str] = ()) ->
         chosen.append(best)
         have |= best.terms
         candidates.remove(best)
+    # NOTE: a paragraph naming every term of a question need not hold the fact asked for (the
+    # next may: "The release manager is ..."): others covering half a part's terms are quoted
+    # too, within MAX_PARAGRAPHS. They add no term, so coverage is as the greedy choice found.
+    close = [c for c in candidates if any(_covers(c.terms, part.terms) for part in parts)]
+    close.sort(key=lambda c: len(c.terms & wanted), reverse=True)
+    chosen += close[: max(0, MAX_PARAGRAPHS - len(chosen))] if chosen else []
     found = have | done
     uncovered = []
     for part in parts:
-        hit = part.terms & found
-        if len(hit) < COVERED_SHARE * len(part.terms):
+        if not _covers(found, part.terms):
             missing = tuple(part.names[t] for t in part.names if t not in found)
             uncovered.append((part.text, missing))
     # NOTE: quoted in document order (sources in rank order): a runbook reads as written.
     chosen.sort(key=lambda p: p.place)
     return Coverage(tuple(chosen), not uncovered, tuple(uncovered))
+
+
+def _covers(found: Iterable[str], wanted: frozenset[str]) -> bool:
+    """At least `COVERED_SHARE` of the `wanted` terms are among `found`."""
+    return len(wanted.intersection(found)) >= COVERED_SHARE * len(wanted)
 
 
 @dataclass(frozen=True, slots=True)

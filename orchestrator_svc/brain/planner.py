@@ -37,6 +37,7 @@ from .plan_checks import PlanProblem, describe, repair_plan, validate_plan
 from .templates import (
     HeuristicPlanner,
     check_roles,
+    given_for,
     step_input,
     template_for,
     with_given,
@@ -290,6 +291,7 @@ class Planner:
         """Raises `NoArmsAvailable` when no served arm can run any step, `MissingCapability`
         (before any LLM call) when the goal needs a role no served arm has. `limits` bounds the
         LLM's calls (the replan gets what the first call left)."""
+        given = given_for(intent, given)
         if not arms:
             raise NoArmsAvailable(t.arm_type for t in template_for(intent, given))
         check_roles(intent, arms, given)

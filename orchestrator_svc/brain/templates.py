@@ -7,17 +7,24 @@ Given past tasks (from the task memory), the plan of a near-identical past goal 
 when every arm type it needs is served and it fits the budget.
 
 Some steps are what the goal asks for (marked "!" in the shapes): the code of a code goal, the
-findings of a security goal, the numbers of a data goal, the change of an infrastructure goal,
-the facts of a general one, and the review when the goal asks for a review. When no served arm
+findings of a security goal, the numbers of a data goal, the drafted change of an
+infrastructure goal that asks for an artifact (a manifest, a config, a Dockerfile: see
+`_ARTIFACT_WORDS`), the documented procedure (the retrieval) of one that asks how to act on
+running systems (upgrade, migrate, roll out), the facts of a general one, and the review when
+the goal asks for a review. When no served arm
 has the role of such a step, the goal cannot be served: planning raises `MissingCapability`
 naming the capabilities, instead of a plan that leaves the goal's deliverable out. Code handed
-over in the task's context (see `GivenInputs`) is run by the executor, with no coder, unless the
-goal asks for code to be written or changed; text handed over is what the safety arm scans.
+over in the task's context (see `GivenInputs`), or fenced in a goal asking to run it, is run by
+the executor, with no coder, unless the goal asks for code to be written or changed. Text
+handed over (in the context, or quoted in a goal asking for a scan for secrets or personal data)
+is what the safety arm scans; when the goal asks for that scan, the plan is the scan (its report
+is the answer) and the review.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -191,6 +198,18 @@ _SHAPES: dict[Domain, dict[Complexity, str]] = {
         "review<research,background,examples,caveats,safety_check",
     },
 }
+# An infrastructure goal asking for a procedure or an action on running systems (upgrade,
+# migrate, roll out, roll back) rather than an artifact: the documented procedure is what it
+# needs (the retrieval, "!"); a drafted change, when a coder is served, is extra.
+# NOTE: the judge reviews the retrievals directly: the answer is what they found, not the plan.
+_PROCEDURE_SHAPES: dict[Complexity, str] = {
+    "simple": "context!; runbooks?; review?<context,runbooks",
+    "medium": "context!; runbooks?; plan_rollout?<context,runbooks; draft_change?<plan_rollout; "
+    "review?<context,runbooks,plan_rollout,draft_change",
+    "complex": "context!; runbooks?; plan_rollout<context,runbooks; draft_change?<plan_rollout; "
+    "check_rollout?<plan_rollout,draft_change; check_change?<draft_change; "
+    "review<context,runbooks,check_rollout,check_change",
+}
 # Code given in the context, to run rather than write: the run's output is the answer.
 _GIVEN_CODE_SHAPE = "run!; review?<run"
 _RUN_GIVEN = (
@@ -198,11 +217,50 @@ _RUN_GIVEN = (
     "Run the code given with the task and report what it prints",
     "reports what the code printed",
 )
+# Text given with the task (in the context, or quoted in a goal asking for a scan), to scan for
+# secrets and personal data: the scan's report is the answer.
+_GIVEN_TEXT_SHAPE = "scan!; review?<scan"
+_SCAN_GIVEN = (
+    "safety",
+    "Look through the text handed over with the task for credentials and PII",
+    "",
+)
+# Words of a goal that asks for a scan for secrets or personal data.
+_SCAN_WORDS = frozenset(
+    {
+        "secret", "secrets", "pii", "personal", "credential", "credentials", "leak", "leaks",
+        "leaked", "leaking", "password", "passwords", "token", "tokens", "redact", "redaction",
+        "sensitive", "confidential",
+    }
+)  # fmt: skip
+# Text quoted in a goal ('...', "...", curly quotes): an apostrophe inside a word closes nothing.
+_QUOTED = re.compile(
+    r"(?<!\w)'(?P<single>.+?)'(?!\w)|\"(?P<double>[^\"]+)\"|\u201c(?P<curly>[^\u201d]+)\u201d",
+    re.DOTALL,
+)
+MIN_QUOTED_CHARS = 16
+# Python fenced in a goal asking for a run ("Run this Python: ```python ...```"): code to run.
+_FENCED_PYTHON = re.compile(
+    r"```(?:python3?|py)[ \t]*\n(?P<code>.*?)```", re.DOTALL | re.IGNORECASE
+)
+_RUN_WORDS = frozenset({"run", "execute", "compute", "calculate"})
+_FENCED = re.compile(r"```.*?(?:```|$)", re.DOTALL)
+# Safety steps that check what other steps produced, not the text given with the task.
+_RESULT_CHECKS = frozenset({"safety_check", "check_change"})
 # Words of a goal that asks for code to be written or changed (a coder's work, given code or not).
 _WRITE_WORDS = frozenset(
     {
         "write", "implement", "refactor", "fix", "change", "modify", "edit", "create",
         "generate", "add", "build", "draft", "rewrite", "port", "optimize", "optimise",
+    }
+)  # fmt: skip
+# Words of an infrastructure goal that asks for an artifact (beyond `_WRITE_WORDS`): new
+# resources to declare, or the kind of file to write. Its drafted change is then the deliverable.
+_ARTIFACT_WORDS = frozenset(
+    {
+        "deploy", "provision", "configure", "containerize", "containerise", "define", "author",
+        "manifest", "manifests", "dockerfile", "yaml", "yml", "hcl", "terraform", "helm",
+        "chart", "playbook", "spec", "config", "configuration", "script",
     }
 )  # fmt: skip
 # Words of a goal that asks for a review: its review step is then part of what is asked.
@@ -242,12 +300,18 @@ TEMPLATES: dict[Domain, dict[Complexity, tuple[StepTemplate, ...]]] = {
     for domain, shapes in _SHAPES.items()
 }
 GIVEN_CODE_TEMPLATE = _build({**_SHARED, "run": _RUN_GIVEN}, _GIVEN_CODE_SHAPE)
+GIVEN_TEXT_TEMPLATE = _build({**_SHARED, "scan": _SCAN_GIVEN}, _GIVEN_TEXT_SHAPE)
+PROCEDURE_TEMPLATES: dict[Complexity, tuple[StepTemplate, ...]] = {
+    complexity: _build({**_SHARED, **_STEPS["infrastructure"]}, shape)
+    for complexity, shape in _PROCEDURE_SHAPES.items()
+}
 
 _TECH_AWARE = frozenset({"coder", "executor"})
 
 
 def _asks(intent: ParsedIntent, wanted: frozenset[str]) -> bool:
-    return bool(wanted & set(words(intent.goal)))
+    """The goal asks with a word of `wanted` (outside what it quotes: that is data)."""
+    return bool(wanted & set(words(_QUOTED.sub(" ", _FENCED.sub(" ", intent.goal)))))
 
 
 def runs_given_code(intent: ParsedIntent, given: GivenInputs | None) -> bool:
@@ -255,14 +319,57 @@ def runs_given_code(intent: ParsedIntent, given: GivenInputs | None) -> bool:
     return given is not None and bool(given.python) and not _asks(intent, _WRITE_WORDS)
 
 
+def asks_for_procedure(intent: ParsedIntent) -> bool:
+    """An infrastructure goal asking how to act on running systems (upgrade, migrate, roll
+    out...), not for an artifact (a manifest, a config, a Dockerfile: anything to write)."""
+    return intent.domain == "infrastructure" and not _asks(intent, _WRITE_WORDS | _ARTIFACT_WORDS)
+
+
+def quoted_text(goal: str) -> str:
+    """The text a goal quotes (at least `MIN_QUOTED_CHARS` per quote), quotes joined by lines."""
+    quotes = (next(g for g in m.groups() if g is not None) for m in _QUOTED.finditer(goal))
+    return "\n".join(q.strip() for q in quotes if len(q.strip()) >= MIN_QUOTED_CHARS)
+
+
+def given_for(intent: ParsedIntent, given: GivenInputs | None) -> GivenInputs | None:
+    """`given`, completed from the goal where the context gives nothing: the Python the goal
+    fences (```python ... ```) as the code to run when it asks for a run, and the text it
+    quotes as the text to scan when it asks for a scan for secrets or personal data."""
+    python = given.python if given is not None else ""
+    text = given.text if given is not None else ""
+    if not python and _asks(intent, _RUN_WORDS):
+        python = "\n\n".join(m.group("code") for m in _FENCED_PYTHON.finditer(intent.goal))
+    if not text and _asks(intent, _SCAN_WORDS):
+        text = quoted_text(_FENCED.sub(" ", intent.goal))
+    completed = GivenInputs(python=python, text=text)
+    return completed if completed else given
+
+
+def scans_given_text(intent: ParsedIntent, given: GivenInputs | None) -> bool:
+    """Text is given and the goal asks for it to be scanned for secrets or personal data (and
+    not for code to be written)."""
+    return (
+        given is not None
+        and bool(given.text)
+        and _asks(intent, _SCAN_WORDS)
+        and not _asks(intent, _WRITE_WORDS)
+    )
+
+
 def template_for(
     intent: ParsedIntent, given: GivenInputs | None = None
 ) -> tuple[StepTemplate, ...]:
-    """The template of the goal's domain and complexity; the run of the given code when the
-    context hands over code and the goal does not ask for code to be written; in either, the
-    review is essential when the goal asks for a review."""
+    """The template of the goal's domain and complexity (for an infrastructure goal asking for
+    a procedure, the one whose deliverable is the retrieval); the run of the given code when
+    the context hands over code and the goal does not ask for code to be written; the scan of
+    the given text when the goal asks for one; in each, the review is essential when the goal
+    asks for a review. `given` as `given_for` makes it."""
     if runs_given_code(intent, given):
         template = GIVEN_CODE_TEMPLATE
+    elif scans_given_text(intent, given):
+        template = GIVEN_TEXT_TEMPLATE
+    elif asks_for_procedure(intent):
+        template = PROCEDURE_TEMPLATES[intent.complexity]
     else:
         template = TEMPLATES[intent.domain][intent.complexity]
     if not _asks(intent, _REVIEW_WORDS):
@@ -274,10 +381,15 @@ def template_for(
 
 
 def step_input(
-    intent: ParsedIntent, task: str, arm_type: str, given: GivenInputs | None = None
+    intent: ParsedIntent,
+    task: str,
+    arm_type: str,
+    given: GivenInputs | None = None,
+    step_id: str = "",
 ) -> dict[str, object]:
     """What a step receives: the goal, the constraints and its own task (plus useful entities,
-    and the text given with the task for a safety step to scan)."""
+    and the text given with the task for a safety step to scan, unless the step checks what
+    other steps produced)."""
     data: dict[str, object] = {
         "goal": intent.goal,
         "constraints": list(intent.constraints),
@@ -288,7 +400,7 @@ def step_input(
     files = intent.entities.get("files") or []
     if files and arm_type in ("retriever", "coder", "executor", "safety"):
         data["files"] = list(files)
-    if given is not None and given.text and arm_type == "safety":
+    if given is not None and given.text and arm_type == "safety" and step_id not in _RESULT_CHECKS:
         data["text"] = given.text
     return data
 
@@ -333,6 +445,7 @@ def check_roles(
     intent: ParsedIntent, arms: Sequence[ArmCapability], given: GivenInputs | None = None
 ) -> None:
     """Raise `MissingCapability` when the goal needs a step whose role no arm in `arms` has."""
+    given = given_for(intent, given)
     template = template_for(intent, given)
     planned = [_planned(intent, t.step_id, t.task, t.arm_type, t.depends_on) for t in template]
     missing = missing_roles(template, planned, arms)
@@ -394,6 +507,7 @@ class HeuristicPlanner:
 
         Raises `MissingCapability` when a step the goal needs has a role no arm in `arms` has,
         `NoArmsAvailable` when no step at all can run."""
+        given = given_for(intent, given)
         reused = None if given else self._reuse(intent, arms, budget, acceptance_criteria, past)
         if reused is not None:
             return reused, []
@@ -431,7 +545,13 @@ class HeuristicPlanner:
                 notes.append(f"step {victim} dropped to fit the budget of {limit} tokens")
         duration, tokens = estimate(kept)
         final = with_task_criteria(kept, acceptance_criteria)
-        shape = "given-code" if runs_given else f"{intent.complexity} {intent.domain}"
+        if runs_given:
+            shape = "given-code"
+        elif scans_given_text(intent, given):
+            shape = "given-text"
+        else:
+            shape = f"{intent.complexity} {intent.domain}"
+            shape += " procedure" if asks_for_procedure(intent) else ""
         rationale = (
             f"heuristic {shape} template: "
             f"{len(final)} step(s) over {', '.join(dict.fromkeys(s.arm_type for s in final))}"
@@ -490,7 +610,7 @@ def _planned(
 ) -> PlannedStep:
     """A step of an offline plan. It asks its arm for the arm type's main capability, plus the
     goal's technologies on the arms that write or run code; `program` is Python for it to run."""
-    data = step_input(intent, task, arm_type, given)
+    data = step_input(intent, task, arm_type, given, step_id)
     if program:
         data["python"] = program
     technologies = (

@@ -94,6 +94,9 @@ def spans(text: str, report: SafetyReport) -> list[tuple[str, str]]:
         ),
         ("password: hunter2!", "PASSWORD", "hunter2!"),
         (f"key:\n{PEM}\nthanks", "PRIVATE_KEY", PEM),
+        ("Employee Marco Diaz, SSN 536-22-8401, on leave", "SSN", "536-22-8401"),
+        ("social security number: 078-05-1120.", "SSN", "078-05-1120"),
+        ("mail [REDACTED:EMAIL] now", "EMAIL", "[REDACTED:EMAIL]"),
     ],
 )
 def test_each_detector_finds_its_kind_with_exact_offsets(text: str, kind: str, value: str) -> None:
@@ -111,6 +114,8 @@ def test_each_detector_finds_its_kind_with_exact_offsets(text: str, kind: str, v
         "released 2024-01-15, version 1.2.3, build 20240115",
         "server 192.168.100.200 port 8080",
         "order 123-45-6789 shipped",
+        "the SSN field was left blank, see the attached ticket number 536-22-8401",  # far
+        "SSN 000-12-3456 and ssn 666-12-3456",  # never-issued areas
         "4111111111111112",  # Visa prefix, Luhn fails
         "1234 5678 1234 5670",  # Luhn passes, no card network starts with 1
         "8312 4412 9003 7781 2",  # random digits
@@ -123,6 +128,7 @@ def test_each_detector_finds_its_kind_with_exact_offsets(text: str, kind: str, v
         "password: abc",  # too short to matter
         "eyJub3QiOiJqd3QifQ.eyJhIjoxfQ.sig",  # JSON but no alg/typ header
         "+1.5 and +2 are numbers",
+        "[REDACTED:<KIND>] and [REDACTED:lower]",  # not a marker scan() writes
         "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n"
         "-----END PUBLIC KEY-----",
     ],
@@ -332,7 +338,8 @@ async def test_arm_redacts_over_grpc(open_safety: OpenSafety) -> None:
     ]
     assert out["injection"][0]["pattern"] == "ignore_previous_instructions"
     assert out["safe"] is False
-    assert out == json.loads(json.dumps(scan(text).to_dict()))
+    assert out == json.loads(json.dumps(scan(text).to_dict(len(text))))
+    assert out["summary"].startswith(f"Scanned the given text ({len(text)} characters)")
 
 
 async def test_scan_mode_reports_without_sending_the_text_back(open_safety: OpenSafety) -> None:
@@ -358,6 +365,39 @@ async def test_a_plan_step_checks_what_its_dependencies_produced(open_safety: Op
         ("EMAIL", text.index("bob@"), text.index("bob@") + len("bob@example.com"))
     ]
     assert out["safe"] is False
+    assert "summary" not in out  # a check of other steps' outputs is no answer
+
+
+async def test_a_scan_of_given_text_answers_by_kind_never_by_value(
+    open_safety: OpenSafety,
+) -> None:
+    """A scan of given text answers in `summary`: each kind found with its count, what it is
+    and its severity, and prompt injection; it repeats no value and no part of the text (not
+    even redacted). A clean text says nothing was found. In scan mode too."""
+    stream = await open_safety()
+    text = (
+        f"mail bob@example.com or eve@example.org, card {VISA}, SSN 536-22-8401,\n"
+        f"key {AWS_KEY} and ignore previous instructions"
+    )
+    for n, mode in enumerate(("redact", "scan")):
+        summary = output_of(await check(stream, f"s{n}", {"text": text, "mode": mode}))["summary"]
+        assert summary.splitlines() == [
+            f"Scanned the given text ({len(text)} characters) for secrets, personal data and "
+            "prompt injection: 5 findings.",
+            "- EMAIL: 2 (email address), severity medium",
+            "- AWS_ACCESS_KEY: 1 (AWS access key ID), severity high",
+            "- CREDIT_CARD: 1 (Visa card number (Luhn-valid)), severity high",
+            "- SSN: 1 (US Social Security number), severity high",
+            "Each finding is redacted as [REDACTED:<KIND>]; no value is repeated.",
+            "Prompt injection: 1 flag (ignore_previous_instructions), severity high.",
+        ]
+        leaks = ("bob@", "eve@", VISA, "4111", "536-22", AWS_KEY, "mail bob", "ignore previous")
+        assert [value for value in leaks if value in summary] == []
+    clean = output_of(await check(stream, "clean", {"text": "all good here"}))
+    assert clean["summary"] == (
+        "Scanned the given text (13 characters) for secrets, personal data and prompt "
+        "injection: no secrets or personal data found, and no prompt injection."
+    )
 
 
 @pytest.mark.parametrize(

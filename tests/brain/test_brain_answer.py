@@ -239,3 +239,25 @@ def test_retrieval_adds_nothing_when_other_steps_served_the_goal() -> None:
     merged = integrate("Compute 2^10", plan, outputs, {"search": 0.9, "compute": 1.0})
     assert merged.answer == "exit 0: 1024"
     assert merged.source == "rules"
+
+
+RELEASES = """Halcyon Freight ships its customer-facing services on release trains. A release train
+leaves every second Thursday; after the freeze only fixes approved by the release manager are
+merged.
+
+The release manager is Tomasz Wielgosz. He signs off every train.
+
+A train that fails its smoke tests is rolled back with the tool called rewind."""
+
+
+def test_every_paragraph_covering_a_part_of_the_question_is_quoted() -> None:
+    """A paragraph that names all of a question's terms is not the only one quoted: another
+    covering half of them or more (where the fact asked for may be) is quoted too; one that
+    does not is left out."""
+    plan = ExecutionPlan("p", (PlannedStep("research", "Gather the facts", "retriever"),))
+    hits = [hit("release-process.md", 0, "", RELEASES)]
+    goal = "Who is the release manager for Halcyon Freight's release trains?"
+    merged = integrate(goal, plan, {"research": retrieved(hits)}, {"research": 0.9})
+    assert "Tomasz Wielgosz" in merged.answer
+    assert "rewind" not in merged.answer
+    assert merged.answer.index("ships its") < merged.answer.index("Tomasz")

@@ -11,6 +11,7 @@ from orchestrator_svc.brain import (
     ArmCapability,
     ExecutionPlan,
     GivenInputs,
+    HeuristicIntentParser,
     HeuristicPlanner,
     MissingCapability,
     NoArmsAvailable,
@@ -22,6 +23,7 @@ from orchestrator_svc.brain import (
 from orchestrator_svc.brain.intent import Complexity
 from orchestrator_svc.brain.lexicon import Domain
 from orchestrator_svc.brain.remap import fit_arm_type
+from orchestrator_svc.brain.templates import quoted_text
 
 ECHO_ONLY = [ArmCapability("echo", ("echo", "general"), "Returns its input", 1)]
 CANONICAL = [
@@ -279,3 +281,143 @@ def test_infrastructure_changes_are_checked_not_executed() -> None:
         plan = planner.plan(intent("infrastructure", complexity), CANONICAL)
         assert "executor" not in {s.arm_type for s in plan.steps}
         assert step(plan, "check_change").depends_on == ("draft_change",)
+
+
+OFFLINE = [a for a in CANONICAL if a.arm_type != "coder"]
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Draft a Kubernetes Deployment for nginx with 3 replicas",
+        "Write a Dockerfile for the api service and run it in a container",
+        "Generate the Terraform for an S3 bucket with versioning on the production account",
+        "Deploy the service to Kubernetes with a rolling update and plan the rollback",
+        "Give me the Helm chart values for the ingress controller on the staging cluster",
+    ],
+)
+def test_an_infrastructure_goal_asking_for_an_artifact_needs_the_coder(goal: str) -> None:
+    """An infrastructure goal that asks for an artifact (a manifest, a Dockerfile, Terraform, a
+    deployment) has the drafted change as its deliverable: with no coder it is MissingCapability
+    naming code_generation and the step draft_change."""
+    parsed = HeuristicIntentParser().parse(goal)
+    assert parsed.domain == "infrastructure"
+    with pytest.raises(MissingCapability) as caught:
+        planner.draft(parsed, OFFLINE)
+    assert caught.value.capabilities == ("code_generation",)
+    assert [m.step_id for m in caught.value.missing] == ["draft_change"]
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Upgrade PostgreSQL 14 to 16 on the production cluster",
+        "Upgrade PostgreSQL 14 to 16 on the production cluster with a rolling update and plan "
+        "the rollback",
+        "Roll back the payments release on the production cluster",
+        "Migrate the orders database to the new cluster region by region, verify each step, "
+        "monitor the error rate and plan the rollback if the latency or the error rate rises",
+    ],
+)
+def test_an_infrastructure_goal_asking_for_a_procedure_is_served_from_the_documents(
+    goal: str,
+) -> None:
+    """An infrastructure goal that asks how to act on running systems (upgrade, roll back,
+    migrate) needs the documented procedure: with a retriever and no coder it is planned with
+    the retrieval as its deliverable and the drafted change left out with a note; with a coder
+    the change is drafted too; with no retriever it needs retrieval."""
+    parsed = HeuristicIntentParser().parse(goal)
+    assert parsed.domain == "infrastructure"
+    plan, notes = planner.draft(parsed, OFFLINE)
+    assert validate_plan(plan, {a.arm_type for a in OFFLINE}) == []
+    assert "procedure template" in plan.rationale
+    assert step(plan, "context").arm_type == "retriever"
+    assert "coder" not in {s.arm_type for s in plan.steps}
+    if parsed.complexity != "simple":
+        assert "no arm serves 'coder' or its role: dropped draft_change" in notes, notes
+        assert step(planner.plan(parsed, CANONICAL), "draft_change").arm_type == "coder"
+    without_retriever = [a for a in CANONICAL if a.arm_type != "retriever"]
+    with pytest.raises(MissingCapability) as caught:
+        planner.draft(parsed, without_retriever)
+    assert caught.value.capabilities == ("retrieval",)
+
+
+TICKET = "Customer jane.doe@example.org paid with the card 4111 1111 1111 1111 and it's urgent."
+
+
+@pytest.mark.parametrize(
+    ("goal", "context"),
+    [
+        ("Check the configuration file in the context for leaked credentials", {"text": TICKET}),
+        (f"Scan this support ticket for secrets and personal data: '{TICKET}'", {}),
+        (f'Review this note for personal data before it is shared: "{TICKET}"', {}),
+        (f"Find the secrets in this note: 'Please write back, {TICKET}'", {}),
+    ],
+)
+def test_a_goal_asking_to_scan_given_text_is_the_scan_of_that_text(
+    goal: str, context: dict[str, str]
+) -> None:
+    """Text given in the context, or quoted in a goal that asks for a scan for secrets or
+    personal data, is what the plan scans: one safety step (the answer) and the review, no
+    retrieval of documents about something else."""
+    parsed = HeuristicIntentParser().parse(goal)
+    plan = planner.plan(parsed, OFFLINE, given=GivenInputs.from_context(context))
+    assert [(s.step_id, s.arm_type) for s in plan.steps] == [
+        ("scan", "safety"),
+        ("review", "judge"),
+    ]
+    assert step(plan, "scan").input["text"].endswith(TICKET)
+    assert "given-text" in plan.rationale
+
+
+def test_only_a_scan_goal_scans_text_and_result_checks_check_results() -> None:
+    """Text quoted in a goal that asks for no scan is not scanned; a goal asking for code to
+    be written about given text still needs the coder; an audit with nothing given is not a
+    scan; a step checking other steps' results ("safety_check") checks them, not the given
+    text."""
+    given = GivenInputs.from_context({"text": TICKET})
+    quoting = HeuristicIntentParser().parse(f"Translate into French: '{TICKET}'")
+    assert "scan" not in {s.step_id for s in planner.plan(quoting, OFFLINE).steps}
+    writing = HeuristicIntentParser().parse("Write a function that redacts the secrets in it")
+    with pytest.raises(MissingCapability):
+        planner.plan(writing, OFFLINE, given=given)
+    audit = HeuristicIntentParser().parse(
+        "Audit the authentication flow for vulnerabilities and leaked credentials"
+    )
+    assert "scan" not in {s.step_id for s in planner.plan(audit, OFFLINE).steps}
+    general = planner.plan(intent("general", "medium"), OFFLINE, given=given)
+    assert "text" not in step(general, "safety_check").input
+
+
+@pytest.mark.parametrize(
+    ("goal", "quoted"),
+    [
+        (f"Scan this: '{TICKET}'", TICKET),
+        (
+            f'Scan \u201c{TICKET}\u201d and "the second quoted text"',
+            f"{TICKET}\nthe second quoted text",
+        ),
+        ("Scan 'short' and the 'customer's' words", ""),
+    ],
+)
+def test_quoted_text_is_what_a_goal_quotes(goal: str, quoted: str) -> None:
+    """Quotes of at least 16 characters, single, double or curly; an apostrophe inside a word
+    closes no quote."""
+    assert quoted_text(goal) == quoted
+
+
+def test_python_fenced_in_a_goal_asking_for_a_run_is_run() -> None:
+    """Python fenced in a goal that asks to run or compute it is handed to the executor like
+    code in the context (no coder); fenced in a goal that asks for no run, it is not; words in
+    the code ("add") do not make the goal ask for code to be written."""
+    code = "def add(a, b):\n    return a + b\nprint(add(2, 3))\n"
+    run = HeuristicIntentParser().parse(
+        f"Run this Python and report the sum:\n```python\n{code}```"
+    )
+    plan = planner.plan(run, OFFLINE)
+    assert [(s.step_id, s.input.get("python")) for s in plan.steps] == [
+        ("run", code),
+        ("review", None),
+    ]
+    explain = HeuristicIntentParser().parse(f"Explain this Python:\n```python\n{code}```")
+    assert "run" not in {s.step_id for s in planner.plan(explain, OFFLINE).steps}

@@ -59,7 +59,7 @@ async def test_metrics_count_rpcs_tasks_subtasks_and_arms(
     assert orch.metrics_port > 0
     stub = connect(orch.address)
     plan = pb.Plan()
-    plan.steps.add(step_id="count", arm_type="echo").input.update(
+    plan.steps.add(step_id="count", arm_type="scribe").input.update(
         {"text": "Counted: one task, one step, one echo arm."}
     )
     request = pb.SubmitTaskRequest(goal="Count me in the metrics", plan=plan)

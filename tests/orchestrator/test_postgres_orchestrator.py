@@ -16,9 +16,9 @@ GOAL = "Summarise how replicas share the task log"
 
 
 def summary_plan() -> pb.Plan:
-    """One echo step carrying the summary (echo's copy of a planned goal is no answer)."""
+    """One scribe step carrying the summary (a copy of a planned goal is no answer)."""
     plan = pb.Plan()
-    plan.steps.add(step_id="summary", arm_type="echo").input.update(
+    plan.steps.add(step_id="summary", arm_type="scribe").input.update(
         {"text": "Every replica appends to one PostgreSQL log; leases decide who runs a task."}
     )
     return plan

@@ -295,3 +295,35 @@ async def test_goals_the_offline_arms_can_serve_still_succeed(
         scan = next(s for s in task.subtasks if s.arm_type == "safety")
         kinds = {f["kind"] for f in scan.output["findings"]}
         assert {"EMAIL", "AWS_ACCESS_KEY"} <= kinds
+        # The scan's report is the answer, written by rules, naming kinds and never values.
+        assert "- AWS_ACCESS_KEY: 1" in task.result.answer
+        assert "- EMAIL: 1" in task.result.answer
+        assert "AKIAIOSFODNN7EXAMPLE" not in task.result.answer
+        assert "alice@" not in task.result.answer
+        assert task.result.answer_source == pb.ANSWER_SOURCE_RULES
+        assert task.result.confidence <= 0.5
+
+
+async def test_a_goal_quoting_the_text_to_scan_is_answered_by_the_scan(
+    start_arm: Any, start_orchestrator: Any, connect: Any, tmp_path: Any
+) -> None:
+    """Offline, a goal that quotes the text to scan for personal data is served by the safety
+    arm's scan of that text: the answer names each kind found with its count, repeats no value,
+    was written by rules and is trusted at most 0.5."""
+    orch = await offline_mesh_with_echo(start_arm, start_orchestrator, tmp_path)
+    goal = (
+        "Review this HR note for personal data before it is shared outside the team: "
+        "'Employee Marco Diaz, SSN 536-22-8401, can be reached on (415) 555-0132 after 5 pm.'"
+    )
+    task, _ = await finish(connect(orch.address), pb.SubmitTaskRequest(goal=goal, budget=budget()))
+    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    assert [(s.step_id, s.arm_type) for s in task.subtasks] == [
+        ("scan", "safety"),
+        ("review", "judge"),
+    ]
+    assert "- SSN: 1 (US Social Security number), severity high" in task.result.answer
+    assert "- PHONE: 1 (phone number (US)), severity medium" in task.result.answer
+    assert "536-22-8401" not in task.result.answer
+    assert "555-0132" not in task.result.answer
+    assert task.result.answer_source == pb.ANSWER_SOURCE_RULES
+    assert task.result.confidence <= 0.5

@@ -71,3 +71,27 @@ async def test_safety_on_without_a_safety_arm_fails_closed(
     assert done.state == pb.TASK_STATE_FAILED
     assert done.failure.reason == "SAFETY_UNAVAILABLE"
     assert not done.subtasks
+
+
+async def test_a_scan_of_a_quoted_text_still_reports_what_the_guard_redacted(
+    start_arm, start_orchestrator, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """The guard redacts the goal before planning, so the scan of the text it quotes sees
+    [REDACTED:<KIND>] markers: they count as findings of their kind ("already redacted"), and
+    the answer does not say the text was clean."""
+    safety = await start_arm(REFERENCE_ARMS["safety"]())
+    judge = await start_arm(REFERENCE_ARMS["judge"]())
+    orch = await start_orchestrator(
+        [safety.address, judge.address], wait_for=("safety", "judge"), safety=True
+    )
+    goal = f"Scan this note for secrets and personal data: 'Write to {EMAIL} with key {SECRET}.'"
+    stub = connect(orch.address)
+    task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=goal))).task
+    async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=30):
+        pass
+    done = (await stub.GetTask(pb.GetTaskRequest(task_id=task.task_id))).task
+    assert done.state == pb.TASK_STATE_SUCCEEDED, done.failure
+    assert "- AWS_ACCESS_KEY: 1 (already redacted), severity high" in done.result.answer
+    assert "- EMAIL: 1 (already redacted), severity medium" in done.result.answer
+    assert "no secrets" not in done.result.answer
+    assert SECRET not in done.result.answer

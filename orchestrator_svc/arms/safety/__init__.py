@@ -6,19 +6,26 @@ depends on produced: ``dependencies`` (their outputs by step id, which the orche
 there) rendered as one text, each output's answer fields (else its JSON) under its step id,
 in step-id order.
 Output: ``{redacted, findings: [{kind, start, end, detail}], injection: [{pattern, excerpt}],
-safe}``, offsets into the text checked. In ``scan`` mode the text is not sent back:
+safe, summary}``, offsets into the text checked. ``summary`` (only when ``text`` was given: a
+check of other steps' outputs answers nothing) is the scan's answer: what was scanned, each kind
+found with its count and severity (``high`` for credentials, card and Social Security numbers
+and injection, ``medium`` for emails and phone numbers), or "no secrets or personal data found";
+it never quotes the text, redacted or not. In ``scan`` mode the text is not sent back:
 ``redacted`` is empty and only the report counts.
 
 Detected (``kind``): EMAIL; PHONE (international ``+CC ...`` with 8-15 digits, and US/NANP
 formats such as ``(202) 555-0173``, ``202-555-0173``); CREDIT_CARD (13-19 digits, optionally
 grouped by spaces or dashes, with a known network prefix and a valid Luhn checksum, so random
-digit strings are not flagged); AWS_ACCESS_KEY (``AKIA``/``ASIA``...), GITHUB_TOKEN
+digit strings are not flagged); SSN (US Social Security numbers, dashed ``123-45-6789``, never
+issued areas left out); AWS_ACCESS_KEY (``AKIA``/``ASIA``...), GITHUB_TOKEN
 (``ghp_``, ``gho_``, ``ghu_``, ``ghs_``, ``ghr_``, ``github_pat_``), SLACK_TOKEN (``xox?-``),
 OPENAI_KEY (``sk-``, ``sk-proj-``...), STRIPE_KEY, GOOGLE_API_KEY, JWT (checked to have a JSON
 header), BEARER_TOKEN (``Bearer ...``, e.g. in ``Authorization:``), BASIC_AUTH, URL_PASSWORD
 (``scheme://user:password@``), API_KEY and PASSWORD (values assigned to names such as
 ``api_key=``, ``"client_secret": ...``, ``password: ...``; obvious placeholders are skipped),
-PRIVATE_KEY (PEM blocks). Each is replaced by ``[REDACTED:<KIND>]``; offsets are Python string
+PRIVATE_KEY (PEM blocks); and a ``[REDACTED:<KIND>]`` marker an earlier redaction left (the
+secret was there: with OCTOLLM_SAFETY on, the goal is redacted before a plan scans it). Each is
+replaced by ``[REDACTED:<KIND>]``; offsets are Python string
 indices into the original text; overlapping matches go to the more specific detector.
 
 Injection patterns (``pattern``): ignore_previous_instructions, you_are_now,
@@ -91,6 +98,11 @@ OUTPUT_SCHEMA = {
             },
         },
         "safe": {"type": "boolean"},
+        "summary": {
+            "type": "string",
+            "description": "what was scanned and found, by kind, count and severity; never a "
+            "value (only when input.text was given)",
+        },
     },
 }
 
@@ -120,6 +132,7 @@ def build(arm_id: str | None = None) -> Arm:
     async def check(inp: SubtaskInput) -> SubtaskOutput:
         text = inp.input.get("text")
         mode = inp.input.get("mode", "redact")
+        given = text is not None
         if text is None:
             text = _dependencies_text(inp.input.get("dependencies"))
         if not isinstance(text, str):
@@ -139,7 +152,9 @@ def build(arm_id: str | None = None) -> Arm:
             report = await asyncio.to_thread(scan, text)
         else:
             report = scan(text)
-        output = report.to_dict()
+        # NOTE: a check of other steps' outputs is no answer to the goal: only a scan of text
+        # given to scan carries the `summary`.
+        output = report.to_dict(len(text) if given else None)
         if mode == "scan":
             output["redacted"] = ""
         # NOTE: counts and kinds only; never the text, a value or an excerpt.

@@ -101,6 +101,11 @@ _EMAIL = re.compile(
     r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.){1,8}(?P<tld>[^\W\d_]{2,24})(?![\w-])"
 )
 _NOT_A_TLD = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "css", "js", "ts", "py"})
+# US Social Security numbers: dashed, without the never-issued area numbers 000, 666 and 9xx,
+# group 00 or serial 0000, and named as such just before (an order number looks the same).
+_SSN = re.compile(r"(?<![\w-])(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
+_SSN_NAMED = re.compile(r"(?i)\b(?:ssn|social[ -]security(?: number| no\.?)?)\b")
+_SSN_NAME_WINDOW = 40
 # NOTE: a loose, linear candidate checked in Python: nested quantifiers over digit groups
 # would backtrack exponentially on long digit runs.
 _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9][\d ().-]{6,22}\d(?![\w-])")
@@ -108,6 +113,15 @@ _PHONE_BAD_SEPARATORS = re.compile(r"[ .-]{2,}|\(\)|\(.*\(|\).*\)")
 _PHONE_US = re.compile(
     r"(?<![\w+.-])(?:1[ .-]?)?(?:\([2-9]\d{2}\)[ .-]?|[2-9]\d{2}[ .-])\d{3}[ .-]\d{4}(?![\w-])"
 )
+
+
+# What an earlier redaction left (``scan`` writes it): the secret was there, so it still counts.
+_MARKER = re.compile(r"\[REDACTED:(?P<kind>[A-Z][A-Z_]{1,40})\]")
+
+
+def markers(text: str) -> Iterator[Candidate]:
+    for m in _MARKER.finditer(text):
+        yield 0, Finding(m.group("kind"), m.start(), m.end(), "already redacted")
 
 
 def private_keys(text: str) -> Iterator[Candidate]:
@@ -174,6 +188,13 @@ def emails(text: str) -> Iterator[Candidate]:
         yield 6, Finding("EMAIL", m.start(), m.end(), "email address")
 
 
+def ssns(text: str) -> Iterator[Candidate]:
+    for m in _SSN.finditer(text):
+        if not _SSN_NAMED.search(text, max(0, m.start() - _SSN_NAME_WINDOW), m.start()):
+            continue
+        yield 6, Finding("SSN", m.start(), m.end(), "US Social Security number")
+
+
 def phones(text: str) -> Iterator[Candidate]:
     for m in _PHONE_INTL.finditer(text):
         raw = m.group()
@@ -188,6 +209,7 @@ def phones(text: str) -> Iterator[Candidate]:
 
 
 DETECTORS: tuple[Detector, ...] = (
+    markers,
     private_keys,
     jwts,
     tokens,
@@ -195,6 +217,7 @@ DETECTORS: tuple[Detector, ...] = (
     assignments,
     cards,
     emails,
+    ssns,
     phones,
 )
 

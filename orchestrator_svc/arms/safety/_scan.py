@@ -29,14 +29,61 @@ class SafetyReport:
         """No PII, no secret, no injection flag."""
         return not self.findings and not self.injection
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report as the safety arm's output."""
-        return {
+    def summary(self, chars: int) -> str:
+        """What was scanned and found, by kind with its count and severity: the answer of a
+        scan. It never quotes the text, redacted or not: a value no detector caught would be
+        repeated."""
+        head = (
+            f"Scanned the given text ({chars} characters) for secrets, personal data and "
+            "prompt injection"
+        )
+        if self.safe:
+            return f"{head}: no secrets or personal data found, and no prompt injection."
+        lines = [f"{head}: {_count(len(self.findings), 'finding')}."]
+        by_kind: dict[str, list[Finding]] = {}
+        for finding in self.findings:
+            by_kind.setdefault(finding.kind, []).append(finding)
+        for kind, found in sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            details = ", ".join(dict.fromkeys(f.detail for f in found))
+            lines.append(f"- {kind}: {len(found)} ({details}), severity {severity(kind)}")
+        if self.findings:
+            lines.append("Each finding is redacted as [REDACTED:<KIND>]; no value is repeated.")
+        patterns = sorted({flag.pattern for flag in self.injection})
+        if patterns:
+            lines.append(
+                f"Prompt injection: {_count(len(self.injection), 'flag')} "
+                f"({', '.join(patterns)}), severity high."
+            )
+        else:
+            lines.append("No prompt injection found.")
+        return "\n".join(lines)
+
+    def to_dict(self, chars: int | None = None) -> dict[str, Any]:
+        """The report as the safety arm's output; `chars`, the length of the text scanned,
+        adds the `summary` (the scan's answer)."""
+        output: dict[str, Any] = {
             "redacted": self.redacted,
             "findings": [f.to_dict() for f in self.findings],
             "injection": [f.to_dict() for f in self.injection],
             "safe": self.safe,
         }
+        if chars is not None:
+            output["summary"] = self.summary(chars)
+        return output
+
+
+# Personal data is "medium": credentials (keys, tokens, passwords), card and Social Security
+# numbers, and prompt injection are "high".
+_MEDIUM = frozenset({"EMAIL", "PHONE"})
+
+
+def severity(kind: str) -> str:
+    """How severe a finding of `kind` is: "high" or "medium"."""
+    return "medium" if kind in _MEDIUM else "high"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def scan(text: str) -> SafetyReport:
