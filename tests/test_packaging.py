@@ -53,6 +53,8 @@ def test_installing_the_sdk_resolves_none_of_the_orchestrator(tmp_path: Path) ->
     their own dependencies): no database, cache, vector store, LLM client or pydantic."""
     gen, sdk = staged_sources(tmp_path)
     report = tmp_path / "report.json"
+    # NOTE: no build isolation: the metadata is built with the venv's setuptools (the dev extra
+    # brings a recent one with grpcio-tools), offline and quickly; only the resolution is checked.
     proc = subprocess.run(
         [
             sys.executable,
