@@ -25,9 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .llm.settings import LLMSettings
-
-CONFIG_FILE_VARIABLE = "OCTOLLM_CONFIG_FILE"
+from .llm.settings import CONFIG_FILE_VARIABLE, LLMSettings
 
 
 class ConfigFileError(ValueError):

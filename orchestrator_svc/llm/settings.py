@@ -1,13 +1,25 @@
 """The LLM library's settings: `OCTOLLM_LLM_*` and `OCTOLLM_EMBEDDINGS_*` environment variables.
 
 One definition for everything that talks to a model: the reference arms read these alone, and
-the orchestrator's `Settings` extends them with its own.
+the orchestrator's `Settings` extends them with its own. Like the orchestrator's, they are read
+from the TOML file `OCTOLLM_CONFIG_FILE` names too (environment variables override it); keys of
+other settings are skipped here, and the orchestrator checks the file at its own start.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_VARIABLE = "OCTOLLM_CONFIG_FILE"
 
 
 class LLMSettings(BaseSettings):
@@ -74,3 +86,18 @@ class LLMSettings(BaseSettings):
     embeddings_model: str = Field(
         "text-embedding-3-small", description="embeddings model at that endpoint"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments first, then OCTOLLM_* variables, then the OCTOLLM_CONFIG_FILE file."""
+        path = os.environ.get(CONFIG_FILE_VARIABLE, "").strip()
+        if not path:
+            return init_settings, env_settings
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, Path(path))
