@@ -1,9 +1,9 @@
-"""The LLM the reference arms use: the orchestrator's LLM port, configured from the same env.
+"""The LLM the reference arms use: the LLM library's client, configured like the orchestrator's.
 
 ``OCTOLLM_LLM_BASE_URL`` (an OpenAI-compatible ``.../v1`` endpoint), ``OCTOLLM_LLM_MODEL``,
 ``OCTOLLM_LLM_API_KEY`` and the other ``OCTOLLM_LLM_*`` settings of the LLM library
-(``orchestrator_svc.llm.settings.LLMSettings``, read from the environment); no base URL means no
-LLM.
+(``orchestrator_svc.llm.settings.LLMSettings``: the environment, then ``OCTOLLM_CONFIG_FILE``);
+no base URL means no LLM.
 
 `EndpointWatch` checks the endpoint (``GET /v1/models``: reachable, and the configured model
 listed) when the arm starts and every ``OCTOLLM_LLM_CHECK_INTERVAL_S``, and at once after a call
