@@ -9,7 +9,10 @@ naming every term of a question need not hold its answer), at most `MAX_PARAGRAP
 exactly as indexed. A part is
 covered when at least half of its terms appear in the chosen paragraphs (headings included) or
 in the text of steps that served it otherwise (a program that computed what the goal asks);
-the goal is covered when every part with terms is.
+the goal is covered when every part with terms is. A part asking who, when or how many (or
+much, long) is covered only by a paragraph that also holds what it asks for, a name, a time or
+a number the goal does not already give: a paragraph that merely names the subject is no
+answer.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ FILLER = names(
     between list lists summarize summarise summary overview write written short shorter brief
     briefly concise concisely keep keeps keeping sure making nothing left find tell show give
     based work works mean means happen happens really simple simply detail detailed please
-    note notes provide report review"""
+    note notes provide report review many much one two three four five six seven eight nine
+    ten several following"""
 )
 
 _TERM = re.compile(r"[a-z0-9]+")
@@ -44,6 +48,27 @@ _PART_BREAK = re.compile(
 )
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _MARKUP_LINE = re.compile(r"^\s*(#{1,6}\s|```|~~~|[-=*_]{3,}\s*$|\|?[-:| ]+\|[-:| ]*$)")
+
+
+# What a question asks for, by its first words, and how that looks in a paragraph.
+_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ -][A-Z][a-z]+)+\b")
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+_TIME = re.compile(
+    r"\d+(?:[.:]\d+)*|\b(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|february|march"
+    r"|april|may|june|july|august|september|october|november|december|noon|midnight|daily"
+    r"|weekly|monthly|hourly)\b",
+    re.IGNORECASE,
+)
+_ASKS_FOR = (
+    (re.compile(r"^(?:and\s+)?(?:who|whom|whose)\b", re.IGNORECASE), _NAME),
+    (re.compile(r"^(?:and\s+)?how\s+(?:many|much|long|large|big|old)\b", re.IGNORECASE), _NUMBER),
+    (re.compile(r"^(?:and\s+)?(?:when|what\s+time|at\s+what\s+time)\b", re.IGNORECASE), _TIME),
+)
+
+
+def asks_for(part: str) -> re.Pattern[str] | None:
+    """The shape of what a question part asks for (a name, a number, a time), or None."""
+    return next((shape for asks, shape in _ASKS_FOR if asks.search(part.strip())), None)
 
 
 def root(word: str) -> str:
@@ -180,40 +205,70 @@ def cover(goal: str, passages: Sequence[Passage], served: Iterable[str] = ()) ->
     """Which paragraphs answer `goal` and whether they cover it; see the module docstring.
     `served`: text of other steps of the answer, covering the parts it speaks to."""
     parts = goal_parts(goal)
+    limit = max(MAX_PARAGRAPHS, len(parts) + 1)
     done = set().union(*(terms(text) for text in served))
     wanted = set().union(*(p.terms for p in parts)) - done
     candidates = _paragraphs(passages)
     chosen: list[Paragraph] = []
     have: set[str] = set()
+
+    def choose(paragraph: Paragraph) -> None:
+        chosen.append(paragraph)
+        have.update(paragraph.terms)
+        candidates.remove(paragraph)
+
+    # A question asking who, when or how many takes first the paragraph holding the fact.
+    asking = [p for p in parts if asks_for(p.text) is not None and p.terms - done]
+    for part in asking:
+        holding = [c for c in candidates if _answers(c, part, goal)]
+        if holding and len(chosen) < limit:
+            choose(max(holding, key=lambda c: len(c.terms & part.terms)))
     if not parts and candidates:
-        chosen.append(candidates[0])
-    while wanted and candidates and len(chosen) < MAX_PARAGRAPHS:
+        choose(candidates[0])
+    while wanted and candidates and len(chosen) < limit:
         best = max(candidates, key=lambda c: len((c.terms & wanted) - have))
         if not (best.terms & wanted) - have:
             break
-        chosen.append(best)
-        have |= best.terms
-        candidates.remove(best)
+        choose(best)
     # NOTE: a paragraph naming every term of a question need not hold the fact asked for (the
     # next may: "The release manager is ..."): others covering half a part's terms are quoted
-    # too, within MAX_PARAGRAPHS. They add no term, so coverage is as the greedy choice found.
+    # too, within the limit. They add no term, so coverage is as the greedy choice found.
     close = [c for c in candidates if any(_covers(c.terms, part.terms) for part in parts)]
     close.sort(key=lambda c: len(c.terms & wanted), reverse=True)
-    chosen += close[: max(0, MAX_PARAGRAPHS - len(chosen))] if chosen else []
+    chosen += close[: max(0, limit - len(chosen))] if chosen else []
     found = have | done
     uncovered = []
     for part in parts:
         if not _covers(found, part.terms):
             missing = tuple(part.names[t] for t in part.names if t not in found)
             uncovered.append((part.text, missing))
+        elif part in asking and not any(_answers(p, part, goal) for p in chosen):
+            uncovered.append((part.text, (_WHAT_IS_ASKED[asks_for(part.text)],)))
     # NOTE: quoted in document order (sources in rank order): a runbook reads as written.
     chosen.sort(key=lambda p: p.place)
     return Coverage(tuple(chosen), not uncovered, tuple(uncovered))
 
 
+def _answers(paragraph: Paragraph, part: GoalPart, goal: str) -> bool:
+    """`paragraph` speaks to `part` and, when the part asks who, when or how many, holds a name,
+    time or number the goal does not already give. Speaking to it is covering half its terms,
+    or for a question asking for such a fact one term (the rest may sit in the paragraphs
+    around it: "unreachable for 47 minutes" answers how long the outage lasted)."""
+    shape = asks_for(part.text)
+    if shape is None:
+        return _covers(paragraph.terms, part.terms)
+    if not paragraph.terms & part.terms:
+        return False
+    given = {m.group(0).lower() for m in shape.finditer(goal)}
+    return any(m.group(0).lower() not in given for m in shape.finditer(paragraph.text))
+
+
 def _covers(found: Iterable[str], wanted: frozenset[str]) -> bool:
     """At least `COVERED_SHARE` of the `wanted` terms are among `found`."""
     return len(wanted.intersection(found)) >= COVERED_SHARE * len(wanted)
+
+
+_WHAT_IS_ASKED = {_NAME: "a name", _NUMBER: "a number", _TIME: "a time", None: "the fact"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .coverage import goal_parts
 from .episode import Episode, reusable_episode
 from .intent import Complexity, ParsedIntent
 from .lexicon import Domain
@@ -263,6 +264,15 @@ _ARTIFACT_WORDS = frozenset(
         "chart", "playbook", "spec", "config", "configuration", "script",
     }
 )  # fmt: skip
+# Words a question starts with (a code goal asking one is answered like a general question).
+_QUESTION_WORDS = frozenset(
+    {"how", "what", "why", "when", "where", "which", "who", "whom", "whose", "is", "are", "does",
+     "do", "can", "explain", "describe"}
+)  # fmt: skip
+# Passages a retrieval asks for per part of the goal: one search ranks the chunks answering
+# the other parts of a several-question goal below the first few.
+RETRIEVAL_PER_PART = 5
+MAX_RETRIEVAL = 50  # the retriever's own top_k bound
 # Words of a goal that asks for a review: its review step is then part of what is asked.
 _REVIEW_WORDS = frozenset(
     {
@@ -319,6 +329,17 @@ def runs_given_code(intent: ParsedIntent, given: GivenInputs | None) -> bool:
     return given is not None and bool(given.python) and not _asks(intent, _WRITE_WORDS)
 
 
+def asks_a_question(intent: ParsedIntent) -> bool:
+    """A code goal that asks a question ("how many hours before code freeze?", "how does the
+    client retry?") and no code to be written: answered like any question, from what the
+    retrieval finds, with no coder."""
+    if intent.domain != "code" or _asks(intent, _WRITE_WORDS):
+        return False
+    asked = _QUOTED.sub(" ", _FENCED.sub(" ", intent.goal)).strip()
+    first = asked.split(maxsplit=1)[0].lower() if asked else ""
+    return "?" in asked or first in _QUESTION_WORDS
+
+
 def asks_for_procedure(intent: ParsedIntent) -> bool:
     """An infrastructure goal asking how to act on running systems (upgrade, migrate, roll
     out...), not for an artifact (a manifest, a config, a Dockerfile: anything to write)."""
@@ -370,6 +391,8 @@ def template_for(
         template = GIVEN_TEXT_TEMPLATE
     elif asks_for_procedure(intent):
         template = PROCEDURE_TEMPLATES[intent.complexity]
+    elif asks_a_question(intent):
+        template = TEMPLATES["general"][intent.complexity]
     else:
         template = TEMPLATES[intent.domain][intent.complexity]
     if not _asks(intent, _REVIEW_WORDS):
@@ -397,6 +420,9 @@ def step_input(
     }
     if arm_type == "retriever" and intent.keywords:
         data["query"] = " ".join(intent.keywords)
+    parts = len(goal_parts(intent.goal))
+    if arm_type == "retriever" and parts > 1:
+        data["top_k"] = min(RETRIEVAL_PER_PART * parts, MAX_RETRIEVAL)
     files = intent.entities.get("files") or []
     if files and arm_type in ("retriever", "coder", "executor", "safety"):
         data["files"] = list(files)

@@ -261,3 +261,53 @@ def test_every_paragraph_covering_a_part_of_the_question_is_quoted() -> None:
     assert "Tomasz Wielgosz" in merged.answer
     assert "rewind" not in merged.answer
     assert merged.answer.index("ships its") < merged.answer.index("Tomasz")
+
+
+@pytest.mark.parametrize(
+    ("goal", "paragraph"),
+    [
+        (
+            "Who is the release manager?",
+            "The release manager approves every release train before it leaves.",
+        ),
+        (
+            "How many storage nodes does Krakatoa have?",
+            "Krakatoa storage nodes are replaced one at a time during maintenance.",
+        ),
+        (
+            "When does the nightly reconciliation job start?",
+            "The nightly reconciliation job compares the ledger with the warehouse.",
+        ),
+    ],
+)
+def test_a_paragraph_naming_the_subject_but_not_the_fact_asked_for_is_no_answer(
+    goal: str, paragraph: str
+) -> None:
+    """A question asking who, how many or when is covered only by a paragraph holding a name,
+    a number or a time: one that merely names its subject is "not found"."""
+    plan = ExecutionPlan("p", (PlannedStep("research", "Gather the facts", "retriever"),))
+    hits = [hit("handbook.md", 0, "", paragraph)]
+    merged = integrate(goal, plan, {"research": retrieved(hits)}, {"research": 0.9})
+    assert "not found in the indexed documents" in merged.answer.lower()
+
+
+def test_each_question_gets_the_paragraph_holding_its_fact() -> None:
+    """Several who / how many / when questions: each part's paragraph holding the fact is
+    quoted, beside paragraphs that only name the subjects."""
+    plan = ExecutionPlan("p", (PlannedStep("research", "Gather the facts", "retriever"),))
+    hits = [
+        hit("ops.md", 0, "", "The nightly reconciliation job compares ledgers and warehouses."),
+        hit("ops.md", 1, "", "Krakatoa storage nodes are replaced one at a time."),
+        hit("people.md", 0, "", "The release manager approves every release train."),
+        hit("ops.md", 2, "", "The nightly reconciliation job starts at 02:40 UTC."),
+        hit("ops.md", 3, "", "Krakatoa runs on 48 storage nodes in two halls."),
+        hit("people.md", 1, "", "Tomasz Wielgosz is the release manager."),
+    ]
+    goal = (
+        "Answer three questions: when does the nightly reconciliation job start, how many "
+        "storage nodes does Krakatoa have, and who is the release manager?"
+    )
+    merged = integrate(goal, plan, {"research": retrieved(hits)}, {"research": 0.9})
+    assert "not found" not in merged.answer.lower()
+    for fact in ("02:40", "48 storage nodes", "Tomasz Wielgosz"):
+        assert fact in merged.answer

@@ -421,3 +421,56 @@ def test_python_fenced_in_a_goal_asking_for_a_run_is_run() -> None:
     ]
     explain = HeuristicIntentParser().parse(f"Explain this Python:\n```python\n{code}```")
     assert "run" not in {s.step_id for s in planner.plan(explain, OFFLINE).steps}
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Two questions about Halcyon Freight: what default storage quota does each Krakatoa "
+        "tenant get, and how many hours before a release train leaves does code freeze begin?",
+        "How does the retry policy of the gRPC client decide when to give up?",
+        "Which Python version does the build pipeline use?",
+    ],
+)
+def test_a_question_in_the_code_domain_is_answered_from_the_documents(goal: str) -> None:
+    """A goal that asks a question about code ("code freeze", a client's retry policy) and
+    asks for no code to be written is planned like any question: the retrieval is its
+    deliverable, no coder is needed, and without one it is still served."""
+    parsed = HeuristicIntentParser().parse(goal)
+    plan, _ = planner.draft(parsed, OFFLINE)
+    assert "coder" not in {s.arm_type for s in plan.steps}
+    assert "retriever" in {s.arm_type for s in plan.steps}
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Write a Python function that parses ISO dates, with pytest tests",
+        "Fix the bug in the login handler: why does it reject valid tokens?",
+        "Implement a retry decorator for the gRPC client",
+    ],
+)
+def test_a_code_goal_asking_for_code_still_needs_the_coder(goal: str) -> None:
+    """A code goal that asks for code to be written or changed keeps the code as its
+    deliverable, question mark or not: with no coder it is MissingCapability."""
+    parsed = HeuristicIntentParser().parse(goal)
+    assert parsed.domain == "code"
+    with pytest.raises(MissingCapability) as caught:
+        planner.draft(parsed, OFFLINE)
+    assert caught.value.capabilities == ("code_generation",)
+
+
+def test_a_goal_of_several_questions_retrieves_enough_passages_for_each() -> None:
+    """A goal of several questions asks the retriever for more passages (DEFAULT per part):
+    one search ranks the chunks that answer the other parts below the first few."""
+    goal = (
+        "Answer three questions from the Halcyon Freight documents: when does the nightly "
+        "reconciliation job start, how many storage nodes does Krakatoa have, and who is the "
+        "release manager?"
+    )
+    plan, _ = planner.draft(HeuristicIntentParser().parse(goal), OFFLINE)
+    searches = [s for s in plan.steps if s.arm_type == "retriever"]
+    assert searches
+    assert all(s.input["top_k"] >= 3 * 5 for s in searches)
+    single, _ = planner.draft(HeuristicIntentParser().parse("Who is the release manager?"), OFFLINE)
+    assert all("top_k" not in s.input for s in single.steps if s.arm_type == "retriever")

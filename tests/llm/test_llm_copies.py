@@ -12,7 +12,6 @@ import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 from pydantic import BaseModel, Field
 
-from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.arms.coder import CODER_SYSTEM_PROMPT
 from orchestrator_svc.brain.integrate import INTEGRATOR_SYSTEM_PROMPT
 from orchestrator_svc.brain.intent import INTENT_SYSTEM_PROMPT
@@ -20,7 +19,12 @@ from orchestrator_svc.brain.planner import PLANNER_SYSTEM_PROMPT
 from orchestrator_svc.brain.validate import JUDGE_SYSTEM_PROMPT
 from orchestrator_svc.llm import LLMInvalidOutput
 from orchestrator_svc.llm.copies import copied_values, fenced, prompt_examples
-from tests.llm.conftest import MakeClient, StartFake
+from tests.llm.conftest import (
+    MakeClient,
+    StartDocsMesh,
+    StartFake,
+    assert_served_from_the_documents,
+)
 from tests.llm.fake_openai import FakeOpenAI, Reply, completion
 
 
@@ -126,9 +130,11 @@ def copycat(body: dict[str, Any], index: int) -> Reply:
     """A fake model that answers every brain prompt with the old prompts' example values."""
     system = body["messages"][0]["content"]
     if "intent parser" in system:
+        # NOTE: the domain is one word the model picks from a list, not a copy the client can
+        # tell; "general" is this goal's (a wrong "code" would need a coder this mesh lacks).
         return completion(
-            {"constraints": list("abcdefghijklmnopqrs"), "domain": "code", "complexity": "simple",
-             "keywords": ["term useful for retrieving context"],
+            {"constraints": list("abcdefghijklmnopqrs"), "domain": "general",
+             "complexity": "simple", "keywords": ["term useful for retrieving context"],
              "entities": {"files": ["auth/login.py"], "functions": ["login"]}}
         )  # fmt: skip
     if "task planner" in system:
@@ -146,17 +152,14 @@ GOAL = "Summarise why bounded queues keep a busy web service responsive under lo
 
 
 async def test_copied_examples_through_a_task_fall_back_to_the_rules(
-    start_arm: Any, start_orchestrator: Any, connect: Any
+    start_docs_mesh: StartDocsMesh, connect: Any
 ) -> None:
     """The copycat model: its invented constraints and keywords and the file the goal never
     names are dropped, its 'what to do' plan and its '1' answer are rejected, the heuristic
-    planner and the merge serve the task, and the events say so."""
+    planner and the merge serve the task from the indexed documents, and the events say so."""
     fake = await FakeOpenAI(copycat).start()
     try:
-        echo = await start_arm(REFERENCE_ARMS["echo"]())
-        orch = await start_orchestrator(
-            [echo.address], wait_for=("echo",), llm_base_url=fake.base_url, llm_model="fake-model"
-        )
+        orch = await start_docs_mesh(llm_base_url=fake.base_url, llm_model="fake-model")
         stub = connect(orch.address)
         task = (await stub.SubmitTask(pb.SubmitTaskRequest(goal=GOAL))).task
         watch = stub.WatchTask(pb.WatchTaskRequest(task_id=task.task_id), timeout=60)
@@ -169,6 +172,7 @@ async def test_copied_examples_through_a_task_fall_back_to_the_rules(
     assert "merged the step outputs instead" in notes
     assert all(s.description != "what to do" for s in task.plan.steps)
     assert task.result.answer.strip() != "1"
+    assert_served_from_the_documents(task)
     planner_prompts = [
         r["messages"][1]["content"]
         for r in fake.requests
