@@ -18,13 +18,13 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 
 from arm_sdk import grpc_options
-from arm_sdk._health import HealthServicer
 from arm_sdk._metrics import ArmMetrics
 from arm_sdk._server import ArmServer, StartHook, StopHook
 from arm_sdk._servicer import ArmServicer
 from arm_sdk._session import ArmRuntime
 from arm_sdk._subtask import Handler
-from arm_sdk._tls import ServerTLS, listen
+from arm_sdk.health import HealthServicer
+from arm_sdk.tls import ServerTLS, listen
 
 log = structlog.get_logger(__name__)
 

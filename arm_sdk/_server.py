@@ -11,8 +11,8 @@ import structlog
 from grpc_health.v1 import health_pb2
 from octollm.v1 import arm_service_pb2 as arm_pb
 
-from arm_sdk._health import HealthServicer
 from arm_sdk._session import ArmRuntime
+from arm_sdk.health import HealthServicer
 
 log = structlog.get_logger(__name__)
 

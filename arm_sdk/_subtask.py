@@ -8,7 +8,7 @@ from typing import Any, TypeAlias
 
 from octollm.v1 import arm_service_pb2 as arm_pb
 
-from arm_sdk._structs import struct_to_dict
+from arm_sdk.structs import struct_to_dict
 
 
 @dataclass(frozen=True, slots=True)

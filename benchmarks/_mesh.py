@@ -428,7 +428,7 @@ async def run_concurrently(
 
 def _build_arm(kind: str, index: int, max_concurrency: int, delay_s: float) -> object:
     from arm_sdk import Arm, SubtaskInput
-    from arm_sdk.arms import echo
+    from orchestrator_svc.arms import echo
 
     arm_id = f"{kind}-{os.getpid()}-{index}"
     if kind == "echo":

@@ -110,7 +110,7 @@ def _llm_environment(config: MeshConfig) -> Iterator[None]:
 
 async def _index(folder: Path, store: Path) -> str:
     """Index the sample documents and the benchmark corpus into `store`; one summary line."""
-    from arm_sdk.arms import retriever as retriever_arm
+    from orchestrator_svc.arms import retriever as retriever_arm
     from orchestrator_svc.dev import SAMPLE_DOCS
 
     docs = folder / "docs"
@@ -128,8 +128,8 @@ async def _index(folder: Path, store: Path) -> str:
 @contextlib.asynccontextmanager
 async def quality_mesh(config: MeshConfig) -> AsyncIterator[QualityMesh]:
     """Every reference arm and an orchestrator in this process, over a fresh index."""
-    from arm_sdk.arms import REFERENCE_ARMS
-    from arm_sdk.arms import retriever as retriever_arm
+    from orchestrator_svc.arms import REFERENCE_ARMS
+    from orchestrator_svc.arms import retriever as retriever_arm
     from orchestrator_svc.config import Settings
     from orchestrator_svc.server import Orchestrator
 

@@ -46,6 +46,8 @@ def generate(out: Path) -> None:
         raise SystemExit("protoc failed")
     for init in PACKAGE_INITS:
         (out / init).write_text('"""Generated from protos/ by gen/generate.py. Do not edit."""\n')
+    # PEP 561: the .pyi stubs are the package's types for whoever installs octollm-proto.
+    (out / "octollm" / "py.typed").write_text("")
 
 
 def stale_files(expected: Path, actual: Path) -> list[str]:

@@ -63,7 +63,7 @@ async def _dev(settings: Settings, once: bool) -> int:
 
 async def _arm(name: str, listen: str) -> int:
     from arm_sdk import ServerTLS
-    from arm_sdk.arms import REFERENCE_ARMS
+    from orchestrator_svc.arms import REFERENCE_ARMS
 
     settings = Settings()
     port = settings.arm_metrics_port
@@ -91,7 +91,7 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _ingest(path: str) -> int:
-    from arm_sdk.arms.retriever import DimensionMismatch, StoreBusy, ingest
+    from orchestrator_svc.arms.retriever import DimensionMismatch, StoreBusy, ingest
 
     try:
         report = await ingest(path)
@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _arm_names() -> list[str]:
-    from arm_sdk.arms import REFERENCE_ARMS
+    from orchestrator_svc.arms import REFERENCE_ARMS
 
     return list(REFERENCE_ARMS)
 

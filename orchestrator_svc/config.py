@@ -25,7 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-CONFIG_FILE_VARIABLE = "OCTOLLM_CONFIG_FILE"
+from .llm.settings import CONFIG_FILE_VARIABLE, LLMSettings
 
 
 class ConfigFileError(ValueError):
@@ -52,8 +52,12 @@ class _ConfigFile(TomlConfigSettingsSource):
             raise ConfigFileError(f"{CONFIG_FILE_VARIABLE}={str(file_path)!r}: {exc}") from None
 
 
-class Settings(BaseSettings):
-    """Every knob of the orchestrator; the defaults are the embedded, dependency-free setup."""
+class Settings(LLMSettings):
+    """Every knob of the orchestrator; the defaults are the embedded, dependency-free setup.
+
+    The `llm_*` and `embeddings_*` settings are the LLM library's own (`LLMSettings`, which the
+    reference arms read alone); this class adds the orchestrator's.
+    """
 
     model_config = SettingsConfigDict(env_prefix="OCTOLLM_", extra="ignore")
 
@@ -74,57 +78,6 @@ class Settings(BaseSettings):
     )
     max_parallel_subtasks: int = Field(16, gt=0, description="ready subtasks run at once per task")
     max_retries: int = Field(3, ge=0, description="retries of a subtask after a transient failure")
-    llm_base_url: str = Field(
-        "", description="OpenAI-compatible endpoint (…/v1); empty runs the offline heuristic brain"
-    )
-    llm_api_key: SecretStr = Field(SecretStr(""), description="API key for the LLM endpoint")
-    llm_model: str = Field("gpt-4o-mini", description="model name (or alias) at the endpoint")
-    llm_timeout_s: float = Field(
-        30.0,
-        gt=0,
-        le=3600,
-        allow_inf_nan=False,
-        description="per-request LLM timeout (a task's time left bounds it further)",
-    )
-    llm_max_retries: int = Field(2, ge=0, description="retries of a failed LLM request")
-    llm_output_retries: int = Field(
-        2, ge=0, description="re-asks after output that fails its JSON schema"
-    )
-    llm_temperature: float = Field(
-        0.2, ge=0, le=2, allow_inf_nan=False, description="sampling temperature"
-    )
-    llm_price_per_1k_prompt: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="USD per 1k prompt tokens"
-    )
-    llm_price_per_1k_completion: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="USD per 1k completion tokens"
-    )
-    llm_cooldown_s: float = Field(
-        15.0,
-        ge=0,
-        le=3600,
-        allow_inf_nan=False,
-        description="the endpoint's breaker stays open this long, then lets one probe through",
-    )
-    llm_breaker_failures: int = Field(
-        3, ge=1, le=100, description="consecutive failed LLM calls that open the breaker"
-    )
-    llm_max_concurrency: int | None = Field(
-        None,
-        ge=1,
-        le=1024,
-        description="LLM calls in flight at once per endpoint (default: 1 local, 4 remote)",
-    )
-    llm_stream: bool = Field(
-        True, description="stream LLM answers, so a call given up on stops the server"
-    )
-    llm_check_interval_s: float = Field(
-        15.0,
-        gt=0,
-        le=3600,
-        allow_inf_nan=False,
-        description="LLM-backed arms check their endpoint (GET /v1/models) this often",
-    )
     safety: bool = Field(
         False,
         description="run the safety arm on task input and the final answer (on/off; fails closed)",
@@ -231,14 +184,6 @@ class Settings(BaseSettings):
         "", description="Qdrant server (http://host:6333) instead of local mode; empty = local"
     )
     qdrant_api_key: SecretStr = Field(SecretStr(""), description="API key of the Qdrant server")
-    embeddings_base_url: str = Field(
-        "",
-        description="OpenAI-compatible embeddings endpoint (…/v1); empty = a local hashing "
-        "embedder",
-    )
-    embeddings_model: str = Field(
-        "text-embedding-3-small", description="embeddings model at that endpoint"
-    )
 
     @classmethod
     def settings_customise_sources(

@@ -55,8 +55,8 @@ def sample_plan(have: set[str]) -> pb.Plan:
 async def run(settings: Settings, once: bool, emit: Callable[[str], None]) -> int:
     """Serve everything, run the sample task with live progress, then serve until signalled
     (or return at once with `once`); the exit code says whether the sample task succeeded."""
-    from arm_sdk.arms import REFERENCE_ARMS
-    from arm_sdk.arms import retriever as retriever_arm
+    from orchestrator_svc.arms import REFERENCE_ARMS
+    from orchestrator_svc.arms import retriever as retriever_arm
 
     with tempfile.TemporaryDirectory(prefix="octollm-dev-") as scratch:
         store = os.environ.get("OCTOLLM_RETRIEVER_PATH") or str(Path(scratch) / "retriever")

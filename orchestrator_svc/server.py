@@ -12,9 +12,9 @@ from grpc_reflection.v1alpha import reflection
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
-from arm_sdk._health import HealthServicer
-from arm_sdk._tls import listen
 from arm_sdk.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
+from arm_sdk.health import HealthServicer
+from arm_sdk.tls import listen
 
 from .api.malformed import MalformedRequestInterceptor
 from .api.servicer import OrchestratorServicer

@@ -32,7 +32,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_every_setting_is_in_the_configuration_reference() -> None:
     """Each OCTOLLM_* variable the orchestrator and the executor read has a README row."""
-    from arm_sdk.arms.executor._settings import ExecutorSettings
+    from orchestrator_svc.arms.executor._settings import ExecutorSettings
     from orchestrator_svc.config import Settings
 
     text = (ROOT / "README.md").read_text()

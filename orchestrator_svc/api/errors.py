@@ -1,9 +1,10 @@
 """API errors in the AIP-193 shape: a status code, a message, and a google.rpc.ErrorInfo.
 
-Every error the OrchestratorService returns is an `ApiError` turned into a rich status by
-`abort()`: the client sees the code and message, and the `grpc-status-details-bin` trailer
-carries `google.rpc.Status` with one `ErrorInfo` detail (reason, domain "octollm.v1", metadata;
-metadata["field"] names the offending request field when there is one).
+Every error the OrchestratorService returns is an `ApiError` (defined in
+`orchestrator_svc.errors`, below the security interceptors that raise it too) turned into a rich
+status by `abort()`: the client sees the code and message, and the `grpc-status-details-bin`
+trailer carries `google.rpc.Status` with one `ErrorInfo` detail (reason, domain "octollm.v1",
+metadata; metadata["field"] names the offending request field when there is one).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
-from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from octollm.v1 import common_pb2
 
+from orchestrator_svc.errors import DOMAIN as DOMAIN
+from orchestrator_svc.errors import ApiError as ApiError
 from orchestrator_svc.store.ports import (
     IdempotencyConflict,
     StoreClosed,
@@ -25,52 +26,6 @@ from orchestrator_svc.store.ports import (
     TaskClosed,
     TaskNotFound,
 )
-
-DOMAIN = "octollm.v1"
-
-
-class ApiError(Exception):
-    """A failure to report to the caller, with a machine-readable reason."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        message: str,
-        *,
-        reason: str,
-        field: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
-        self.field = field
-        self.metadata: dict[str, str] = dict(metadata or {})
-        if field is not None:
-            self.metadata["field"] = field
-
-    def __repr__(self) -> str:
-        return (
-            f"ApiError({self.code.name}, {self.message!r}, reason={self.reason!r}, "
-            f"metadata={self.metadata!r})"
-        )
-
-    def error_info(self) -> error_details_pb2.ErrorInfo:
-        """The ErrorInfo detail of this error."""
-        return error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=DOMAIN, metadata=self.metadata
-        )
-
-    def to_rpc_status(self) -> status_pb2.Status:
-        """This error as a google.rpc.Status with its ErrorInfo detail."""
-        detail = any_pb2.Any()
-        detail.Pack(self.error_info())
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
-
-    def to_status(self) -> grpc.Status:
-        """This error as a grpc.Status for `abort_with_status`."""
-        return rpc_status.to_status(self.to_rpc_status())
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: ApiError) -> NoReturn:

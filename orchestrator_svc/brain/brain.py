@@ -12,19 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..llm import NO_LIMITS, NO_USAGE, CallLimits, JSONCompleter, LLMError, LLMUsage
 from .episode import Episode
 from .integrate import Integration, LLMIntegrator, answer_steps, integrate
 from .intent import HeuristicIntentParser, LLMIntentParser, ParsedIntent
 from .plan import ArmCapability, ExecutionPlan, GivenInputs, PlanBudget
-from .plan_cache import PlanCache
+from .plan_cache import Cache, PlanCache
 from .planner import LLMPlanner, Planner, PlanOutcome
 from .validate import LLMValidator, ValidationReport, validate
-
-if TYPE_CHECKING:
-    from ..store.cache import Cache
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from ..llm import LLMUsage
 from .intent import ParsedIntent
@@ -20,12 +20,21 @@ from .plan import ArmCapability, ExecutionPlan, PlanBudget, PlannedStep
 from .plan_checks import validate_plan
 from .planner import PlanOutcome
 
-if TYPE_CHECKING:
-    from ..store.cache import Cache
-
 NAMESPACE = "plan"
 # NOTE: bump when the planner changes what it makes of the same inputs, or the encoding changes.
 _VERSION = 1
+
+
+class Cache(Protocol):
+    """The brain's port for a cache: bytes by namespace and inputs (the store's caches fit)."""
+
+    async def get(self, namespace: str, inputs: Mapping[str, Any]) -> bytes | None:
+        """The value stored for `inputs` in `namespace`, or None (absent, expired, unavailable)."""
+        ...
+
+    async def set(self, namespace: str, inputs: Mapping[str, Any], value: bytes) -> None:
+        """Keep `value` for `inputs` in `namespace` for a while (best effort, never raises)."""
+        ...
 
 
 class PlanCache:

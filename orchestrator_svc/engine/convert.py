@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk._structs import struct_to_dict
+from arm_sdk.structs import struct_to_dict
 
 from ..brain import ArmCapability, ExecutionPlan, PlannedStep, estimate
 from ..mesh import ArmConnection

@@ -11,7 +11,7 @@ from jsonschema.exceptions import SchemaError
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 
-from arm_sdk._structs import struct_depth, struct_to_dict
+from arm_sdk.structs import struct_depth, struct_to_dict
 
 from ..mesh import mesh_failure
 

@@ -26,7 +26,7 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk._structs import struct_to_dict
+from arm_sdk.structs import struct_to_dict
 
 from ..brain import (
     NOT_COVERED,

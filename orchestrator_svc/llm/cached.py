@@ -10,7 +10,7 @@ lookup (a repair round wants a new answer) and stores what it gets.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -21,14 +21,23 @@ from .limits import NO_LIMITS, CallLimits
 from .port import JSONCompleter
 from .usage import LLMUsage
 
-if TYPE_CHECKING:
-    from ..store.cache import Cache
-
 log = structlog.get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
 NAMESPACE = "llm"
+
+
+class Cache(Protocol):
+    """What the LLM library needs of a cache: bytes by namespace and inputs."""
+
+    async def get(self, namespace: str, inputs: Mapping[str, Any]) -> bytes | None:
+        """The value stored for `inputs` in `namespace`, or None (absent, expired, unavailable)."""
+        ...
+
+    async def set(self, namespace: str, inputs: Mapping[str, Any], value: bytes) -> None:
+        """Keep `value` for `inputs` in `namespace` for a while (best effort, never raises)."""
+        ...
 
 
 class CachedCompleter:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..config import Settings
 from .client import OpenAICompatibleClient
+from .settings import LLMSettings
 
 
-def client_from_settings(settings: Settings) -> OpenAICompatibleClient | None:
+def client_from_settings(settings: LLMSettings) -> OpenAICompatibleClient | None:
     """The configured OpenAI-compatible endpoint, or None when `llm_base_url` is empty."""
     if not settings.llm_base_url:
         return None

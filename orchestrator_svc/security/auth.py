@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from ..api.errors import ApiError
+from ..errors import ApiError
 
 
 @dataclass(frozen=True, repr=False)

@@ -18,7 +18,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ..api.errors import ApiError
+from ..errors import ApiError
 from .auth import ClientTokens, peer_identity
 from .limits import RateLimit, TaskQuota
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 
-from arm_sdk._tls import ServerTLS
+from arm_sdk.tls import ServerTLS
 
 from ..config import Settings
 

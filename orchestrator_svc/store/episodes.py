@@ -37,12 +37,9 @@ import structlog
 from octollm.v1 import orchestrator_service_pb2 as pb
 from pydantic import TypeAdapter, ValidationError
 
-# NOTE: the modules, not the package: the package's search imports the brain, above the store.
-from arm_sdk.arms.retriever.embed import Embedder, HashEmbedder, OpenAIEmbedder
-from arm_sdk.arms.retriever.store import DimensionMismatch
-
 from ..brain import Episode, EpisodeStep, StepProvenance
 from ..config import Settings
+from ..llm.embed import DimensionMismatch, Embedder, HashEmbedder, OpenAIEmbedder
 
 if TYPE_CHECKING:
     from qdrant_client import AsyncQdrantClient

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sized
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
@@ -22,8 +22,31 @@ from prometheus_client.registry import Collector
 
 from arm_sdk.metrics_http import MetricsEndpoint
 
-from ..mesh import Mesh
 from .grpc_client import ClientMetrics
+
+
+class ArmGauges(Protocol):
+    """What the metrics read of one arm connection."""
+
+    @property
+    def arm_type(self) -> str: ...
+    @property
+    def arm_id(self) -> str: ...
+    @property
+    def credits(self) -> int: ...
+    @property
+    def in_flight(self) -> Sized: ...
+    @property
+    def routable(self) -> bool: ...
+
+
+class MeshGauges(Protocol):
+    """What the metrics read of the mesh at scrape time (the mesh fits; telemetry imports none
+    of it)."""
+
+    def queue_depths(self) -> Mapping[str, int]: ...
+    def arms(self) -> Iterable[ArmGauges]: ...
+
 
 _SUBTASK_OUTCOMES = {
     pb.SUBTASK_STATE_SUCCEEDED: "succeeded",
@@ -170,7 +193,7 @@ class Metrics:
                 self.tokens.inc(provenance.usage.tokens)
                 self.cost.inc(provenance.usage.cost_usd)
 
-    def watch_mesh(self, mesh: Mesh) -> None:
+    def watch_mesh(self, mesh: MeshGauges) -> None:
         """Export the mesh's live state (queues, credits, health) at scrape time."""
         self.registry.register(_MeshCollector(mesh))
 
@@ -187,7 +210,7 @@ class Metrics:
 
 
 class _MeshCollector(Collector):
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: MeshGauges) -> None:
         self._mesh = mesh
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -27,7 +27,11 @@ def test_public_surface_is_exactly_this() -> None:
         "SubtaskInput",
         "SubtaskOutput",
         "grpc_options",
+        "health",
+        "metrics_http",
         "report_progress",
+        "structs",
+        "tls",
     ]
     for name in arm_sdk.__all__:
         assert getattr(arm_sdk, name) is not None

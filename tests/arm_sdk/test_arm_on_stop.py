@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from arm_sdk import SubtaskInput
 from arm_sdk import _server as arm_server
-from arm_sdk.arms import coder, judge, planner, retriever
-from arm_sdk.arms.retriever import HashEmbedder
+from orchestrator_svc.arms import coder, judge, planner, retriever
+from orchestrator_svc.arms.retriever import HashEmbedder
 from tests.arm_sdk.arm_stream import HANG_GUARD_S, OpenStream, Serve, make_arm
 from tests.arms.llm_arm_harness import FakeLLMs, StartLLM
 from tests.llm.fake_openai import completion

@@ -19,7 +19,7 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 
 from arm_sdk import SubtaskInput, grpc_options
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.arm_sdk.arm_stream import HANG_GUARD_S, ArmStream, Connect, Serve, make_arm
 from tests.tools import grpcurl
 
@@ -108,7 +108,7 @@ async def test_grpcurl_lists_and_calls_the_arm(serve: Serve) -> None:
 async def test_run_serves_until_sigterm_then_drains(tmp_path: Path) -> None:
     """arm.run() serves until SIGTERM, then drains and exits 0."""
     script = (
-        "from arm_sdk.arms import REFERENCE_ARMS\n"
+        "from orchestrator_svc.arms import REFERENCE_ARMS\n"
         "REFERENCE_ARMS['sleep'](arm_id='sleep-run').run('127.0.0.1:0', grace=5.0)\n"
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
@@ -161,7 +161,7 @@ async def test_arm_serves_its_own_metrics(start_arm) -> None:  # type: ignore[no
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from arm_sdk.arms import REFERENCE_ARMS
+    from orchestrator_svc.arms import REFERENCE_ARMS
     from tests.arm_sdk.arm_stream import ArmStream
 
     server = await REFERENCE_ARMS["echo"]().start("127.0.0.1:0", metrics=("127.0.0.1", 0))

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from arm_sdk._health import MAX_LISTED_SERVICES, HealthServicer
-from arm_sdk.arms import REFERENCE_ARMS
+from arm_sdk.health import MAX_LISTED_SERVICES, HealthServicer
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.arm_sdk.arm_stream import HANG_GUARD_S, Connect, Serve
 from tests.tools import grpcurl
 

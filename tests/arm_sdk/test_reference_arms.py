@@ -6,7 +6,7 @@ import grpc
 import pytest
 from octollm.v1 import arm_service_pb2 as arm_pb
 
-from arm_sdk.arms import REFERENCE_ARMS, sleep
+from orchestrator_svc.arms import REFERENCE_ARMS, sleep
 from tests.arm_sdk.arm_stream import OpenStream, Serve, kinds, output_of
 
 

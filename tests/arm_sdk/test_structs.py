@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arm_sdk._structs import struct_depth, struct_to_dict
+from arm_sdk.structs import struct_depth, struct_to_dict
 
 _scalars = (
     st.none()

@@ -14,9 +14,9 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import ArmServer
-from arm_sdk.arms import coder
-from arm_sdk.arms import echo as echo_arm
-from arm_sdk.arms._llm import llm_client_from_env
+from orchestrator_svc.arms import coder
+from orchestrator_svc.arms import echo as echo_arm
+from orchestrator_svc.arms._llm import llm_client_from_env
 from orchestrator_svc.llm import OpenAICompatibleClient
 from tests.arm_sdk.arm_stream import output_of
 from tests.arms.llm_arm_harness import (

@@ -22,10 +22,10 @@ from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, ArmServer, grpc_options
-from arm_sdk.arms import executor
-from arm_sdk.arms.executor import ExecutorSettings
-from arm_sdk.arms.executor._launch import landlock_abi
-from arm_sdk.arms.executor._policy import CommandPolicy
+from orchestrator_svc.arms import executor
+from orchestrator_svc.arms.executor import ExecutorSettings
+from orchestrator_svc.arms.executor._launch import landlock_abi
+from orchestrator_svc.arms.executor._policy import CommandPolicy
 from tests.arm_sdk.arm_stream import ArmStream
 
 # A hang guard, never a speed target: runs are bounded by their own (smaller) limits.

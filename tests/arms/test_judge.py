@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import echo, judge
+from orchestrator_svc.arms import echo, judge
 from tests.arm_sdk.arm_stream import output_of
 from tests.arms.llm_arm_harness import (
     FakeLLMs,

@@ -15,8 +15,8 @@ from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import ArmServer
-from arm_sdk.arms import coder, judge, planner
-from arm_sdk.arms import echo as echo_arm
+from orchestrator_svc.arms import coder, judge, planner
+from orchestrator_svc.arms import echo as echo_arm
 from orchestrator_svc.llm import OpenAICompatibleClient
 from tests.arms.llm_arm_harness import FakeLLMs, StartLLM, StreamOpener, failure_of, run
 from tests.llm.fake_openai import Reply, completion, error, refused_base_url

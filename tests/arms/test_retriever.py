@@ -20,21 +20,25 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, ArmServer, grpc_options
-from arm_sdk.arms import retriever
-from arm_sdk.arms.retriever.bm25 import BM25Index
-from arm_sdk.arms.retriever.chunking import chunk_document
-from arm_sdk.arms.retriever.embed import HashEmbedder, OpenAIEmbedder, embedder_from_env
-from arm_sdk.arms.retriever.fusion import reciprocal_rank_fusion
-from arm_sdk.arms.retriever.search import MAX_QUERY_CHARS, NOTHING_INDEXED
-from arm_sdk.arms.retriever.store import (
+from orchestrator_svc.arms import retriever
+from orchestrator_svc.arms.retriever.bm25 import BM25Index
+from orchestrator_svc.arms.retriever.chunking import chunk_document
+from orchestrator_svc.arms.retriever.fusion import reciprocal_rank_fusion
+from orchestrator_svc.arms.retriever.search import MAX_QUERY_CHARS, NOTHING_INDEXED
+from orchestrator_svc.arms.retriever.store import (
     CORPUS_FILE,
-    DimensionMismatch,
     DocumentStore,
     StoreBusy,
     StoreConfig,
     scroll_records,
 )
-from arm_sdk.arms.retriever.terms import terms
+from orchestrator_svc.llm.embed import (
+    DimensionMismatch,
+    HashEmbedder,
+    OpenAIEmbedder,
+    embedder_from_env,
+)
+from orchestrator_svc.llm.terms import terms
 from tests.arm_sdk.arm_stream import HANG_GUARD_S, ArmStream, output_of
 from tests.llm.fake_openai import FakeOpenAI, Reply
 
@@ -228,7 +232,7 @@ def test_hash_embedder_is_deterministic_normalised_and_morphology_aware() -> Non
 async def test_hash_embedder_is_stable_across_processes() -> None:
     """Another interpreter (another hash seed) makes the same vector: ingest and arm agree."""
     code = (
-        "import json,sys;from arm_sdk.arms.retriever.embed import HashEmbedder;"
+        "import json,sys;from orchestrator_svc.llm.embed import HashEmbedder;"
         "print(json.dumps(HashEmbedder().vector(sys.argv[1])))"
     )
     text = "Kustomize overlays and gRPC health probes"
@@ -499,7 +503,7 @@ async def test_arm_sees_documents_ingested_by_another_process(
     stream = await serve(retriever.build(store_path=store))
     assert (await search(stream, {"query": "sourdough"}))["results"] == []
     code = (
-        "import asyncio,sys;from arm_sdk.arms.retriever import ingest;"
+        "import asyncio,sys;from orchestrator_svc.arms.retriever import ingest;"
         "print(asyncio.run(ingest(sys.argv[1], store_path=sys.argv[2])).points)"
     )
     process = await asyncio.create_subprocess_exec(

@@ -18,9 +18,9 @@ from jsonschema import Draft202012Validator
 from octollm.v1 import arm_service_pb2 as arm_pb
 
 from arm_sdk import Arm, ArmServer, grpc_options
-from arm_sdk.arms import safety
-from arm_sdk.arms.safety import SafetyReport, scan
-from arm_sdk.arms.safety._detectors import card_brand, luhn_valid
+from orchestrator_svc.arms import safety
+from orchestrator_svc.arms.safety import SafetyReport, scan
+from orchestrator_svc.arms.safety._detectors import card_brand, luhn_valid
 from tests.arm_sdk.arm_stream import ArmStream
 
 GUARD_S = 30.0

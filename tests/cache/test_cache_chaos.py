@@ -13,7 +13,7 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from structlog.testing import capture_logs
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.store import RedisCache
 from orchestrator_svc.telemetry.metrics import Metrics
 from tests.cache.conftest import RedisProcess, lookups

@@ -7,7 +7,7 @@ from typing import Any
 from octollm.v1 import arm_service_pb2 as arm_pb
 
 from arm_sdk import Arm, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.engine.result_cache import SubtaskResultCache
 from orchestrator_svc.mesh import Mesh
 from orchestrator_svc.telemetry.metrics import Metrics

@@ -24,8 +24,8 @@ from octollm.v1 import arm_service_pb2 as arm_pb
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
 from arm_sdk.grpc_options import MAX_MESSAGE_BYTES
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.server import Orchestrator
 from tests.chaos.history import assert_consistent_history, finished_history
 

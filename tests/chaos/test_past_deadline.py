@@ -11,7 +11,7 @@ import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.chaos.history import assert_consistent_history, finished_history
 from tests.role_arms import scribe
 

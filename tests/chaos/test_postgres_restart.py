@@ -14,7 +14,7 @@ import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.chaos.durable import WAIT_S, check_history, fan_plan
 from tests.store.private_postgres import PrivatePostgres, private_postgres
 

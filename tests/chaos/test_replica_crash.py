@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.chaos.durable import (
     LEASE_TTL_S,
     WAIT_S,

@@ -25,7 +25,7 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk import Arm, ArmServer
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.server import Orchestrator
 from tests.tools import node_modules, tool_unavailable
 

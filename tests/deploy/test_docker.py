@@ -1,7 +1,8 @@
 """The image and the compose file, checked without a Docker engine.
 
 hadolint lints docker/Dockerfile; the Dockerfile and .dockerignore are read to prove the build
-context holds what `pip install .` needs (a wheel is built from exactly that context);
+context holds what `pip install ./gen ./arm_sdk .` needs (the three wheels are built from exactly
+that context);
 docker/compose.yaml is parsed and held to its rules; docker/healthcheck.py runs for real against
 an orchestrator and an arm.
 """
@@ -33,7 +34,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from arm_sdk import Arm, ArmServer
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.config import Settings
 from orchestrator_svc.mesh.discovery import DNS_SCHEME, split_host_port
 from orchestrator_svc.server import Orchestrator
@@ -50,6 +51,13 @@ BASE_IMAGE = re.compile(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}")
 OCTOLLM_SERVICES = {"orchestrator", "arm-echo", "arm-sleep"}
 STORE_SERVICES = {"postgres", "redis", "qdrant"}
 HANG_GUARD_S = 60.0
+# The repository's distributions: the image installs them from the build context (--no-deps).
+PYPROJECTS = (
+    ROOT / "pyproject.toml",
+    ROOT / "gen" / "pyproject.toml",
+    ROOT / "arm_sdk" / "pyproject.toml",
+)
+OWN_DISTRIBUTIONS = {"octollm-mesh", "octollm-proto", "octollm-arm-sdk"}
 
 StartArm = Callable[[Arm], Awaitable[ArmServer]]
 StartOrchestrator = Callable[..., Awaitable[Orchestrator]]
@@ -133,7 +141,10 @@ def test_image_is_multi_stage_non_root_with_grpc_healthcheck() -> None:
     builder, runtime = stages()
     assert builder[0][1].endswith(" AS builder")
     assert ("RUN", "python -m venv /opt/venv") in builder
-    assert any(k == "RUN" and "pip install --no-cache-dir --no-deps ." in a for k, a in builder)
+    assert any(
+        k == "RUN" and "pip install --no-cache-dir --no-deps ./gen ./arm_sdk . " in a
+        for k, a in builder
+    )
     runtime_args = dict(runtime)
     assert ("COPY", "--from=builder /opt/venv /opt/venv") in runtime
     assert [a for k, a in runtime if k == "USER"][-1] == "10001:10001"
@@ -149,7 +160,8 @@ def test_image_is_multi_stage_non_root_with_grpc_healthcheck() -> None:
 
 def test_image_installs_the_locked_dependencies_then_the_project_alone() -> None:
     """The builder installs requirements.lock with --require-hashes before any of the project,
-    then the project with --no-deps: every package in the image is one the lock names."""
+    then the project's three distributions with --no-deps: every other package in the image is
+    one the lock names."""
     builder = stages()[0]
     installs = [(i, a) for i, (k, a) in enumerate(builder) if k == "RUN" and "pip install" in a]
     assert len(installs) == 2, installs
@@ -158,7 +170,7 @@ def test_image_installs_the_locked_dependencies_then_the_project_alone() -> None
     assert builder.index(("COPY", "requirements.lock ./")) < lock_at
     copied_code = [i for i, (k, a) in enumerate(builder) if k == "COPY" and "pyproject" in a]
     assert lock_at < min(copied_code) < project_at
-    assert "--no-deps ." in project_install
+    assert "--no-deps ./gen ./arm_sdk . " in project_install
     assert "pip check" in project_install
 
 
@@ -211,7 +223,8 @@ def added_by(extra: str, requirement: Requirement, environment: dict[str, str]) 
 
 def test_the_lock_pins_every_runtime_dependency_of_the_project() -> None:
     """requirements.lock pins, with hashes, a version of every dependency (and requested extra)
-    of pyproject that the image's Python on Linux needs, within pyproject's range."""
+    of the three pyprojects that the image's Python on Linux needs, within its range; the
+    repository's own distributions are not in it."""
     environment = {
         **default_environment(),
         "python_full_version": image_python(),
@@ -222,12 +235,18 @@ def test_the_lock_pins_every_runtime_dependency_of_the_project() -> None:
     }
     pins = locked()
     assert all(hashes for _, hashes in pins.values())
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    needed = [Requirement(text) for text in project["dependencies"]]
+    needed = [
+        Requirement(text)
+        for pyproject in PYPROJECTS
+        for text in tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    ]
     for requirement in needed:
         if requirement.marker is not None and not requirement.marker.evaluate(environment):
             continue
         name = canonicalize_name(requirement.name)
+        if name in OWN_DISTRIBUTIONS:
+            assert name not in pins, f"{name} installs from the checkout, not from the lock"
+            continue
         assert name in pins, f"{requirement} is not in requirements.lock"
         version, _ = pins[name]
         assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
@@ -317,8 +336,9 @@ def test_dockerignore_keeps_the_context_small_and_complete() -> None:
     assert dockerignore_excludes("orchestrator_svc/__pycache__/cli.cpython-311.pyc")
 
 
-def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
-    """What the builder stage copies is enough for `pip install .`: all packages and the CLI."""
+def test_build_context_builds_the_wheels(tmp_path: Path) -> None:
+    """What the builder stage copies is enough for `pip install ./gen ./arm_sdk .`: the generated
+    code, the arm SDK and the orchestrator with its CLI, each in its own wheel."""
     staged = tmp_path / "context"
     for source in copied_sources():
         if source.startswith("docker/"):
@@ -348,6 +368,8 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
             "--no-cache-dir",
             "--wheel-dir",
             str(wheels),
+            str(staged / "gen"),
+            str(staged / "arm_sdk"),
             str(staged),
         ],
         capture_output=True,
@@ -356,18 +378,31 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (wheel,) = wheels.glob("*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        names = set(archive.namelist())
-        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    contents: dict[str, set[str]] = {}
+    for wheel in wheels.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            contents[wheel.name.split("-")[0]] = set(archive.namelist())
+    assert set(contents) == {"octollm_proto", "octollm_arm_sdk", "octollm_mesh"}
+    expected = {
+        "octollm_proto": (
+            "octollm/v1/orchestrator_service_pb2.py",
+            "octollm/v1/arm_service_pb2_grpc.py",
+        ),
+        "octollm_arm_sdk": ("arm_sdk/__init__.py", "arm_sdk/py.typed", "arm_sdk/structs.py"),
+        "octollm_mesh": ("orchestrator_svc/cli.py", "orchestrator_svc/arms/echo.py"),
+    }
+    for wheel, names in expected.items():
+        for name in names:
+            assert name in contents[wheel], (wheel, name)
+    # One copy of each package: no wheel carries another's files.
+    assert not [n for n in contents["octollm_mesh"] if n.startswith(("arm_sdk/", "octollm/"))]
+    assert not [
+        n for n in contents["octollm_arm_sdk"] if n.startswith(("orchestrator_svc/", "octollm/"))
+    ]
+    names = contents["octollm_mesh"]
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    with zipfile.ZipFile(next(wheels.glob("octollm_mesh-*.whl"))) as archive:
         scripts = archive.read(entry_points).decode()
-    for expected in (
-        "octollm/v1/orchestrator_service_pb2.py",
-        "octollm/v1/arm_service_pb2_grpc.py",
-        "orchestrator_svc/cli.py",
-        "arm_sdk/arms/echo.py",
-    ):
-        assert expected in names, expected
     assert re.search(r"^octollm\s*=\s*orchestrator_svc\.cli:main$", scripts, re.MULTILINE)
 
 

@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.config import Settings
 from orchestrator_svc.mesh.discovery import DNS_SCHEME, split_host_port
 from tests.deploy.kustomize import (

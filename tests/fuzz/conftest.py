@@ -8,7 +8,7 @@ import grpc
 import pytest_asyncio
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.config import Settings
 from orchestrator_svc.server import Orchestrator
 from tests.fuzz.fuzzing import FuzzMesh

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
-from arm_sdk.arms import retriever as retriever_arm
+from orchestrator_svc.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import retriever as retriever_arm
 from orchestrator_svc.llm import OpenAICompatibleClient
 from orchestrator_svc.server import Orchestrator
 from tests.llm.fake_openai import FakeOpenAI, Script

@@ -12,7 +12,7 @@ import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 from pydantic import BaseModel, Field
 
-from arm_sdk.arms.coder import CODER_SYSTEM_PROMPT
+from orchestrator_svc.arms.coder import CODER_SYSTEM_PROMPT
 from orchestrator_svc.brain.integrate import INTEGRATOR_SYSTEM_PROMPT
 from orchestrator_svc.brain.intent import INTENT_SYSTEM_PROMPT
 from orchestrator_svc.brain.planner import PLANNER_SYSTEM_PROMPT

@@ -11,7 +11,7 @@ from typing import Any
 
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.llm.conftest import StartDocsMesh, assert_served_from_the_documents
 from tests.llm.fake_openai import FakeOpenAI, Reply, completion, refused_base_url
 

@@ -22,8 +22,8 @@ from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 from pydantic import BaseModel, Field
 
-from arm_sdk.arms import REFERENCE_ARMS, coder, judge
-from arm_sdk.arms import planner as planner_arm
+from orchestrator_svc.arms import REFERENCE_ARMS, coder, judge
+from orchestrator_svc.arms import planner as planner_arm
 from orchestrator_svc.brain import (
     ArmCapability,
     Brain,

@@ -1,12 +1,16 @@
-"""The OCTOLLM_LLM_* settings refuse values that would silently disable a bound."""
+"""The OCTOLLM_LLM_* settings: the LLM library's own, and they refuse values that would silently
+disable a bound."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from orchestrator_svc.config import Settings
 from orchestrator_svc.llm.configured import client_from_settings
+from orchestrator_svc.llm.settings import LLMSettings
 
 
 @pytest.mark.parametrize(
@@ -44,3 +48,32 @@ async def test_the_endpoint_settings_reach_the_client(monkeypatch: pytest.Monkey
     assert client is not None
     assert client.max_concurrency == 3
     await client.aclose()
+
+
+def test_the_llm_library_reads_its_own_settings_and_the_orchestrator_extends_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LLMSettings holds every OCTOLLM_LLM_* and OCTOLLM_EMBEDDINGS_* setting, defined once: the
+    orchestrator's Settings inherits them, and the same variable reaches both."""
+    assert issubclass(Settings, LLMSettings)
+    own = set(LLMSettings.model_fields)
+    assert own == {n for n in Settings.model_fields if n.startswith(("llm_", "embeddings_"))}
+    monkeypatch.setenv("OCTOLLM_LLM_MODEL", "tiny")
+    monkeypatch.setenv("OCTOLLM_EMBEDDINGS_MODEL", "tiny-embed")
+    assert LLMSettings().llm_model == Settings().llm_model == "tiny"
+    assert LLMSettings().embeddings_model == "tiny-embed"
+
+
+def test_an_arm_reads_the_llm_settings_of_the_config_file_under_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """LLMSettings (what the reference arms read) takes OCTOLLM_CONFIG_FILE's llm_* keys, skips
+    the orchestrator's keys, and lets environment variables override the file."""
+    config = tmp_path / "octollm.toml"
+    config.write_text('listen = "0.0.0.0:50051"\nllm_model = "from-file"\nllm_timeout_s = 7\n')
+    monkeypatch.setenv("OCTOLLM_CONFIG_FILE", str(config))
+    settings = LLMSettings()
+    assert settings.llm_model == "from-file"
+    assert settings.llm_timeout_s == 7
+    monkeypatch.setenv("OCTOLLM_LLM_MODEL", "from-env")
+    assert LLMSettings().llm_model == "from-env"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from arm_sdk.arms.coder import CodeDraft
+from orchestrator_svc.arms.coder import CodeDraft
 from orchestrator_svc.brain.integrate import _AnswerDraft
 from orchestrator_svc.brain.intent import IntentDraft
 from orchestrator_svc.brain.planner import plan_json_schema

@@ -6,7 +6,7 @@ import asyncio
 
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.role_arms import scribe
 
 GOAL = "Summarise what the retriever found about flow control"

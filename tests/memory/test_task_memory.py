@@ -9,7 +9,7 @@ from typing import Any
 from octollm.v1 import orchestrator_service_pb2 as pb
 from structlog.testing import capture_logs
 
-from arm_sdk.arms.retriever import HashEmbedder
+from orchestrator_svc.arms.retriever import HashEmbedder
 from orchestrator_svc.brain import Episode, EpisodeStep, StepProvenance
 from orchestrator_svc.config import Settings
 from orchestrator_svc.store.episodes import (

@@ -13,9 +13,9 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from arm_sdk import Arm, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
-from arm_sdk.arms import coder as coder_arm
-from arm_sdk.arms import retriever as retriever_arm
+from orchestrator_svc.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import coder as coder_arm
+from orchestrator_svc.arms import retriever as retriever_arm
 from orchestrator_svc.dev import SAMPLE_DOCS
 from orchestrator_svc.llm import OpenAICompatibleClient
 from tests.llm.fake_openai import FakeOpenAI, completion

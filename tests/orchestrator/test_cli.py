@@ -9,7 +9,7 @@ import sys
 
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.role_arms import scribe
 
 

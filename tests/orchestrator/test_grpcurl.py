@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.role_arms import scribe
 from tests.tools import grpcurl
 

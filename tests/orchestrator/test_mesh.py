@@ -19,7 +19,7 @@ from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.server import Orchestrator
 from tests.chaos.history import assert_consistent_history
 

@@ -13,7 +13,7 @@ from octollm.v1 import arm_service_pb2_grpc as arm_grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.role_arms import scribe
 
 

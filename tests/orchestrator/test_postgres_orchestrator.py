@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.role_arms import scribe
 
 GOAL = "Summarise how replicas share the task log"

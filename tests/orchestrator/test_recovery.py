@@ -11,7 +11,7 @@ from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, ArmError, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.engine.recovery import RecoveryBudget
 
 

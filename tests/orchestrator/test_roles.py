@@ -18,9 +18,9 @@ from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
-from arm_sdk.arms import retriever as retriever_arm
 from orchestrator_svc.api.errors import error_info_of
+from orchestrator_svc.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import retriever as retriever_arm
 from orchestrator_svc.dev import SAMPLE_DOCS
 from tests.orchestrator.test_brain_engine import finish
 

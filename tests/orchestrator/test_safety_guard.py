@@ -8,7 +8,7 @@ import structlog
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from arm_sdk import Arm, SubtaskInput
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 EMAIL = "alice@example.com"

@@ -8,7 +8,7 @@ from google.rpc import error_details_pb2, status_pb2
 from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.llm.fake_openai import FakeOpenAI, completion
 
 GOAL = "Echo a greeting within a small budget"

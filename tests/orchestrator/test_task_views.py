@@ -10,8 +10,8 @@ import grpc
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
 from orchestrator_svc.api import views
+from orchestrator_svc.arms import REFERENCE_ARMS
 from tests.orchestrator.test_api import GOAL, collect, error_info
 from tests.store.postgres_schema import postgres_schema
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from arm_sdk._tls import ServerTLS
+from arm_sdk.tls import ServerTLS
 
 
 @dataclass(frozen=True)

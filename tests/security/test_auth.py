@@ -8,7 +8,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.config import Settings
 from orchestrator_svc.security import ClientTokens
 from orchestrator_svc.server import Orchestrator

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from octollm.v1 import orchestrator_service_pb2 as pb
 
-from arm_sdk.arms import REFERENCE_ARMS
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.security import RateLimit, TaskQuota
 from tests.security.rpc import error_info, retry_info
 

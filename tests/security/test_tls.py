@@ -10,8 +10,8 @@ from octollm.v1 import orchestrator_service_pb2 as pb
 from octollm.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from pydantic import ValidationError
 
-from arm_sdk._tls import ServerTLS, is_loopback
-from arm_sdk.arms import REFERENCE_ARMS
+from arm_sdk.tls import ServerTLS, is_loopback
+from orchestrator_svc.arms import REFERENCE_ARMS
 from orchestrator_svc.config import Settings
 from orchestrator_svc.server import Orchestrator
 from tests.role_arms import scribe
@@ -120,7 +120,7 @@ async def test_insecure_non_loopback_listen_needs_the_flag_then_warns(
     start_orchestrator,
 ) -> None:  # type: ignore[no-untyped-def]
     """Plaintext off loopback is refused without allow_insecure, and warned about with it."""
-    from arm_sdk._tls import InsecureListenRefused
+    from arm_sdk.tls import InsecureListenRefused
 
     with pytest.raises(InsecureListenRefused, match="OCTOLLM_ALLOW_INSECURE"):
         await REFERENCE_ARMS["echo"]().start("0.0.0.0:0")

@@ -88,13 +88,11 @@ directory other users cannot enter (a pyenv under /root), snippets run with ``py
 
 from __future__ import annotations
 
-from arm_sdk._arm import Arm
-from arm_sdk._errors import ArmError
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
-from arm_sdk.arms.executor._policy import CommandPolicy, parse_request
-from arm_sdk.arms.executor._report import limit_failure, output
-from arm_sdk.arms.executor._sandbox import Sandbox
-from arm_sdk.arms.executor._settings import ExecutorSettings
+from arm_sdk import Arm, ArmError, SubtaskInput, SubtaskOutput
+from orchestrator_svc.arms.executor._policy import CommandPolicy, parse_request
+from orchestrator_svc.arms.executor._report import limit_failure, output
+from orchestrator_svc.arms.executor._sandbox import Sandbox
+from orchestrator_svc.arms.executor._settings import ExecutorSettings
 
 INPUT_SCHEMA = {
     "type": "object",

@@ -47,12 +47,10 @@ from collections import Counter
 import grpc
 import structlog
 
-from arm_sdk._arm import Arm
-from arm_sdk._errors import ArmError
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
-from arm_sdk.arms.safety._detectors import Finding
-from arm_sdk.arms.safety._injection import InjectionFlag
-from arm_sdk.arms.safety._scan import SafetyReport, scan
+from arm_sdk import Arm, ArmError, SubtaskInput, SubtaskOutput
+from orchestrator_svc.arms.safety._detectors import Finding
+from orchestrator_svc.arms.safety._injection import InjectionFlag
+from orchestrator_svc.arms.safety._scan import SafetyReport, scan
 from orchestrator_svc.brain.integrate import compact_json, output_text
 
 log = structlog.get_logger(__name__)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arm_sdk.arms.safety._detectors import Finding, detect
-from arm_sdk.arms.safety._injection import InjectionFlag, flags
+from orchestrator_svc.arms.safety._detectors import Finding, detect
+from orchestrator_svc.arms.safety._injection import InjectionFlag, flags
 
 
 @dataclass(frozen=True, slots=True)

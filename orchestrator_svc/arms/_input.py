@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from pydantic import BaseModel, ValidationError
 
-from arm_sdk._errors import ArmError
+from arm_sdk import ArmError
 
 M = TypeVar("M", bound=BaseModel)
 

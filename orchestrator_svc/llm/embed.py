@@ -1,7 +1,10 @@
 """Text embedders: an OpenAI-compatible endpoint when configured, else a local hashing one.
 
+Shared by the retriever arm (its document store) and the orchestrator's task memory.
+
 Anything with ``name`` and ``async embed(texts) -> vectors`` (and ``aclose()``) is an
-``Embedder``; vectors of one embedder all have the same length. ``embedder_from_env()`` picks:
+``Embedder``; vectors of one embedder all have the same length. ``embedder_from_env()`` picks
+from the LLM library's settings (``LLMSettings``):
 
 - ``OCTOLLM_EMBEDDINGS_BASE_URL`` set: ``OpenAIEmbedder`` (``openai.AsyncOpenAI(...).embeddings``)
   with ``OCTOLLM_EMBEDDINGS_MODEL`` (default ``text-embedding-3-small``), the key in
@@ -19,13 +22,13 @@ import asyncio
 import hashlib
 import importlib
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from arm_sdk.arms.retriever.terms import STOP_WORDS, stem, words
+from .settings import LLMSettings
+from .terms import STOP_WORDS, stem, words
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -37,6 +40,10 @@ NGRAM_WEIGHT = 0.35
 NGRAM_SIZES = (3, 4)
 # NOTE: below this many texts hashing runs on the event loop; above, in a worker thread.
 _INLINE_TEXTS = 4
+
+
+class DimensionMismatch(ValueError):
+    """A vector collection holds vectors of another length than the embedder makes."""
 
 
 @runtime_checkable
@@ -169,19 +176,15 @@ class OpenAIEmbedder:
         return self._client
 
 
-def embedder_from_env() -> Embedder:
-    """``OpenAIEmbedder`` when ``OCTOLLM_EMBEDDINGS_BASE_URL`` is set, else ``HashEmbedder``."""
-    base_url = os.environ.get("OCTOLLM_EMBEDDINGS_BASE_URL", "").strip()
-    if not base_url:
+def embedder_from_env(settings: LLMSettings | None = None) -> Embedder:
+    """``OpenAIEmbedder`` when ``OCTOLLM_EMBEDDINGS_BASE_URL`` is set (in ``settings``, else
+    the environment and the config file), else ``HashEmbedder``."""
+    settings = settings if settings is not None else LLMSettings()
+    if not settings.embeddings_base_url.strip():
         return HashEmbedder()
-    timeout = os.environ.get("OCTOLLM_LLM_TIMEOUT_S", "").strip()
-    try:
-        timeout_s = float(timeout) if timeout else 30.0
-    except ValueError:
-        raise ValueError(f"OCTOLLM_LLM_TIMEOUT_S={timeout!r}: not a number") from None
     return OpenAIEmbedder(
-        base_url,
-        os.environ.get("OCTOLLM_EMBEDDINGS_MODEL", "").strip() or DEFAULT_EMBEDDINGS_MODEL,
-        api_key=os.environ.get("OCTOLLM_LLM_API_KEY", ""),
-        timeout_s=timeout_s,
+        settings.embeddings_base_url.strip(),
+        settings.embeddings_model.strip() or DEFAULT_EMBEDDINGS_MODEL,
+        api_key=settings.llm_api_key.get_secret_value(),
+        timeout_s=settings.llm_timeout_s,
     )

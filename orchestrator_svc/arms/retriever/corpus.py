@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
-from arm_sdk.arms.retriever.bm25 import BM25Index
-from arm_sdk.arms.retriever.terms import terms
+from orchestrator_svc.arms.retriever.bm25 import BM25Index
+from orchestrator_svc.llm.terms import terms
 
 log = structlog.get_logger(__name__)
 

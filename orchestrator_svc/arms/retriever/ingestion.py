@@ -10,10 +10,10 @@ from pathlib import Path
 
 import structlog
 
-from arm_sdk.arms.retriever.chunking import check_sizes, chunk_document
-from arm_sdk.arms.retriever.corpus import ChunkKey, ChunkRecord
-from arm_sdk.arms.retriever.embed import Embedder, embedder_from_env
-from arm_sdk.arms.retriever.store import DocumentStore, StoreConfig
+from orchestrator_svc.arms.retriever.chunking import check_sizes, chunk_document
+from orchestrator_svc.arms.retriever.corpus import ChunkKey, ChunkRecord
+from orchestrator_svc.arms.retriever.store import DocumentStore, StoreConfig
+from orchestrator_svc.llm.embed import Embedder, embedder_from_env
 
 log = structlog.get_logger(__name__)
 

@@ -24,12 +24,9 @@ import grpc
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from arm_sdk._arm import Arm
-from arm_sdk._errors import ArmError
-from arm_sdk._progress import report_progress
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
-from arm_sdk.arms._input import bad_input, parse_input
-from arm_sdk.arms._llm import (
+from arm_sdk import Arm, ArmError, SubtaskInput, SubtaskOutput, report_progress
+from orchestrator_svc.arms._input import bad_input, parse_input
+from orchestrator_svc.arms._llm import (
     HOW_TO_CONFIGURE,
     EndpointWatch,
     arm_error_from,

@@ -1,8 +1,9 @@
-"""The LLM the reference arms use: the orchestrator's LLM port, configured from the same env.
+"""The LLM the reference arms use: the LLM library's client, configured like the orchestrator's.
 
 ``OCTOLLM_LLM_BASE_URL`` (an OpenAI-compatible ``.../v1`` endpoint), ``OCTOLLM_LLM_MODEL``,
-``OCTOLLM_LLM_API_KEY`` and the other ``OCTOLLM_LLM_*`` settings of
-``orchestrator_svc.config.Settings``; no base URL means no LLM.
+``OCTOLLM_LLM_API_KEY`` and the other ``OCTOLLM_LLM_*`` settings of the LLM library
+(``orchestrator_svc.llm.settings.LLMSettings``: the environment, then ``OCTOLLM_CONFIG_FILE``);
+no base URL means no LLM.
 
 `EndpointWatch` checks the endpoint (``GET /v1/models``: reachable, and the configured model
 listed) when the arm starts and every ``OCTOLLM_LLM_CHECK_INTERVAL_S``, and at once after a call
@@ -21,11 +22,7 @@ from typing import Any
 import grpc
 import structlog
 
-from arm_sdk._arm import Arm
-from arm_sdk._errors import ArmError
-from arm_sdk._server import ArmServer
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
-from orchestrator_svc.config import Settings
+from arm_sdk import Arm, ArmError, ArmServer, SubtaskInput, SubtaskOutput
 from orchestrator_svc.llm import (
     ENDPOINT_OK,
     CallLimits,
@@ -40,6 +37,7 @@ from orchestrator_svc.llm import (
     OpenAICompatibleClient,
 )
 from orchestrator_svc.llm.configured import client_from_settings
+from orchestrator_svc.llm.settings import LLMSettings
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +63,9 @@ HOW_TO_CONFIGURE = (
 )
 
 
-def llm_client_from_env(settings: Settings | None = None) -> OpenAICompatibleClient | None:
+def llm_client_from_env(settings: LLMSettings | None = None) -> OpenAICompatibleClient | None:
     """The LLM configured by ``OCTOLLM_LLM_*`` (or ``settings``), or None when there is none."""
-    return client_from_settings(settings if settings is not None else Settings())
+    return client_from_settings(settings if settings is not None else LLMSettings())
 
 
 class EndpointWatch:
@@ -88,7 +86,9 @@ class EndpointWatch:
     ) -> None:
         self._client = client
         self._required = required
-        self._interval_s = interval_s if interval_s is not None else Settings().llm_check_interval_s
+        self._interval_s = (
+            interval_s if interval_s is not None else LLMSettings().llm_check_interval_s
+        )
         self._timeout_s = min(timeout_s, self._interval_s)
         self.status = ENDPOINT_OK
         self.checks = 0

@@ -13,10 +13,7 @@ import math
 
 import grpc
 
-from arm_sdk._arm import Arm
-from arm_sdk._errors import ArmError
-from arm_sdk._progress import report_progress
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
+from arm_sdk import Arm, ArmError, SubtaskInput, SubtaskOutput, report_progress
 
 DEFAULT_SECONDS = 0.1
 MAX_SECONDS = 3600.0

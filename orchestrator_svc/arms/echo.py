@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from arm_sdk._arm import Arm
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
+from arm_sdk import Arm, SubtaskInput, SubtaskOutput
 
 
 def build(arm_id: str | None = None) -> Arm:

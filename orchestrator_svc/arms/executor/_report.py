@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
-from arm_sdk._errors import ArmError
-from arm_sdk.arms.executor._sandbox import RunOutcome
-from arm_sdk.arms.executor._settings import ExecutorSettings
+from arm_sdk import ArmError
+from orchestrator_svc.arms.executor._sandbox import RunOutcome
+from orchestrator_svc.arms.executor._settings import ExecutorSettings
 
 _TAIL_CHARS = 1000
 _MEMORY = re.compile(

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import structlog
 
-from arm_sdk._errors import ArmError
+from arm_sdk import ArmError
 
 log = structlog.get_logger(__name__)
 

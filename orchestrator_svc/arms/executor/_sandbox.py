@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 import structlog
 
-from arm_sdk._errors import ArmError
-from arm_sdk.arms.executor._policy import RunRequest
-from arm_sdk.arms.executor._settings import ExecutorSettings
+from arm_sdk import ArmError
+from orchestrator_svc.arms.executor._policy import RunRequest
+from orchestrator_svc.arms.executor._settings import ExecutorSettings
 
 log = structlog.get_logger(__name__)
 

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
-from arm_sdk.arms.retriever.corpus import (
+from orchestrator_svc.arms.retriever.corpus import (
     ChunkKey,
     ChunkRecord,
     Corpus,
@@ -40,6 +40,7 @@ from arm_sdk.arms.retriever.corpus import (
     read_corpus,
     rewrite_corpus,
 )
+from orchestrator_svc.llm.embed import DimensionMismatch
 
 if TYPE_CHECKING:
     from qdrant_client import AsyncQdrantClient
@@ -58,10 +59,6 @@ _LOCK_POLL_S = 0.05
 
 class StoreBusy(Exception):
     """The local store stayed locked by another ingest or arm for longer than allowed."""
-
-
-class DimensionMismatch(ValueError):
-    """The collection holds vectors of another length than the embedder makes."""
 
 
 @dataclass(frozen=True, slots=True)

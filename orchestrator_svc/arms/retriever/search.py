@@ -11,12 +11,12 @@ from typing import Any
 
 import structlog
 
-from arm_sdk.arms.retriever.corpus import ChunkKey, ChunkRecord
-from arm_sdk.arms.retriever.embed import Embedder
-from arm_sdk.arms.retriever.fusion import RRF_K, reciprocal_rank_fusion
-from arm_sdk.arms.retriever.store import DocumentStore, VectorHit
-from arm_sdk.arms.retriever.terms import terms
+from orchestrator_svc.arms.retriever.corpus import ChunkKey, ChunkRecord
+from orchestrator_svc.arms.retriever.fusion import RRF_K, reciprocal_rank_fusion
+from orchestrator_svc.arms.retriever.store import DocumentStore, VectorHit
 from orchestrator_svc.brain import Passage, retrieval_answer
+from orchestrator_svc.llm.embed import Embedder
+from orchestrator_svc.llm.terms import terms
 
 log = structlog.get_logger(__name__)
 

@@ -41,10 +41,14 @@ from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field
 from referencing.exceptions import Unresolvable
 
-from arm_sdk._arm import Arm
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
-from arm_sdk.arms._input import bad_input, parse_input
-from arm_sdk.arms._llm import EndpointWatch, limits_for, llm_client_from_env, output_with_usage
+from arm_sdk import Arm, SubtaskInput, SubtaskOutput
+from orchestrator_svc.arms._input import bad_input, parse_input
+from orchestrator_svc.arms._llm import (
+    EndpointWatch,
+    limits_for,
+    llm_client_from_env,
+    output_with_usage,
+)
 from orchestrator_svc.brain import CriterionCheck, LLMValidator, validate
 from orchestrator_svc.llm import (
     NO_LIMITS,

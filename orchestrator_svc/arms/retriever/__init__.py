@@ -24,16 +24,22 @@ from typing import Any
 import grpc
 
 from arm_sdk import Arm, ArmError, SubtaskInput, SubtaskOutput
-from arm_sdk.arms.retriever.embed import Embedder, HashEmbedder, OpenAIEmbedder, embedder_from_env
-from arm_sdk.arms.retriever.ingestion import IngestReport, ingest
-from arm_sdk.arms.retriever.search import (
+from orchestrator_svc.arms.retriever.ingestion import IngestReport, ingest
+from orchestrator_svc.arms.retriever.search import (
     DEFAULT_TOP_K,
     MAX_QUERY_CHARS,
     MAX_TOP_K,
     HybridSearch,
     SearchResult,
 )
-from arm_sdk.arms.retriever.store import DimensionMismatch, DocumentStore, StoreBusy, StoreConfig
+from orchestrator_svc.arms.retriever.store import DocumentStore, StoreBusy, StoreConfig
+from orchestrator_svc.llm.embed import (
+    DimensionMismatch,
+    Embedder,
+    HashEmbedder,
+    OpenAIEmbedder,
+    embedder_from_env,
+)
 
 __all__ = [
     "DimensionMismatch",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from arm_sdk._arm import Arm
-from arm_sdk.arms import coder, echo, executor, judge, planner, retriever, safety, sleep
+from arm_sdk import Arm
+from orchestrator_svc.arms import coder, echo, executor, judge, planner, retriever, safety, sleep
 
 REFERENCE_ARMS: dict[str, Callable[[], Arm]] = {
     "coder": coder.build,

@@ -20,10 +20,14 @@ from typing import Annotated, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from arm_sdk._arm import Arm
-from arm_sdk._subtask import SubtaskInput, SubtaskOutput
-from arm_sdk.arms._input import bad_input, parse_input
-from arm_sdk.arms._llm import EndpointWatch, limits_for, llm_client_from_env, output_with_usage
+from arm_sdk import Arm, SubtaskInput, SubtaskOutput
+from orchestrator_svc.arms._input import bad_input, parse_input
+from orchestrator_svc.arms._llm import (
+    EndpointWatch,
+    limits_for,
+    llm_client_from_env,
+    output_with_usage,
+)
 from orchestrator_svc.brain import (
     ArmCapability,
     Episode,
