@@ -20,7 +20,6 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -60,6 +59,7 @@ class Settings(LLMSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="OCTOLLM_", extra="ignore")
+    config_file_source = _ConfigFile
 
     listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
     arm_endpoints: Annotated[list[str], NoDecode] = Field(
@@ -184,21 +184,6 @@ class Settings(LLMSettings):
         "", description="Qdrant server (http://host:6333) instead of local mode; empty = local"
     )
     qdrant_api_key: SecretStr = Field(SecretStr(""), description="API key of the Qdrant server")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Arguments first, then OCTOLLM_* variables, then the OCTOLLM_CONFIG_FILE file."""
-        path = os.environ.get(CONFIG_FILE_VARIABLE, "").strip()
-        if not path:
-            return init_settings, env_settings
-        return init_settings, env_settings, _ConfigFile(settings_cls, Path(path))
 
     # NOTE: field validators, not a model validator: a model validator's error carries every
     # setting as its input, and describe_errors would print secrets such as the auth tokens.

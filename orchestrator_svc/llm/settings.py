@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -26,6 +27,9 @@ class LLMSettings(BaseSettings):
     """The OpenAI-compatible chat and embeddings endpoints and how calls to them behave."""
 
     model_config = SettingsConfigDict(env_prefix="OCTOLLM_", extra="ignore")
+    # How the OCTOLLM_CONFIG_FILE file is read: here keys that are not these settings are
+    # skipped (the file is the orchestrator's too); the orchestrator's Settings refuse them.
+    config_file_source: ClassVar[type[TomlConfigSettingsSource]] = TomlConfigSettingsSource
 
     llm_base_url: str = Field(
         "", description="OpenAI-compatible endpoint (…/v1); empty runs the offline heuristic brain"
@@ -100,4 +104,5 @@ class LLMSettings(BaseSettings):
         path = os.environ.get(CONFIG_FILE_VARIABLE, "").strip()
         if not path:
             return init_settings, env_settings
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, Path(path))
+        file_source = cls.config_file_source(settings_cls, Path(path))
+        return init_settings, env_settings, file_source
