@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -20,7 +20,6 @@ from orchestrator_svc.arms._llm import llm_client_from_env
 from orchestrator_svc.llm import OpenAICompatibleClient
 from tests.arm_sdk.arm_stream import output_of
 from tests.arms.llm_arm_harness import (
-    FakeLLMs,
     OpenStream,
     StartLLM,
     StreamOpener,
@@ -32,35 +31,6 @@ from tests.llm.fake_openai import Reply, completion, error, refused_base_url
 
 ADD = "def add(a: int, b: int) -> int:\n    return a + b\n"
 DRAFT = {"language": "python", "code": ADD, "explanation": "Adds two integers."}
-
-
-@pytest.fixture(autouse=True)
-def no_llm_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Arms built without an explicit LLM find none in the environment."""
-    for name in ("OCTOLLM_LLM_BASE_URL", "OCTOLLM_LLM_MODEL", "OCTOLLM_LLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def opener(start_arm: Any) -> AsyncIterator[StreamOpener]:
-    """Serves arms on port 0 and opens Execute streams to them; closed after the test."""
-    opener = StreamOpener(start_arm)
-    yield opener
-    await opener.close()
-
-
-@pytest.fixture
-def open_stream(opener: StreamOpener) -> OpenStream:
-    """Serve an arm and open an Execute stream to it."""
-    return opener.open
-
-
-@pytest.fixture
-async def start_llm() -> AsyncIterator[StartLLM]:
-    """Fake OpenAI servers and clients of them; closed after the test."""
-    fakes = FakeLLMs()
-    yield fakes.start
-    await fakes.close()
 
 
 async def health_of(server: ArmServer) -> int:

@@ -3,7 +3,6 @@ serve the model, SERVING again when it is back; a dispatch meanwhile fails with 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -18,35 +17,12 @@ from arm_sdk import ArmServer
 from orchestrator_svc.arms import coder, judge, planner
 from orchestrator_svc.arms import echo as echo_arm
 from orchestrator_svc.llm import OpenAICompatibleClient
-from tests.arms.llm_arm_harness import FakeLLMs, StartLLM, StreamOpener, failure_of, run
+from tests.arms.llm_arm_harness import StartLLM, StreamOpener, failure_of, run
 from tests.llm.fake_openai import Reply, completion, error, refused_base_url
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DRAFT = {"language": "python", "code": "def add(a, b):\n    return a + b\n", "explanation": "x"}
-
-
-@pytest.fixture(autouse=True)
-def no_llm_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Arms built without an explicit LLM find none in the environment."""
-    for name in ("OCTOLLM_LLM_BASE_URL", "OCTOLLM_LLM_MODEL", "OCTOLLM_LLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def opener(start_arm: Any) -> AsyncIterator[StreamOpener]:
-    """Serves arms on port 0 and opens Execute streams to them; closed after the test."""
-    opener = StreamOpener(start_arm)
-    yield opener
-    await opener.close()
-
-
-@pytest.fixture
-async def start_llm() -> AsyncIterator[StartLLM]:
-    """Fake OpenAI servers and clients of them; closed after the test."""
-    fakes = FakeLLMs()
-    yield fakes.start
-    await fakes.close()
 
 
 async def health_of(server: ArmServer) -> int:

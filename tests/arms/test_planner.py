@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -15,10 +14,8 @@ from orchestrator_svc.arms import planner
 from orchestrator_svc.brain import PlannedStep
 from tests.arm_sdk.arm_stream import output_of
 from tests.arms.llm_arm_harness import (
-    FakeLLMs,
     OpenStream,
     StartLLM,
-    StreamOpener,
     assert_true_to_schema,
     failure_of,
     run,
@@ -45,28 +42,6 @@ LLM_PLAN = {
         },
     ],
 }
-
-
-@pytest.fixture(autouse=True)
-def no_llm_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Arms built without an explicit LLM find none in the environment."""
-    monkeypatch.delenv("OCTOLLM_LLM_BASE_URL", raising=False)
-
-
-@pytest.fixture
-async def open_stream(start_arm: Any) -> AsyncIterator[OpenStream]:
-    """Serve arms on port 0 and open Execute streams to them; closed after the test."""
-    opener = StreamOpener(start_arm)
-    yield opener.open
-    await opener.close()
-
-
-@pytest.fixture
-async def start_llm() -> AsyncIterator[StartLLM]:
-    """Fake OpenAI servers and clients of them; closed after the test."""
-    fakes = FakeLLMs()
-    yield fakes.start
-    await fakes.close()
 
 
 def assert_dag(steps: list[dict[str, Any]]) -> None:
