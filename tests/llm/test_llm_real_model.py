@@ -22,7 +22,7 @@ from octollm.v1 import common_pb2
 from octollm.v1 import orchestrator_service_pb2 as pb
 from pydantic import BaseModel, Field
 
-from orchestrator_svc.arms import REFERENCE_ARMS, coder, judge
+from orchestrator_svc.arms import coder, judge
 from orchestrator_svc.arms import planner as planner_arm
 from orchestrator_svc.brain import (
     ArmCapability,
@@ -34,6 +34,7 @@ from orchestrator_svc.brain import (
 )
 from orchestrator_svc.llm import CallLimits, OpenAICompatibleClient
 from tests.arm_sdk.arm_stream import ArmStream
+from tests.llm.conftest import DOCS_ARMS, StartDocsMesh
 from tests.tools import tool_unavailable
 
 START_GUARD_S = 180
@@ -152,13 +153,13 @@ async def test_real_model_plans_through_the_planner(llama_server: str) -> None:
 
 
 async def test_orchestrator_runs_a_task_planned_by_the_real_model(
-    llama_server: str, start_arm, start_orchestrator, connect
-) -> None:  # type: ignore[no-untyped-def]
-    """A goal with no plan: the brain asks the real model (falling back as it must); it succeeds."""
-    echo = await start_arm(REFERENCE_ARMS["echo"]())
-    orch = await start_orchestrator(
-        [echo.address],
-        wait_for=("echo",),
+    llama_server: str, start_docs_mesh: StartDocsMesh, connect: Any
+) -> None:
+    """A goal with no plan: the brain asks the real model (falling back as it must) and the
+    task ends honestly: within its time, on served arms, never SUCCEEDED on echo's copy of the
+    goal, and a SUCCEEDED answer says what made it and is trusted beyond 0.5 only when
+    verified."""
+    orch = await start_docs_mesh(
         llm_base_url=llama_server,
         llm_model=ALIAS,
         llm_timeout_s=300,
@@ -178,11 +179,19 @@ async def test_orchestrator_runs_a_task_planned_by_the_real_model(
     print("real model task plan:", [(s.step_id, s.arm_type) for s in task.plan.steps])
     print("real model task answer:", task.result.answer[:300])
     print("real model task usage:", task.usage.tokens, "tokens")
-    assert task.state == pb.TASK_STATE_SUCCEEDED, task.failure
+    assert task.state in (pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED), task.failure
     assert task.usage.tokens > 0  # the model was really asked (a fallback still counts its tokens)
     assert task.plan.steps
-    assert {s.arm_type for s in task.plan.steps} == {"echo"}  # validated: only served arms
-    assert task.result.answer.strip()
+    ran = {s.arm_type for s in task.plan.steps}
+    assert ran <= set(DOCS_ARMS), ran  # validated: only served arms
+    if "echo" in ran:  # an LLM plan may name echo; its copy of the goal is no answer
+        assert task.state != pb.TASK_STATE_SUCCEEDED, task.result.answer
+    if task.state == pb.TASK_STATE_SUCCEEDED:
+        assert task.result.answer.strip()
+        assert task.result.answer_source != pb.ANSWER_SOURCE_UNSPECIFIED
+        assert task.result.verified or task.result.confidence <= 0.5
+    else:
+        assert task.failure.reason, task.failure
 
 
 async def test_every_llm_step_and_arm_leaves_the_server_up(
