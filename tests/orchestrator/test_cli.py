@@ -10,7 +10,6 @@ import sys
 from octollm.v1 import orchestrator_service_pb2 as pb
 
 from orchestrator_svc.arms import REFERENCE_ARMS
-from tests.role_arms import scribe
 
 
 async def octollm(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -92,13 +91,28 @@ async def test_bad_input_is_a_clear_message_not_a_traceback(start_orchestrator) 
     assert "Traceback" not in err
 
 
-async def test_submit_sends_the_client_token(start_arm, start_orchestrator) -> None:  # type: ignore[no-untyped-def]
+async def test_submit_sends_the_client_token(start_arm, start_orchestrator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """With OCTOLLM_CLIENT_TOKEN the CLI authenticates; without it the refusal is one line."""
-    roles = await start_arm(scribe())
+    echo = await start_arm(REFERENCE_ARMS["echo"]())
     orch = await start_orchestrator(
-        [roles.address], wait_for=("scribe",), auth_tokens="ci:s3cret-token"
+        [echo.address], wait_for=("echo",), auth_tokens="ci:s3cret-token"
     )
-    args = ("submit", "Say hello with a token please", "--watch", "--address", orch.address)
+    plan = tmp_path / "plan.json"
+    greeting = "Hello! The echo arm ran this step for an authenticated client."
+    plan.write_text(
+        json.dumps(
+            {"steps": [{"step_id": "greet", "arm_type": "echo", "input": {"text": greeting}}]}
+        )
+    )
+    args = (
+        "submit",
+        "Say hello with a token please",
+        "--plan",
+        str(plan),
+        "--watch",
+        "--address",
+        orch.address,
+    )
     code, out, err = await octollm(*args, env={"OCTOLLM_CLIENT_TOKEN": "s3cret-token"})
     assert code == 0, err
     assert "task SUCCEEDED" in out
