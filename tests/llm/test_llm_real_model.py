@@ -156,8 +156,8 @@ async def test_orchestrator_runs_a_task_planned_by_the_real_model(
     llama_server: str, start_docs_mesh: StartDocsMesh, connect: Any
 ) -> None:
     """A goal with no plan: the brain asks the real model (falling back as it must) and the
-    task ends honestly: within its time, on served arms, and a SUCCEEDED answer says what made it and is trusted beyond 0.5 only when
-    verified."""
+    task ends honestly: within its time, on served arms, and a SUCCEEDED answer says what made
+    it and is trusted beyond 0.5 only when verified."""
     orch = await start_docs_mesh(
         llm_base_url=llama_server,
         llm_model=ALIAS,
